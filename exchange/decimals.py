@@ -1,0 +1,66 @@
+"""Decimal helpers shared by the whole core.
+
+Money and quantities are ``decimal.Decimal`` everywhere. Rounding is always explicit and
+always chosen by the caller to go against the account: what an account receives is rounded
+down (``floor_to``), what it pays or must hold is rounded up (``ceil_to``).
+
+Arithmetic runs in the default decimal context (28 significant digits, the same order as the
+venue's 96-bit decimals); results that land in a ledger are quantized to a step first.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+INFINITY = Decimal("Infinity")
+HOURS_PER_YEAR = Decimal(8760)
+
+
+def floor_to(value: Decimal, step: Decimal) -> Decimal:
+    """Largest multiple of ``step`` that is <= ``value`` (toward minus infinity)."""
+    return (value / step).to_integral_value(ROUND_FLOOR) * step
+
+
+def ceil_to(value: Decimal, step: Decimal) -> Decimal:
+    """Smallest multiple of ``step`` that is >= ``value`` (toward plus infinity)."""
+    return (value / step).to_integral_value(ROUND_CEILING) * step
+
+
+def is_multiple(value: Decimal, step: Decimal) -> bool:
+    """True when ``value`` lies exactly on the ``step`` grid."""
+    return (value % step) == 0
+
+
+def to_decimal(value: object) -> Decimal:
+    """Exact conversion for user input: ints and strings are exact; floats go through repr.
+
+    A float is converted from its shortest repr (``0.1`` -> ``Decimal('0.1')``) so that a
+    number typed in a scenario file means what the user wrote, never a binary artefact.
+    """
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, str):
+        return Decimal(value.strip())
+    raise TypeError(f"not a number: {value!r}")
+
+
+def fmt(value: Decimal | None, places: int | None = None) -> str:
+    """Plain (non-scientific) text for a Decimal; ``places`` rounds half-even for display only."""
+    if value is None:
+        return "-"
+    if value.is_infinite():
+        return "inf" if value > 0 else "-inf"
+    if places is not None:
+        value = value.quantize(Decimal(1).scaleb(-places))
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
