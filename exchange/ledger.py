@@ -1,0 +1,307 @@
+"""The sub-account ledger: balances, lends, borrows, perp positions, open orders, settings.
+
+A ``SubAccount`` is the unit of margining: everything inside it is cross-margined and nothing
+crosses to another sub-account except through trades, transfers its owner asks for, the
+backstop and ADL. It changes only through its methods, each of which is one message's worth of
+work for the actor that owns it.
+
+Accounting choices (the invariants depend on them):
+
+* A perp position keeps ``net_cost``, the signed sum of ``quantity x price`` of the fills that
+  built it. Unrealized PnL is ``quantity x mark - net_cost``: exact, so PnL is zero-sum across
+  the market to the last digit. ``entry_price`` (the average opening price) is kept for display
+  and for the break-even price; it does not enter any balance.
+* Realized PnL is rounded down to the settlement asset's step; the sub-step remainder stays in
+  ``net_cost`` (it is realized later) and goes to the exchange when the position closes.
+* Spot orders lock what they may spend: a bid locks quote (``quantity x price``, rounded up), an
+  ask locks base. Locked funds still count as collateral (spec 2.1). What an order did not use is
+  released when its final update arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+import attrs
+
+from exchange.decimals import ZERO, ceil_to, floor_to
+from exchange.orders import Fill, Order, OrderUpdate, Side
+from exchange.profile import Market, Profile
+
+
+@attrs.define(slots=True)
+class Balance:
+    available: Decimal = ZERO
+    locked: Decimal = ZERO
+
+    @property
+    def total(self) -> Decimal:
+        return self.available + self.locked
+
+
+@attrs.define(slots=True)
+class Position:
+    """One perp position (the venue's ``FuturePositionWithMargin`` without the margin part)."""
+
+    market: str
+    quantity: Decimal = ZERO
+    net_cost: Decimal = ZERO
+    entry_price: Decimal = ZERO
+    realized_pnl: Decimal = ZERO
+    cumulative_funding: Decimal = ZERO  # received (+) or paid (-), as the venue reports it
+    fees_paid: Decimal = ZERO
+
+    def unrealized_pnl(self, mark: Decimal) -> Decimal:
+        return self.quantity * mark - self.net_cost
+
+    @property
+    def break_even_price(self) -> Decimal | None:
+        """Entry moved by the fees and net funding paid per unit (spec D6 reproduces the venue)."""
+        if not self.quantity:
+            return None
+        return self.entry_price + (self.fees_paid - self.cumulative_funding) / self.quantity
+
+
+@attrs.define(slots=True)
+class OpenOrder:
+    """An order the account has sent to a market and not yet seen end."""
+
+    order: Order
+    remaining: Decimal  # base quantity still open; for a market order by quote, its cap
+    lock_asset: str | None = None
+    lock_left: Decimal = ZERO  # funds still locked for this order
+    executed: Decimal = ZERO
+    executed_quote: Decimal = ZERO
+
+    @property
+    def counts_as_exposure(self) -> bool:
+        """Reduce-only orders never add risk (spec 7), so they are left out of net exposure."""
+        return not self.order.reduce_only
+
+
+@attrs.define(slots=True)
+class Settings:
+    """The sub-account settings the venue lets a user PATCH (spec 16).
+
+    Defaults: leverage from the profile; ``auto_borrow_settlements`` and ``auto_repay_borrows``
+    on (so perps can be traded on non-USDC collateral, spec 10.3); ``auto_lend`` off.
+    """
+
+    leverage_limit: Decimal
+    auto_lend: bool = False
+    auto_borrow_settlements: bool = True
+    auto_repay_borrows: bool = True
+
+
+@attrs.frozen
+class FillEffect:
+    """What applying one fill did to the account, for the event log."""
+
+    realized_pnl: Decimal
+    fee: Decimal
+    liquidation_fee: Decimal
+    position_after: Decimal | None
+    house_remainder: Decimal  # sub-step PnL remainder handed to the exchange on a close
+
+
+class SubAccount:
+    """One sub-account's ledger. All quantities are Decimal on the asset or market step."""
+
+    def __init__(
+        self,
+        account_id: str,
+        profile: Profile,
+        *,
+        owner: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.id = account_id
+        self.owner = owner if owner is not None else account_id
+        self.profile = profile
+        self.settings = settings or Settings(leverage_limit=profile.default_leverage_limit)
+        self.balances: dict[str, Balance] = {}
+        self.lends: dict[str, Decimal] = {}
+        self.borrows: dict[str, Decimal] = {}
+        self.positions: dict[str, Position] = {}
+        self.open_orders: dict[str, OpenOrder] = {}
+        # Per market: [bid, ask] base quantity of open orders that add risk (net exposure, spec 7).
+        self.order_exposure: dict[str, list[Decimal]] = {}
+        self.unsettled_equity = ZERO
+        self.liquidating = False
+        # This account's view of prices: asset symbol -> USD price, perp symbol -> mark. It is
+        # whatever the account last heard, and may be stale: that is where races live.
+        self.marks: dict[str, Decimal] = {profile.settlement_asset: Decimal(1)}
+        # Cache of per-item margin numbers, owned by exchange.margin.
+        self.risk_cache: dict[object, tuple[object, object]] = {}
+        self._floor_for: Decimal | None = None
+        self._floor = ZERO
+
+    # -- prices ---------------------------------------------------------------------------
+    def set_mark(self, symbol: str, price: Decimal) -> None:
+        self.marks[symbol] = price
+
+    def price(self, symbol: str) -> Decimal:
+        try:
+            return self.marks[symbol]
+        except KeyError:
+            raise LookupError(f"sub-account {self.id} has no price for {symbol}") from None
+
+    # -- balances -------------------------------------------------------------------------
+    def balance(self, asset: str) -> Balance:
+        found = self.balances.get(asset)
+        if found is None:
+            found = self.balances[asset] = Balance()
+        return found
+
+    def available(self, asset: str) -> Decimal:
+        found = self.balances.get(asset)
+        return found.available if found is not None else ZERO
+
+    def credit(self, asset: str, quantity: Decimal) -> None:
+        self.balance(asset).available += quantity
+
+    def debit(self, asset: str, quantity: Decimal) -> None:
+        """Take from the available balance; it may go negative (settlement debits, see lending)."""
+        self.balance(asset).available -= quantity
+
+    def holdings(self) -> Iterator[tuple[str, Decimal]]:
+        """(asset, total quantity) for every asset held: available + locked + lent."""
+        seen = set()
+        for asset, bal in self.balances.items():
+            seen.add(asset)
+            yield asset, bal.available + bal.locked + self.lends.get(asset, ZERO)
+        for asset, lent in self.lends.items():
+            if asset not in seen:
+                yield asset, lent
+
+    def deposit(self, asset: str, quantity: Decimal) -> None:
+        """Credit a deposit, quantized down to the asset's step."""
+        step = self.profile.assets[asset].step
+        self.credit(asset, floor_to(quantity, step))
+
+    # -- orders ---------------------------------------------------------------------------
+    def reserve(self, order: Order, lock_asset: str | None, lock_amount: Decimal) -> OpenOrder:
+        """Record an accepted order and lock what it may spend (the margin check came first)."""
+        if lock_asset is not None and lock_amount:
+            bal = self.balance(lock_asset)
+            bal.available -= lock_amount
+            bal.locked += lock_amount
+        remaining = order.quantity if order.quantity is not None else ZERO
+        entry = OpenOrder(order=order, remaining=remaining, lock_asset=lock_asset, lock_left=lock_amount)
+        self.open_orders[order.order_id] = entry
+        if entry.counts_as_exposure and remaining:
+            self._add_exposure(order.market, order.side, remaining)
+        return entry
+
+    def _add_exposure(self, market: str, side: Side, quantity: Decimal) -> None:
+        sides = self.order_exposure.get(market)
+        if sides is None:
+            sides = self.order_exposure[market] = [ZERO, ZERO]
+        sides[0 if side is Side.BID else 1] += quantity
+        if not sides[0] and not sides[1]:
+            del self.order_exposure[market]
+
+    def apply_update(self, update: OrderUpdate) -> OpenOrder | None:
+        """Follow a non-fill order update: a cut-down order, or the order's final state."""
+        entry = self.open_orders.get(update.order_id)
+        if entry is None:
+            return None
+        if entry.counts_as_exposure and entry.remaining != update.remaining_quantity:
+            self._add_exposure(entry.order.market, entry.order.side, update.remaining_quantity - entry.remaining)
+        entry.remaining = update.remaining_quantity
+        if update.status.is_final:
+            self._release(entry)
+            del self.open_orders[update.order_id]
+        return entry
+
+    def _release(self, entry: OpenOrder) -> None:
+        if entry.lock_asset is not None and entry.lock_left:
+            bal = self.balance(entry.lock_asset)
+            bal.locked -= entry.lock_left
+            bal.available += entry.lock_left
+            entry.lock_left = ZERO
+
+    def apply_fill(self, fill: Fill, market: Market) -> FillEffect:
+        """Book one fill: spot balances, or the perp position with its fee and realized PnL."""
+        entry = self.open_orders.get(fill.order_id)
+        if entry is not None:
+            entry.executed += fill.quantity
+            entry.executed_quote += fill.quote_quantity
+            if entry.order.quantity is not None:
+                entry.remaining -= fill.quantity
+                if entry.counts_as_exposure:
+                    self._add_exposure(market.symbol, fill.side, -fill.quantity)
+        if fill.liquidation_fee:
+            self.debit(market.quote, fill.liquidation_fee)
+        if market.is_perp:
+            return self._apply_perp_fill(fill, market)
+        self._apply_spot_fill(fill, market, entry)
+        return FillEffect(ZERO, fill.fee, fill.liquidation_fee, None, ZERO)
+
+    def _apply_spot_fill(self, fill: Fill, market: Market, entry: OpenOrder | None) -> None:
+        if fill.side is Side.BID:
+            paid_asset, paid, got_asset, got = market.quote, fill.quote_quantity, market.base, fill.quantity
+        else:
+            paid_asset, paid, got_asset, got = market.base, fill.quantity, market.quote, fill.quote_quantity
+        if entry is not None and entry.lock_asset == paid_asset and entry.lock_left:
+            from_lock = min(paid, entry.lock_left)
+            entry.lock_left -= from_lock
+            self.balance(paid_asset).locked -= from_lock
+            paid -= from_lock
+        if paid:
+            self.debit(paid_asset, paid)
+        self.credit(got_asset, got)
+        self.debit(fill.fee_asset, fill.fee)
+
+    def _apply_perp_fill(self, fill: Fill, market: Market) -> FillEffect:
+        settle = self.profile.settlement_asset
+        step = self.profile.assets[settle].step
+        pos = self.positions.get(market.symbol)
+        if pos is None:
+            pos = self.positions[market.symbol] = Position(market.symbol)
+        delta = fill.quantity * fill.side.sign
+        old = pos.quantity
+        new = old + delta
+        realized = ZERO
+        if old and (old > 0) != (delta > 0):
+            # Reducing, closing or flipping: realize on the closed part against its share of cost.
+            closed = min(abs(delta), abs(old))
+            closed_delta = closed * fill.side.sign
+            exact = -closed_delta * fill.price - pos.net_cost * closed / abs(old)
+            realized = floor_to(exact, step)
+        pos.net_cost += delta * fill.price + realized
+        pos.quantity = new
+        if not old or (old > 0) != (new > 0):
+            # Opened from flat or flipped: the new position starts at this fill.
+            pos.entry_price = fill.price if new else ZERO
+            if old:
+                pos.fees_paid = ZERO
+                pos.cumulative_funding = ZERO
+        elif abs(new) > abs(old):
+            pos.entry_price = (pos.entry_price * abs(old) + fill.price * abs(delta)) / abs(new)
+        pos.realized_pnl += realized
+        pos.fees_paid += fill.fee
+        self.credit(settle, realized)
+        self.debit(fill.fee_asset, fill.fee)
+        house = ZERO
+        if not new:
+            # The position is gone: any sub-step PnL left in its basis goes to the exchange.
+            house = -pos.net_cost
+            del self.positions[market.symbol]
+        return FillEffect(realized, fill.fee, fill.liquidation_fee, new if new else ZERO, house)
+
+    # -- settings -------------------------------------------------------------------------
+    @property
+    def leverage_floor(self) -> Decimal:
+        """The IMF floor implied by the account's leverage limit (spec 6), kept until it changes."""
+        limit = self.settings.leverage_limit
+        if limit is not self._floor_for:
+            self._floor_for = limit
+            self._floor = 1 / limit
+        return self._floor
+
+
+def quote_lock_for_bid(quantity: Decimal, price: Decimal, quote_step: Decimal) -> Decimal:
+    """Quote a spot bid must lock: its whole cost at its limit price, rounded up."""
+    return ceil_to(quantity * price, quote_step)
