@@ -19,7 +19,7 @@ from decimal import Decimal
 
 import attrs
 
-from exchange.decimals import ZERO, ceil_to, fmt
+from exchange.decimals import ZERO, ceil_to, fmt, fmt_pct
 from exchange.ledger import SubAccount
 from exchange.margin import Change, Evaluation, Totals, evaluate_change, largest_passing, totals
 from exchange.orders import ErrorCode, ExpiryReason, Order, OrderType, Origin, Rejection, Side, check_order_shape
@@ -79,7 +79,7 @@ def check_order(account: SubAccount, order: Order) -> Accepted | Rejection:
         ErrorCode.INSUFFICIENT_MARGIN,
         (
             f"{order.side} {fmt(order.quantity or order.quote_quantity)} {market.symbol} would take IMR from "
-            f"{_pct(ev.before.imr)} to {_pct(ev.after.imr)} (available equity {fmt(ev.before.available, 2)} -> "
+            f"{fmt_pct(ev.before.imr)} to {fmt_pct(ev.after.imr)} (available equity {fmt(ev.before.available, 2)} -> "
             f"{fmt(ev.after.available, 2)} {account.profile.settlement_asset}); the largest {order.side} that "
             f"passes is {fmt(largest)}"
         ),
@@ -99,10 +99,6 @@ def _numbers(ev: Evaluation) -> dict[str, Decimal]:
         "available_after": ev.after.available,
         "net_equity": ev.before.net_equity,
     }
-
-
-def _pct(value: Decimal) -> str:
-    return "inf" if value.is_infinite() else f"{fmt(value * 100, 2)}%"
 
 
 def _evaluate(account: SubAccount, market: Market, order: Order, before: Totals | None = None) -> Accepted | Rejection:

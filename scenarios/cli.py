@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 from importlib.metadata import PackageNotFoundError, version
 
 from exchange import margin
-from exchange.decimals import fmt
+from exchange.decimals import fmt, fmt_pct
 from exchange.ledger import Settings, SubAccount
 from exchange.orders import Fill, Side
 from exchange.profile import available_profiles, load_profile
@@ -117,8 +117,8 @@ def _position(args: argparse.Namespace) -> int:
         f"  available equity       {fmt(summary.net_equity_available, 2)}",
         f"  maintenance margin     {fmt(summary.maintenance_requirement, 2)}",
         f"  margin fraction        {fmt(summary.margin_fraction, 6)}",
-        f"  IMR                    {_pct(summary.imr)}   (orders that add risk are refused at 100%)",
-        f"  MMR                    {_pct(summary.mmr)}   (liquidation starts at 100%)",
+        f"  IMR                    {fmt_pct(summary.imr, 3)}   (orders that add risk are refused at 100%)",
+        f"  MMR                    {fmt_pct(summary.mmr, 3)}   (liquidation starts at 100%)",
         f"  est. liquidation price {fmt(estimate.price, 2)}   ({estimate.method}: {estimate.reason})",
     ]
     print("\n".join(lines))
@@ -131,10 +131,6 @@ def _imf_source(source: str) -> str:
         "size": "the position's size: the sqrt term is above the base",
         "leverage_limit": "the sub-account's leverage limit",
     }[source]
-
-
-def _pct(value: Decimal) -> str:
-    return "inf" if value.is_infinite() else f"{fmt(value * 100, 3)}%"
 
 
 if __name__ == "__main__":
