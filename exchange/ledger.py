@@ -84,14 +84,15 @@ class OpenOrder:
 class Settings:
     """The sub-account settings the venue lets a user PATCH (spec 16).
 
-    Defaults: leverage from the profile; ``auto_borrow_settlements`` and ``auto_repay_borrows``
-    on (so perps can be traded on non-USDC collateral, spec 10.3); ``auto_lend`` off.
+    Defaults: leverage from the profile; ``auto_borrow_settlements`` on (so perps can be traded
+    on non-USDC collateral, spec 10.3); ``auto_lend`` and ``auto_repay_borrows`` off, so a
+    borrow a user makes stays until the user repays it.
     """
 
     leverage_limit: Decimal
     auto_lend: bool = False
     auto_borrow_settlements: bool = True
-    auto_repay_borrows: bool = True
+    auto_repay_borrows: bool = False
 
 
 @attrs.frozen
@@ -175,10 +176,84 @@ class SubAccount:
             if asset not in seen:
                 yield asset, lent
 
-    def deposit(self, asset: str, quantity: Decimal) -> None:
-        """Credit a deposit, quantized down to the asset's step."""
-        step = self.profile.assets[asset].step
-        self.credit(asset, floor_to(quantity, step))
+    def deposit(self, asset: str, quantity: Decimal) -> Decimal:
+        """Credit a deposit (quantized down to the asset's step); returns the debt it repaid.
+
+        A settlement-asset deposit first repays negative unsettled equity (the debt a bankruptcy
+        left with the liquidity fund, spec 11.6); the caller hands that part to the fund. Other
+        assets are credited in full and count as collateral against the debt.
+        """
+        credited = floor_to(quantity, self.profile.assets[asset].step)
+        repaid = ZERO
+        if asset == self.profile.settlement_asset and self.unsettled_equity < 0:
+            repaid = min(credited, -self.unsettled_equity)
+            self.unsettled_equity += repaid
+        self.credit(asset, credited - repaid)
+        return repaid
+
+    # -- borrow / lend mirror (the lending pool is the ledger of record) -------------------
+    def apply_lend(self, asset: str, quantity: Decimal) -> None:
+        self.debit(asset, quantity)
+        self.lends[asset] = self.lends.get(asset, ZERO) + quantity
+
+    def apply_redeem(self, asset: str, quantity: Decimal) -> None:
+        self._reduce(self.lends, asset, quantity)
+        self.credit(asset, quantity)
+
+    def apply_borrow(self, asset: str, quantity: Decimal, entry_fee: Decimal = ZERO) -> None:
+        """The borrowed cash arrives; the debt is the quantity plus the entry fee (spec 9.2)."""
+        self.credit(asset, quantity)
+        self.borrows[asset] = self.borrows.get(asset, ZERO) + quantity + entry_fee
+
+    def apply_repay(self, asset: str, quantity: Decimal) -> None:
+        self.debit(asset, quantity)
+        self._reduce(self.borrows, asset, quantity)
+
+    def apply_interest(self, asset: str, borrow_interest: Decimal, lend_interest: Decimal) -> None:
+        """Hourly interest capitalised into the borrow and the lend (spec Q18)."""
+        if borrow_interest:
+            self.borrows[asset] = self.borrows.get(asset, ZERO) + borrow_interest
+        if lend_interest:
+            self.lends[asset] = self.lends.get(asset, ZERO) + lend_interest
+
+    @staticmethod
+    def _reduce(book: dict[str, Decimal], asset: str, quantity: Decimal) -> None:
+        left = book.get(asset, ZERO) - quantity
+        if left < 0:
+            raise ValueError(f"cannot take {quantity} {asset}: only {book.get(asset, ZERO)}")
+        if left:
+            book[asset] = left
+        else:
+            book.pop(asset, None)
+
+    # -- perp settlement ------------------------------------------------------------------
+    def apply_funding(self, symbol: str, amount: Decimal) -> None:
+        """Funding received (+) or paid (-) in the settlement asset (spec 10.2)."""
+        self.credit(self.profile.settlement_asset, amount)
+        pos = self.positions.get(symbol)
+        if pos is not None:
+            pos.cumulative_funding += amount
+
+    def realize_pnl(self) -> list[tuple[str, Decimal]]:
+        """Continuous realization (spec 10.3): move each position's unrealized PnL, at this
+        account's mark, into the settlement balance. The amount is rounded down to the step; the
+        remainder stays unrealized in ``net_cost``. Entry price is untouched (display)."""
+        settle = self.profile.settlement_asset
+        step = self.profile.assets[settle].step
+        realized = []
+        for symbol, pos in self.positions.items():
+            amount = floor_to(pos.quantity * self.price(symbol) - pos.net_cost, step)
+            if amount:
+                pos.net_cost += amount
+                pos.realized_pnl += amount
+                self.credit(settle, amount)
+                realized.append((symbol, amount))
+        return realized
+
+    def cover_from_fund(self, quantity: Decimal) -> None:
+        """The liquidity fund pays a settlement-asset shortfall; the account owes it back (11.6)."""
+        self.credit(self.profile.settlement_asset, quantity)
+        self.unsettled_equity -= quantity
 
     # -- orders ---------------------------------------------------------------------------
     def reserve(self, order: Order, lock_asset: str | None, lock_amount: Decimal) -> OpenOrder:

@@ -172,6 +172,7 @@ class LiquidationParams:
     loop_interval_ms: int
     end_mmr: Decimal
     auto_close_mmr: Decimal
+    backstop_residual_to_fund: bool = True
 
 
 @attrs.frozen
@@ -269,6 +270,7 @@ def parse_profile(data: Mapping[str, Any], source: str) -> Profile:
         loop_interval_ms=_ms(liq.decimal("loop_interval", positive=True)),
         end_mmr=liq.decimal("end_mmr", positive=True, maximum=ONE),
         auto_close_mmr=liq.decimal("auto_close_mmr", minimum=ONE),
+        backstop_residual_to_fund=liq.boolean("backstop_residual_to_fund"),
     )
     liq.done()
 

@@ -1,0 +1,379 @@
+"""Gradual liquidation (spec 11): the policy that decides each step, and the history it keeps.
+
+Given a sub-account's state (at its marks) and a view of the books, ``plan_step`` says what the
+next liquidation loop does. It never moves money itself: the direct engine or the liquidator
+actor carries the plan out (reduce-only IOC orders through the books, transfers to backstop
+providers, ADL) and records what happened as ``LiquidationStep`` rows.
+
+The stages and the rules where the record is open:
+
+* **Trigger**: MMR >= 100% at mark. The first step cancels every open order and marks the
+  account ``liquidating``; user orders that add risk are then refused (``ACCOUNT_LIQUIDATING``).
+* **Stage 1, on the book.** Each loop computes, per exposure, the quantity that brings MMR below
+  ``end_mmr`` assuming it fills at the current book (walking the levels, within the impact
+  band, paying the taker and liquidation fees), capped at ``max_fraction_per_loop`` of the
+  exposure. Exposures are taken in rank order until the projected MMR is below the target:
+  **rank = maintenance margin freed per unit of loss** for one capped step, where the loss is
+  the fill's shortfall against the mark plus fees. Cheap-to-unwind, margin-hungry exposures go
+  first; a step that loses nothing ranks first of all. Ties go by symbol. The loop stops as soon
+  as MMR is below the target; the sub-account keeps whatever equity is left.
+* **Borrows** are unwound by collateral conversion: the collateral with the **largest haircut
+  (lowest weight) is sold first**, because it is the collateral the margin model already values
+  least, so selling it costs the account the least margin. A USDC borrow is repaid with the
+  proceeds of selling collateral for USDC; a borrow of another asset is bought back with USDC
+  (after selling collateral for USDC when the account lacks it) and repaid.
+* **Stage 2, backstop**, when MMR reaches ``auto_close_mmr`` (MF <= AccountMMF/2 by default) or
+  the book could not absorb the previous loop's orders within the price band: every remaining
+  position and borrow moves to the configured backstop providers at mark, within each one's
+  capacity, in the order they were configured. A positive residual equity then goes to the
+  liquidity fund (spec 11.3 default, ``BackstopLiquidityFundProceeds``).
+* **Stage 3, ADL**, when the backstop's capacity is exhausted: opposite-side positions are closed
+  against the remainder at mark, highest score first: ``PnL% x effective leverage`` for profitable
+  positions (``PnL% / leverage`` otherwise, so losing and low-leverage positions go last);
+  ``PnL%`` is unrealized PnL over the position's entry notional and effective leverage is the
+  position notional over the account's net equity. Ties go by account id.
+* **Bankruptcy**: equity below zero once nothing is left to close stays as negative unsettled
+  equity (the fund pays the shortfall, later deposits repay it); a borrow nobody could cover is
+  written off and its lenders are paid its USD value at mark by the fund (spec F7).
+* The liquidation fee is charged on every liquidation fill: on the book, at the backstop, in ADL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+import attrs
+
+from exchange.decimals import INFINITY, ONE, ZERO, ceil_to, floor_to, fmt, fmt_pct
+from exchange.ledger import SubAccount
+from exchange.margin import Totals, collateral_value, totals
+from exchange.orders import Side
+from exchange.profile import LiquidationParams
+from exchange.settlement import spot_market_for
+
+Levels = Sequence[tuple[Decimal, Decimal]]  # (price, quantity), best first
+BOOK = "book"
+CONVERSION = "conversion"
+BACKSTOP = "backstop"
+ADL = "adl"
+
+
+@attrs.frozen
+class LiquidationStep:
+    """One row of a sub-account's liquidation history."""
+
+    time_ms: int
+    stage: str  # "start", "book", "conversion", "backstop", "adl", "bankruptcy", "healthy"
+    market: str | None
+    side: str | None
+    quantity: Decimal
+    price: Decimal | None
+    fee: Decimal
+    mmr_before: Decimal
+    mmr_after: Decimal
+    reason: str
+
+
+@attrs.frozen
+class LiquidationOrder:
+    """A reduce-only IOC market order the liquidator wants on a book.
+
+    ``repay`` names the borrowed asset the proceeds (or the purchase) repay, for conversions.
+    """
+
+    market: str
+    side: Side
+    quantity: Decimal
+    reason: str
+    repay: str | None = None
+
+
+@attrs.frozen
+class Plan:
+    stage: str  # "healthy", BOOK, BACKSTOP
+    mmr: Decimal
+    reason: str
+    orders: tuple[LiquidationOrder, ...] = ()
+
+
+def needs_liquidation(t: Totals) -> bool:
+    """MMR >= 100% with something to liquidate (spec 11.1)."""
+    return t.maintenance > 0 and t.mmr >= 1
+
+
+def plan_step(
+    account: SubAccount, books: Mapping[str, tuple[Levels, Levels]], params: LiquidationParams, book_failed: bool
+) -> Plan:
+    """The next loop for a liquidating account, at its marks and the given book view."""
+    t = totals(account)
+    if t.maintenance == 0 or t.mmr < params.end_mmr:
+        return Plan("healthy", t.mmr, f"MMR {fmt_pct(t.mmr)} is below the end target {fmt_pct(params.end_mmr)}")
+    if t.mmr >= params.auto_close_mmr:
+        return Plan(
+            BACKSTOP, t.mmr, f"MMR {fmt_pct(t.mmr)} reached the auto-close level {fmt_pct(params.auto_close_mmr)}"
+        )
+    if book_failed:
+        return Plan(BACKSTOP, t.mmr, "the book could not absorb the last liquidation orders within its price band")
+    candidates = [c for c in _candidates(account, books, params, t) if c.quantity > 0]
+    if not candidates:
+        return Plan(BACKSTOP, t.mmr, "no book can take the remaining exposure")
+    candidates.sort(key=lambda c: (-c.rank, c.symbol))
+    orders: list[LiquidationOrder] = []
+    net_equity, maintenance = t.net_equity, t.maintenance
+    for c in candidates:
+        quantity = _quantity_to_target(c, net_equity, maintenance, params.end_mmr)
+        cost, freed = c.effect(quantity)
+        orders.extend(c.orders(quantity))
+        net_equity -= cost
+        maintenance -= freed
+        if net_equity > 0 and maintenance / net_equity < params.end_mmr:
+            break
+    return Plan(BOOK, t.mmr, f"MMR {fmt_pct(t.mmr)} >= 100%: reduce on the book", tuple(orders))
+
+
+# ---------------------------------------------------------------------------------------
+# Candidates: one per perp position and per borrow, each with the cost of unwinding it
+
+
+@attrs.define
+class _Candidate:
+    symbol: str
+    cap: Decimal  # the most this loop may unwind (max_fraction_per_loop of the exposure)
+    step: Decimal
+    cost_fn: object  # quantity -> (equity lost, maintenance freed)
+    order_fn: object  # quantity -> list[LiquidationOrder]
+    quantity: Decimal = ZERO
+    rank: Decimal = ZERO
+
+    def effect(self, quantity: Decimal) -> tuple[Decimal, Decimal]:
+        return self.cost_fn(quantity)  # type: ignore[operator]
+
+    def orders(self, quantity: Decimal) -> list[LiquidationOrder]:
+        return self.order_fn(quantity)  # type: ignore[operator]
+
+
+def _candidates(
+    account: SubAccount, books: Mapping[str, tuple[Levels, Levels]], params: LiquidationParams, t: Totals
+) -> list[_Candidate]:
+    found = []
+    profile = account.profile
+    fee_rate = params.fee_rate
+    for symbol, pos in account.positions.items():
+        market = profile.markets[symbol]
+        assert market.mmf is not None
+        bids, asks = books.get(symbol, ((), ()))
+        closing = Side.ASK if pos.quantity > 0 else Side.BID
+        levels = bids if closing is Side.ASK else asks
+        band = _band_limit(levels, closing, market.bands.min_impact_multiplier, market.bands.max_impact_multiplier)
+        mark = account.price(symbol)
+        size = abs(pos.quantity)
+        cap = min(size, max(market.step_size, floor_to(size * params.max_fraction_per_loop, market.step_size)))
+        cap = min(cap, _fillable(levels, band, closing))
+        mmf_fn = market.mmf
+
+        def cost(q: Decimal, *, size=size, mark=mark, levels=levels, closing=closing, band=band, mmf_fn=mmf_fn,
+                 taker=market.taker_fee) -> tuple[Decimal, Decimal]:
+            average = _average_price(levels, q, band, closing)
+            shortfall = (mark - average) * q if closing is Side.ASK else (average - mark) * q
+            fees = average * q * (taker + fee_rate)
+            old = size * mark
+            new = (size - q) * mark
+            freed = old * mmf_fn.fraction(old) - new * mmf_fn.fraction(new)
+            return shortfall + fees, freed
+
+        def orders(q: Decimal, *, symbol=symbol, closing=closing) -> list[LiquidationOrder]:
+            return [LiquidationOrder(symbol, closing, q, "reduce the position on the book")]
+
+        found.append(_Candidate(symbol, cap, market.step_size, cost, orders))
+    for asset, borrowed in account.borrows.items():
+        if borrowed > 0:
+            candidate = _borrow_candidate(account, books, params, asset, borrowed)
+            if candidate is not None:
+                found.append(candidate)
+    for c in found:
+        c.quantity = c.cap
+        if c.cap > 0:
+            lost, freed = c.effect(c.cap)
+            c.rank = freed / lost if lost > 0 else INFINITY
+    return found
+
+
+def _borrow_candidate(
+    account: SubAccount, books: Mapping[str, tuple[Levels, Levels]], params: LiquidationParams, asset: str, borrowed: Decimal
+) -> _Candidate | None:
+    """Unwinding a borrow: sell the largest-haircut collateral for USDC, buy back, repay."""
+    profile = account.profile
+    settle = profile.settlement_asset
+    spec = profile.assets[asset]
+    price = account.price(asset)
+    step = spec.step
+    cap = max(step, floor_to(borrowed * params.max_fraction_per_loop, step))
+    cap = min(cap, borrowed)
+    mmf_fn = spec.borrow_mmf
+    if asset == settle:
+        source = _largest_haircut_collateral(account)
+        if source is None:
+            return None
+        sell_asset, sell_market = source
+        market = profile.markets[sell_market]
+        bids, _ = books.get(sell_market, ((), ()))
+        band = _band_limit(bids, Side.ASK, market.bands.min_impact_multiplier, market.bands.max_impact_multiplier)
+        sell_price = account.price(sell_asset)
+        held = account.available(sell_asset)
+
+        def sell_quantity(q: Decimal) -> Decimal:
+            """Collateral to sell so the proceeds, after fees, repay ``q`` of the USDC borrow."""
+            best = bids[0][0] if bids else sell_price
+            net = best * market.bands.min_impact_multiplier * (1 - market.taker_fee - params.fee_rate)
+            return min(held, ceil_to(q / net, market.step_size))
+
+        cap = min(cap, floor_to(_fillable(bids, band, Side.ASK) * sell_price, step), floor_to(held * sell_price, step))
+
+        def cost(q: Decimal) -> tuple[Decimal, Decimal]:
+            y = sell_quantity(q)
+            average = _average_price(bids, y, band, Side.ASK)
+            weight, _ = collateral_value(account, sell_asset, held, sell_price)
+            # Selling y at `average` loses its collateral value and gains USDC less fees.
+            lost = y * sell_price * weight - y * average * (1 - market.taker_fee - params.fee_rate)
+            old = borrowed * price
+            new = (borrowed - q) * price
+            return max(lost, ZERO), old * mmf_fn.fraction(old) - new * mmf_fn.fraction(new)
+
+        def orders(q: Decimal) -> list[LiquidationOrder]:
+            return [LiquidationOrder(sell_market, Side.ASK, sell_quantity(q),
+                                     f"sell {sell_asset} (largest haircut) to repay the {asset} borrow", repay=asset)]
+
+        return _Candidate(asset, cap, step, cost, orders)
+    buy_market = spot_market_for(account, asset)
+    if buy_market is None:
+        return None
+    market = profile.markets[buy_market]
+    _, asks = books.get(buy_market, ((), ()))
+    band = _band_limit(asks, Side.BID, market.bands.min_impact_multiplier, market.bands.max_impact_multiplier)
+    cap = min(floor_to(cap, market.step_size), _fillable(asks, band, Side.BID))
+
+    def cost(q: Decimal) -> tuple[Decimal, Decimal]:
+        average = _average_price(asks, q, band, Side.BID)
+        lost = (average - price) * q + average * q * (market.taker_fee + params.fee_rate)
+        old = borrowed * price
+        new = (borrowed - q) * price
+        return lost, old * mmf_fn.fraction(old) - new * mmf_fn.fraction(new)
+
+    def orders(q: Decimal) -> list[LiquidationOrder]:
+        return [LiquidationOrder(buy_market, Side.BID, q, f"buy back {asset} to repay the borrow", repay=asset)]
+
+    return _Candidate(asset, cap, market.step_size, cost, orders)
+
+
+def _largest_haircut_collateral(account: SubAccount) -> tuple[str, str] | None:
+    settle = account.profile.settlement_asset
+    choices = []
+    for asset, bal in account.balances.items():
+        if asset == settle or bal.available <= 0 or account.borrows.get(asset):
+            continue
+        market = spot_market_for(account, asset)
+        if market is None:
+            continue
+        weight, _ = collateral_value(account, asset, bal.available, account.price(asset))
+        choices.append((weight, asset, market))
+    if not choices:
+        return None
+    _, asset, market = min(choices)
+    return asset, market
+
+
+def _quantity_to_target(c: _Candidate, net_equity: Decimal, maintenance: Decimal, target: Decimal) -> Decimal:
+    """Smallest step multiple (up to the cap) whose projected MMR is below ``target``."""
+
+    def reaches(q: Decimal) -> bool:
+        lost, freed = c.effect(q)
+        equity = net_equity - lost
+        return equity > 0 and (maintenance - freed) / equity < target
+
+    if not reaches(c.cap):
+        return c.cap
+    lo, hi = ZERO, c.cap  # reaches(hi), and lo is "not yet"
+    while hi - lo > c.step:
+        mid = floor_to((lo + hi) / 2, c.step)
+        if mid <= lo:
+            break
+        if reaches(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _band_limit(levels: Levels, side: Side, low: Decimal, high: Decimal) -> Decimal | None:
+    """The impact band's worst price for a market order against ``levels`` (spec 14)."""
+    if not levels:
+        return None
+    best = levels[0][0]
+    return best * low if side is Side.ASK else best * high
+
+
+def _within(price: Decimal, band: Decimal | None, side: Side) -> bool:
+    return band is None or (price >= band if side is Side.ASK else price <= band)
+
+
+def _fillable(levels: Levels, band: Decimal | None, side: Side) -> Decimal:
+    return sum((q for p, q in levels if _within(p, band, side)), ZERO)
+
+
+def _average_price(levels: Levels, quantity: Decimal, band: Decimal | None, side: Side) -> Decimal:
+    """Average fill price of ``quantity`` walking ``levels`` within the band."""
+    if quantity <= 0 or not levels:
+        return levels[0][0] if levels else ONE
+    left, spent = quantity, ZERO
+    last = levels[0][0]
+    for price, available in levels:
+        if not _within(price, band, side):
+            break
+        take = min(left, available)
+        spent += take * price
+        left -= take
+        last = price
+        if not left:
+            break
+    if left:
+        spent += left * last  # what the band leaves unfilled, priced at its last level
+    return spent / quantity
+
+
+# ---------------------------------------------------------------------------------------
+# ADL ranking
+
+
+@attrs.frozen
+class AdlCandidate:
+    account: str
+    quantity: Decimal  # signed position
+    unrealized_pnl: Decimal
+    entry_notional: Decimal
+    net_equity: Decimal
+    mark: Decimal
+
+    @property
+    def score(self) -> Decimal:
+        pnl_pct = self.unrealized_pnl / self.entry_notional if self.entry_notional else ZERO
+        leverage = abs(self.quantity) * self.mark / self.net_equity if self.net_equity > 0 else INFINITY
+        if pnl_pct > 0:
+            return pnl_pct * leverage
+        return pnl_pct / leverage if leverage else pnl_pct
+
+
+def adl_queue(candidates: Sequence[AdlCandidate], liquidated_side_sign: int) -> list[AdlCandidate]:
+    """Opposite-side positions to close against a liquidated position, highest score first."""
+    opposite = [c for c in candidates if c.quantity * liquidated_side_sign < 0]
+    return sorted(opposite, key=lambda c: (-c.score, c.account))
+
+
+def describe_step(step: LiquidationStep) -> str:
+    """One line of plain words for a history row (used by the CLI's ``explain``)."""
+    what = f": {step.side or ''} {fmt(step.quantity)} {step.market} at {fmt(step.price)}" if step.market else ""
+    fee = f", fee {fmt(step.fee)}" if step.fee else ""
+    return (
+        f"t={step.time_ms / 1000:.3f}s {step.stage}{what}{fee}; MMR {fmt_pct(step.mmr_before)} -> "
+        f"{fmt_pct(step.mmr_after)} ({step.reason})"
+    )
