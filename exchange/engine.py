@@ -39,6 +39,7 @@ from exchange.liquidation import (
     adl_queue,
     needs_liquidation,
     plan_step,
+    why_liquidated,
 )
 from exchange.margin import Change, evaluate_change, largest_passing, totals
 from exchange.orders import (
@@ -568,7 +569,7 @@ class Exchange:
         self.liquidations[account.id] = _Liquidation(self.now_ms)
         account.liquidating = True
         self.cancel_all(account.id)
-        self._record(account, "start", mmr, "MMR reached 100%: open orders cancelled, account liquidating")
+        self._record(account, "start", mmr, why_liquidated(account) + "; open orders cancelled, account liquidating")
 
     def _liquidate(self, account: SubAccount) -> None:
         state = self.liquidations[account.id]
@@ -605,11 +606,16 @@ class Exchange:
     def _off_book_trade(self, symbol: str, account: SubAccount, counterparty: SubAccount, quantity: Decimal,
                         price: Decimal, origin: Origin) -> Decimal:
         """``account`` closes ``quantity`` of its position in ``symbol`` with ``counterparty`` at
-        ``price``; only the liquidated side pays the liquidation fee. Returns that fee."""
+        ``price``; only the liquidated side pays the liquidation fee. Returns that fee.
+
+        The fee is capped at the equity the account has left: a transfer at mark does not
+        change equity, so without the cap the fee itself would leave a debt to the fund.
+        """
         market = self.profile.markets[symbol]
         step = self.profile.assets[market.quote].step
         closing = Side.ASK if account.positions[symbol].quantity > 0 else Side.BID
         fee = ceil_to(quantity * price * self.profile.liquidation.fee_rate, step)
+        fee = min(fee, max(floor_to(totals(account).net_equity, step), ZERO))
         book = self.books[symbol]
         fills = (
             Fill(0, symbol, f"{origin}-{account.id}", account.id, closing, price, quantity, quantity * price, ZERO,

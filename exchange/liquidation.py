@@ -36,6 +36,11 @@ The stages and the rules where the record is open:
   equity (the fund pays the shortfall, later deposits repay it); a borrow nobody could cover is
   written off and its lenders are paid its USD value at mark by the fund (spec F7).
 * The liquidation fee is charged on every liquidation fill: on the book, at the backstop, in ADL.
+  On a backstop or ADL transfer it is capped at the equity the account has left (a transfer at
+  mark does not move equity, so an uncapped fee would itself leave a debt to the fund); on the
+  book the account still has equity (MMR is under the auto-close level), so it is charged in
+  full. Where the fee rate exceeds a market's MMF (1% against BTC's 0.67%), each on-book step
+  raises MMR: that is the rule's cost, and the account reaches auto-close sooner.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import attrs
 
 from exchange.decimals import INFINITY, ONE, ZERO, ceil_to, floor_to, fmt, fmt_pct
 from exchange.ledger import SubAccount
-from exchange.margin import Totals, collateral_value, totals
+from exchange.margin import Totals, collateral_value, exposures, totals
 from exchange.orders import Side
 from exchange.profile import LiquidationParams
 from exchange.settlement import spot_market_for
@@ -100,6 +105,28 @@ class Plan:
 def needs_liquidation(t: Totals) -> bool:
     """MMR >= 100% with something to liquidate (spec 11.1)."""
     return t.maintenance > 0 and t.mmr >= 1
+
+
+def why_liquidated(account: SubAccount) -> str:
+    """The numbers behind a trigger: equity against each exposure's maintenance margin and PnL.
+
+    Liquidation judges the whole sub-account, so this is what a single-position liquidation
+    price estimate cannot show: every exposure and every collateral moving together.
+    """
+    t = totals(account)
+    parts = []
+    for risk in exposures(account):
+        needs = f"needs {fmt(risk.maintenance_requirement, 2)}"
+        if risk.kind == "borrow":
+            parts.append(f"borrow of {fmt(-risk.net_quantity)} {risk.symbol} at {fmt(risk.mark_price)} {needs}")
+            continue
+        pos = account.positions.get(risk.symbol)
+        pnl = f", PnL {fmt(pos.unrealized_pnl(risk.mark_price), 2)}" if pos is not None else ""
+        parts.append(f"{fmt(risk.net_quantity)} {risk.symbol} at {fmt(risk.mark_price)} {needs}{pnl}")
+    return (
+        f"MMR {fmt_pct(t.mmr)}: net equity {fmt(t.net_equity, 2)} against maintenance margin "
+        f"{fmt(t.maintenance, 2)} ({'; '.join(parts)})"
+    )
 
 
 def plan_step(
@@ -234,11 +261,12 @@ def _borrow_candidate(
             y = sell_quantity(q)
             average = _average_price(bids, y, band, Side.ASK)
             weight, _ = collateral_value(account, sell_asset, held, sell_price)
-            # Selling y at `average` loses its collateral value and gains USDC less fees.
+            # Selling y at `average` gives up its haircut value and brings in USDC less fees: near
+            # the mark that is a gain (the haircut is recovered), which the projection counts.
             lost = y * sell_price * weight - y * average * (1 - market.taker_fee - params.fee_rate)
             old = borrowed * price
             new = (borrowed - q) * price
-            return max(lost, ZERO), old * mmf_fn.fraction(old) - new * mmf_fn.fraction(new)
+            return lost, old * mmf_fn.fraction(old) - new * mmf_fn.fraction(new)
 
         def orders(q: Decimal) -> list[LiquidationOrder]:
             return [LiquidationOrder(sell_market, Side.ASK, sell_quantity(q),

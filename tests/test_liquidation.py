@@ -1,0 +1,326 @@
+"""Gradual liquidation through the direct engine, worked by hand, plus its properties."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from exchange import margin
+from exchange.engine import Exchange
+from exchange.ledger import Settings
+from exchange.liquidation import describe_step
+from exchange.orders import ErrorCode, Side
+from exchange.profile import load_profile
+
+D = Decimal
+BTC = "BTC_USDC_PERP"
+ETH = "ETH_USDC_PERP"
+
+
+def ten_x_long(profile_name: str = "backpack", backstop: D | None = None) -> Exchange:
+    """A trader with 10,000 USDC at 10x buys 1 BTC at 100,000 from the market maker (taker fee
+    50), so its equity at mark 100,000 is 9,950; maintenance at BTC's base MMF is 0.00666667."""
+    ex = Exchange(load_profile(profile_name))
+    ex.set_price("BTC", D(100000))
+    for name, usdc in (("mm", 10_000_000), ("blp", 1_000_000), ("trader", 10_000)):
+        ex.add_account(name, settings=Settings(leverage_limit=D(10)))
+        ex.deposit(name, "USDC", D(usdc))
+    if backstop is not None:
+        ex.add_backstop("blp", {BTC: backstop})
+    assert ex.order("mm", BTC, Side.ASK, D(1), D(100000)).accepted
+    assert ex.order("trader", BTC, Side.BID, D(1), D(100000)).accepted
+    return ex
+
+
+def quote_bid(ex: Exchange, mark: D, below: D = D(10)) -> None:
+    """Move the mark and have the market maker bid 5 BTC ``below`` under it."""
+    ex.cancel_all("mm", [BTC])
+    ex.set_price("BTC", mark)
+    assert ex.order("mm", BTC, Side.BID, D(5), mark - below).accepted
+
+
+def rows(ex: Exchange, account: str = "trader", stage: str | None = None) -> list[tuple]:
+    return [
+        (s.time_ms, s.stage, s.quantity, s.price, s.fee)
+        for s in ex.liquidation_history[account]
+        if stage is None or s.stage == stage
+    ]
+
+
+def test_partial_liquidation_leaves_a_balance():
+    """The mark falls to 90,450 (bid 90,440): equity 9,950 - 9,550 = 400, maintenance
+    90,450 x 0.00666667 = 603.0003, MMR 150.75% (under the 200% auto-close: stage 1).
+
+    Selling x at 90,440 loses x(10 + 90,440 x 0.0005) = 55.22x and frees 603.0003x. One loop
+    may sell at most 10% of the position, and each loop needs more than that:
+      t=1s  0.1 (of 1),        fee 4.522;    equity 394.478,    MMR 137.57%
+      t=2s  0.09 (of 0.9),     fee 4.0698;   equity 389.5082,   MMR 125.40%
+      t=3s  0.081 (of 0.81),   fee 3.66282;  equity 385.03538,  MMR 114.17%
+      t=4s  0.0729 (of 0.729), fee 3.296538; equity 381.009842, MMR 103.84%
+    At t=5s the target is in reach: 395.628498 - 603.0003x < 381.009842 - 55.22x gives
+    x > 0.026687, so 0.02669 (fee 1.206922, rounded up) leaves 0.62941 BTC, equity 379.53602
+    and MMR 99.9996%; at t=6s the account is healthy and keeps its 379.54 of equity.
+    """
+    ex = ten_x_long()
+    quote_bid(ex, D(90450))
+    assert margin.totals(ex.accounts["trader"]).mmr == D("1.50750075375")
+    ex.advance_to(6000)
+    assert rows(ex, stage="book") == [
+        (1000, "book", D("0.1"), D(90440), D("4.522")),
+        (2000, "book", D("0.09"), D(90440), D("4.0698")),
+        (3000, "book", D("0.081"), D(90440), D("3.66282")),
+        (4000, "book", D("0.0729"), D(90440), D("3.296538")),
+        (5000, "book", D("0.02669"), D(90440), D("1.206922")),
+    ]
+    history = ex.liquidation_history["trader"]
+    assert [s.stage for s in history] == ["start", "book", "book", "book", "book", "book", "healthy"]
+    assert history[0].reason.startswith("MMR 150.75%: net equity 400 against maintenance margin 603")
+    trader = ex.accounts["trader"]
+    assert trader.positions[BTC].quantity == D("0.62941")
+    t = margin.totals(trader)
+    assert t.net_equity == D("379.53602") and D("0.99999") < t.mmr < 1
+    assert not trader.liquidating and "trader" not in ex.liquidations
+    assert ex.invariant_violations() == []
+
+
+def test_the_price_keeps_falling_and_erodes_the_account_to_zero():
+    """Continuing the first example from its healthy end (0.62941 BTC, equity 379.53602 at
+    90,450), the mark falls 100 a second, the bid follows 10 under it.
+
+      t=7s  mark 90,350: equity 316.59502, MMR 119.75%; sell 10% = 0.06294 at 90,340
+            (fee 2.843): equity 313.12262, MMR 108.97%
+      t=8s  mark 90,250: equity 256.47562, MMR 132.89%; 0.05664 at 90,240 (fee 2.555597)
+            -> equity 253.353623
+      t=9s  mark 90,150: equity 202.370623, MMR 151.41%; 0.05098 at 90,140 (fee 2.297669)
+            -> equity 199.563154
+      t=10s mark 90,050: equity 153.678154, MMR 179.25%; 0.04588 at 90,040 (fee 2.065518)
+            -> equity 151.153836, 0.41297 BTC left
+      t=11s mark 89,950: equity 151.153836 - 41.297 = 109.856836 against maintenance
+            0.41297 x 89,950 x 0.00666667 = 247.65: MMR 225.42% >= 200%: the backstop takes
+            the 0.41297 at mark and the 109.856836 left goes to the liquidity fund.
+    The account ends with nothing.
+    """
+    ex = ten_x_long(backstop=D(10_000_000))
+    quote_bid(ex, D(90450))
+    ex.advance_to(6000)
+    mark = D(90450)
+    for second in range(7, 12):
+        mark -= 100
+        quote_bid(ex, mark)
+        ex.advance_to(second * 1000)
+    assert rows(ex)[7:] == [
+        (7000, "start", D(0), None, D(0)),
+        (7000, "book", D("0.06294"), D(90340), D("2.843")),
+        (8000, "book", D("0.05664"), D(90240), D("2.555597")),
+        (9000, "book", D("0.05098"), D(90140), D("2.297669")),
+        (10000, "book", D("0.04588"), D(90040), D("2.065518")),
+        (11000, "backstop", D("0.41297"), D(89950), D(0)),
+        (11000, "fund", D(0), None, D(0)),
+        (11000, "closed", D(0), None, D(0)),
+    ]
+    backstop = ex.liquidation_history["trader"][-3]
+    assert backstop.mmr_before.quantize(D("0.0001")) == D("2.2542")
+    trader = ex.accounts["trader"]
+    assert trader.positions == {} and margin.totals(trader).net_equity == 0
+    assert ex.fund == {"USDC": D("109.856836")}
+    assert ex.accounts["blp"].positions[BTC].quantity == D("0.41297")
+    assert ex.invariant_violations() == []
+
+
+def test_a_gap_past_auto_close_goes_to_the_backstop():
+    """The mark gaps from 100,000 to 90,300: equity 9,950 - 9,700 = 250 against maintenance
+    602.0003: MMR 240.8% >= 200%, so the first loop skips the book: the provider takes 1 BTC at
+    90,300 and the 250 left goes to the fund."""
+    ex = ten_x_long(backstop=D(1_000_000))
+    ex.set_price("BTC", D(90300))
+    ex.advance_to(1000)
+    assert rows(ex) == [
+        (1000, "start", D(0), None, D(0)),
+        (1000, "backstop", D(1), D(90300), D(0)),
+        (1000, "fund", D(0), None, D(0)),
+        (1000, "closed", D(0), None, D(0)),
+    ]
+    assert ex.liquidation_history["trader"][1].reason.startswith("MMR 240.8% reached the auto-close level 200%")
+    assert ex.accounts["trader"].positions == {} and ex.fund == {"USDC": D(250)}
+    assert ex.accounts["blp"].positions[BTC].quantity == 1
+    assert ex.invariant_violations() == []
+
+
+def test_backstop_capacity_exhausted_then_adl_of_the_best_ranked_short():
+    """As the gap above, but the trader bought from short_hi (5,000 USDC, short 1 at 100,000,
+    maker fee 20) and the market maker bought 1 from short_lo (100,000 USDC), and the provider
+    takes at most 50,000 USD: floor(50,000 / 90,300) = 0.55370 BTC.
+
+    The 0.4463 left goes to ADL. Opposite (short) positions, at 90,300 both up 9,700 (9.7%):
+    short_hi equity 4,980 + 9,700 = 14,680, leverage 90,300/14,680 = 6.1512, score 0.5967;
+    short_lo equity 109,680, leverage 0.8233, score 0.0799. short_hi is closed first, 0.4463 at
+    90,300, realizing 0.4463 x 9,700 = 4,329.11; short_lo is untouched.
+    """
+    ex = Exchange(load_profile("backpack"))
+    ex.set_price("BTC", D(100000))
+    for name, usdc in (("mm", 10_000_000), ("blp", 1_000_000), ("trader", 10_000), ("short_hi", 5000),
+                       ("short_lo", 100_000)):
+        ex.add_account(name, settings=Settings(leverage_limit=D(20)))
+        ex.deposit(name, "USDC", D(usdc))
+    ex.add_backstop("blp", {BTC: D(50000)})
+    assert ex.order("short_hi", BTC, Side.ASK, D(1), D(100000)).accepted
+    assert ex.order("trader", BTC, Side.BID, D(1), D(100000)).accepted
+    assert ex.order("short_lo", BTC, Side.ASK, D(1), D(100000)).accepted
+    assert ex.order("mm", BTC, Side.BID, D(1), D(100000)).accepted
+    ex.set_price("BTC", D(90300))
+    ex.advance_to(1000)
+    assert rows(ex)[1:3] == [
+        (1000, "backstop", D("0.5537"), D(90300), D(0)),
+        (1000, "adl", D("0.4463"), D(90300), D(0)),
+    ]
+    assert "closed against short_hi (ADL score 0.596669)" in ex.liquidation_history["trader"][2].reason
+    assert ex.accounts["short_hi"].positions[BTC].quantity == D("-0.5537")
+    assert ex.accounts["short_hi"].available("USDC") == D(4980) + D("4329.11")
+    assert ex.accounts["short_lo"].positions[BTC].quantity == D(-1)
+    assert ex.accounts["blp"].positions[BTC].quantity == D("0.5537")
+    assert ex.invariant_violations() == []
+
+
+def test_a_spot_margin_borrow_is_liquidated_by_collateral_conversion():
+    """F6's account: 1,000 USDC buys 20 SOL at 100 with autoBorrow. The borrow of 1,000 pays an
+    entry fee for the first hour at the rate its own utilization (1%) sets: 0.12 x 0.01/0.8 =
+    0.15% APR -> 1,000 x 0.0015/8760 = 0.000171 -> 0.000172 up; 20 SOL arrive less the 0.02 fee.
+
+    SOL falls to 55 (bid 54.95): equity 19.98 x 55 x 0.95 - 1,000.000172 = 43.954828 against
+    maintenance 0.05 x 1,000.000172 = 50.0000086: MMR 113.75%. The only collateral is SOL:
+    repaying q USDC frees 0.05q; covering q sells y = q / (54.95 x 0.97 x 0.999) SOL (rounded
+    up to 0.01: priced at the impact band's floor so the sale surely covers q), and selling at
+    54.95 recovers the haircut: y x (54.95 x 0.999 - 55 x 0.95) = 2.64505y of equity. The
+    smallest q with (50.0000086 - 0.05q) / (43.954828 + 2.64505y) < 1 needs y = 1.14 SOL. The
+    sale brings 62.643 - 0.062643 = 62.580357 USDC, which repays the borrow to 937.419815:
+    equity 18.84 x 55 x 0.95 - 937.419815 = 46.970185, MMR 99.79%, healthy.
+    """
+    ex = Exchange(load_profile("backpack"))
+    ex.set_price("SOL", D(100))
+    for name, usdc in (("lender", 100_000), ("mm", 100_000), ("trader", 1000)):
+        ex.add_account(name)
+        ex.deposit(name, "USDC", D(usdc))
+    ex.lend("lender", "USDC", D(100_000))
+    ex.deposit("mm", "SOL", D(1000))
+    assert ex.order("mm", "SOL_USDC", Side.ASK, D(20), D(100)).accepted
+    assert ex.order("trader", "SOL_USDC", Side.BID, D(20), D(100), auto_borrow=True).accepted
+    trader = ex.accounts["trader"]
+    assert trader.borrows == {"USDC": D("1000.000172")} and trader.available("SOL") == D("19.98")
+    ex.set_price("SOL", D(55))
+    assert ex.order("mm", "SOL_USDC", Side.BID, D(50), D("54.95")).accepted
+    assert margin.totals(trader).net_equity == D("43.954828")
+    ex.advance_to(2000)
+    assert rows(ex) == [
+        (1000, "start", D(0), None, D(0)),
+        (1000, "conversion", D("1.14"), D("54.95"), D("0.062643")),
+        (2000, "healthy", D(0), None, D(0)),
+    ]
+    assert "borrow of 1000.000172 USDC at 1 needs 50" in ex.liquidation_history["trader"][0].reason
+    assert trader.borrows == {"USDC": D("937.419815")} and trader.available("SOL") == D("18.84")
+    assert margin.totals(trader).net_equity == D("46.970185")
+    assert ex.invariant_violations() == []
+
+
+def test_the_liquidation_fee_goes_to_the_fund():
+    """backpack-2025-10: 1% of each liquidation fill. The first step of the partial example
+    sells 0.1 at 90,440: trading fee 4.522 plus liquidation fee 90.44, which the book books to
+    the liquidity fund. At 1% the fee is worth more than BTC's 0.67% maintenance margin, so the
+    step raises MMR (150.75% -> 178.49%): the account reaches auto-close sooner."""
+    ex = ten_x_long("backpack-2025-10")
+    quote_bid(ex, D(90450))
+    ex.advance_to(1000)
+    step = ex.liquidation_history["trader"][1]
+    assert (step.quantity, step.fee) == (D("0.1"), D("4.522") + D("90.44"))
+    assert ex.books[BTC].liquidation_fees == {"USDC": D("90.44")}
+    assert step.mmr_after > step.mmr_before
+    assert ex.invariant_violations() == []
+
+
+def test_orders_that_add_risk_are_refused_while_liquidating():
+    ex = ten_x_long()
+    assert ex.order("trader", BTC, Side.ASK, D("0.5"), D(101000)).accepted  # a resting take-profit
+    quote_bid(ex, D(90450))
+    ex.advance_to(1000)
+    trader = ex.accounts["trader"]
+    assert trader.liquidating and trader.open_orders == {}  # the take-profit was cancelled first
+    refused = ex.order("trader", BTC, Side.BID, D("0.1"), D(90500))
+    assert refused.rejection is not None and refused.rejection.code is ErrorCode.ACCOUNT_LIQUIDATING
+    assert ex.order("trader", BTC, Side.ASK, D("0.1"), D(90440), reduce_only=True).accepted
+
+
+def test_the_estimate_is_a_reference_for_a_complex_account():
+    """A pair trade: long 0.5 BTC at 100,000 and short 10 ETH at 4,000 on 10,000 USDC at 10x.
+    Alone, the BTC leg's estimated liquidation price would be (50,000 + 25 - 9,955) /
+    (0.5 x (1 - 0.00666667)) = 80,677.85. But liquidation judges the whole sub-account: BTC
+    drifts to 98,000 while ETH rallies 10 a second, and the short ETH leg's losses bring MMR to
+    100% with BTC still near 98,000, some 17,000 above the estimate. The core refuses to give one
+    estimate for this account and the history's first row names both legs and their PnL."""
+    ex = Exchange(load_profile("backpack"))
+    ex.set_price("BTC", D(100000))
+    ex.set_price("ETH", D(4000))
+    for name, usdc in (("mm", 10_000_000), ("pair", 10_000)):
+        ex.add_account(name, settings=Settings(leverage_limit=D(10)))
+        ex.deposit(name, "USDC", D(usdc))
+    assert ex.order("mm", BTC, Side.ASK, D("0.5"), D(100000)).accepted
+    assert ex.order("pair", BTC, Side.BID, D("0.5"), D(100000)).accepted
+    assert ex.order("mm", ETH, Side.BID, D(10), D(4000)).accepted
+    assert ex.order("pair", ETH, Side.ASK, D(10), D(4000)).accepted
+    pair = ex.accounts["pair"]
+    assert margin.estimate_liquidation_price(pair, BTC).reason == "other positions move equity too: ETH_USDC_PERP"
+    alone = Exchange(load_profile("backpack"))
+    alone.set_price("BTC", D(100000))
+    alone.add_account("mm")
+    alone.deposit("mm", "USDC", D(10_000_000))
+    alone.add_account("solo", settings=Settings(leverage_limit=D(10)))
+    alone.deposit("solo", "USDC", D(9955))  # the pair's USDC after both entry fees (25 + 20)
+    assert alone.order("mm", BTC, Side.ASK, D("0.5"), D(100000)).accepted
+    assert alone.order("solo", BTC, Side.BID, D("0.5"), D(100000)).accepted
+    estimate = margin.estimate_liquidation_price(alone.accounts["solo"], BTC).price
+    assert estimate.quantize(D("0.01")) == D("80677.85")
+    btc, eth = D(100000), D(4000)
+    for second in range(1, 120):
+        btc, eth = max(btc - 20, D(98000)), eth + 10
+        for symbol, price in (("BTC", btc), ("ETH", eth)):
+            ex.set_price(symbol, price)
+        ex.cancel_all("mm")
+        assert ex.order("mm", BTC, Side.BID, D(5), btc - 10).accepted
+        assert ex.order("mm", ETH, Side.ASK, D(50), eth + 1).accepted
+        ex.advance_to(second * 1000)
+        if "pair" in ex.liquidation_history:
+            break
+    start = ex.liquidation_history["pair"][0]
+    assert start.stage == "start" and btc >= D(98000) and btc - estimate > 17000
+    assert "BTC_USDC_PERP" in start.reason and "ETH_USDC_PERP" in start.reason and "PnL" in start.reason
+    ex.advance_to(ex.now_ms + 30_000)
+    markets = {s.market for s in ex.liquidation_history["pair"] if s.stage == "book"}
+    assert ETH in markets
+    assert ex.invariant_violations() == []
+
+
+def test_history_reads_as_plain_words():
+    ex = ten_x_long()
+    quote_bid(ex, D(90450))
+    ex.advance_to(2000)
+    lines = [describe_step(s) for s in ex.liquidation_history["trader"]]
+    assert lines[1] == (
+        "t=1.000s book: Ask 0.1 BTC_USDC_PERP at 90440, fee 4.522; MMR 150.75% -> 137.57% "
+        "(reduce the position on the book)"
+    )
+
+
+@pytest.mark.parametrize("profile_name", ["backpack", "backpack-2025-10"])
+def test_bankruptcy_leaves_a_debt_that_deposits_repay(profile_name):
+    """A gap far past zero equity with no backstop: ADL closes the long against the market
+    maker at mark, the account's USDC goes negative, the fund pays it and the account owes it;
+    the next deposit repays the fund first."""
+    ex = ten_x_long(profile_name)
+    ex.set_price("BTC", D(85000))  # equity 9,950 - 15,000 = -5,050
+    ex.advance_to(1000)
+    trader = ex.accounts["trader"]
+    assert trader.positions == {} and trader.unsettled_equity == D(-5050)
+    assert ex.liquidation_history["trader"][-1].stage == "bankruptcy"
+    assert ex.fund["USDC"] == D(-5050)
+    assert ex.deposit("trader", "USDC", D(6000)) == D(5050)
+    assert trader.unsettled_equity == 0 and trader.available("USDC") == D(950)
+    assert ex.invariant_violations() == []
