@@ -360,26 +360,32 @@ class Exchange:
                 self._apply_grant(account, grant)
 
     # -- withdrawals and transfers --------------------------------------------------------
-    def withdraw(self, account_id: str, asset: str, quantity: Decimal) -> Decimal | Rejection:
-        """Withdraw ``quantity`` if available equity stays >= 0 (redeeming lend as needed)."""
+    def withdraw(
+        self, account_id: str, asset: str, quantity: Decimal, *, auto_borrow: bool = False
+    ) -> Decimal | Rejection:
+        """Withdraw ``quantity`` if available equity stays >= 0 afterwards.
+
+        Lent balance is redeemed as needed (the venue always does, spec 9.3); with
+        ``auto_borrow`` the rest may be borrowed. A refusal changes nothing.
+        """
         account = self.accounts[account_id]
-        refused = self._check_outflow(account, asset, quantity)
+        refused = self._outflow(account, asset, quantity, auto_borrow)
         if refused is not None:
             return refused
-        account.debit(asset, quantity)
         self._external(asset, -quantity)
         self._log("withdrawal", account=account_id, asset=asset, quantity=quantity)
         return quantity
 
-    def transfer(self, source: str, target: str, asset: str, quantity: Decimal) -> Decimal | Rejection:
+    def transfer(
+        self, source: str, target: str, asset: str, quantity: Decimal, *, auto_borrow: bool = False
+    ) -> Decimal | Rejection:
         """Move funds between sub-accounts of one owner under the withdrawal rule (spec 13)."""
         src, dst = self.accounts[source], self.accounts[target]
         if src.owner != dst.owner:
             return Rejection(ErrorCode.INVALID_ORDER, f"{source} and {target} belong to different owners")
-        refused = self._check_outflow(src, asset, quantity)
+        refused = self._outflow(src, asset, quantity, auto_borrow)
         if refused is not None:
             return refused
-        src.debit(asset, quantity)
         repaid = dst.deposit(asset, quantity)
         if repaid:
             self._fund(asset, repaid)
@@ -387,38 +393,61 @@ class Exchange:
         self.housekeep(dst)
         return quantity
 
-    def _check_outflow(self, account: SubAccount, asset: str, quantity: Decimal) -> Rejection | None:
-        short = quantity - account.available(asset)
-        if short > 0:
-            lent = account.lends.get(asset, ZERO)
-            if short > lent:
-                return Rejection(ErrorCode.INSUFFICIENT_FUNDS,
-                                 f"{fmt(quantity)} {asset} asked, {fmt(account.available(asset) + lent)} available and lent")
-            grant = self.pools[asset].redeem(account.id, short)
-            if isinstance(grant, Rejection):
-                return grant
-            self._apply_grant(account, grant)
-        ev = evaluate_change(account, Change(balances=((asset, -quantity),)))
+    def _outflow_plan(
+        self, account: SubAccount, asset: str, quantity: Decimal, auto_borrow: bool
+    ) -> tuple[Decimal, Decimal] | Rejection:
+        """(lend to redeem, quantity to borrow) for taking ``quantity`` out, or why not."""
+        if quantity <= 0:
+            return Rejection(ErrorCode.INVALID_QUANTITY, f"quantity {fmt(quantity)} must be positive")
+        short = max(quantity - max(account.available(asset), ZERO), ZERO)
+        lent = account.lends.get(asset, ZERO)
+        redeem = min(lent, short)
+        borrow = short - redeem if auto_borrow else ZERO
+        if short - redeem - borrow > 0:
+            return Rejection(ErrorCode.INSUFFICIENT_FUNDS,
+                             f"{fmt(quantity)} {asset} asked, {fmt(account.available(asset) + lent)} available and lent"
+                             + ("" if auto_borrow else " (auto-borrow would borrow the rest)"),
+                             {"asset": asset, "needed": quantity, "available": account.available(asset) + lent})
+        ev = evaluate_change(account, Change(balances=((asset, borrow - quantity),), borrows=((asset, borrow),)))
         if ev.after.available < 0:
-            largest = self.max_withdrawal_quantity(account.id, asset)
+            largest = self.max_withdrawal_quantity(account.id, asset, auto_borrow=auto_borrow)
             return Rejection(
                 ErrorCode.INSUFFICIENT_MARGIN,
-                f"withdrawing {fmt(quantity)} {asset} would take available equity to {fmt(ev.after.available, 2)}; "
+                f"taking {fmt(quantity)} {asset} out would take available equity to {fmt(ev.after.available, 2)}; "
                 f"at most {fmt(largest)} can leave",
                 {"available_before": ev.before.available, "available_after": ev.after.available,
                  "imr_before": ev.before.imr, "imr_after": ev.after.imr, "max_quantity": largest},
             )
+        return redeem, borrow
+
+    def _outflow(self, account: SubAccount, asset: str, quantity: Decimal, auto_borrow: bool) -> Rejection | None:
+        """Check, draw from the pool (both or neither), then debit: all or nothing."""
+        plan = self._outflow_plan(account, asset, quantity, auto_borrow)
+        if isinstance(plan, Rejection):
+            return plan
+        redeem, borrow = plan
+        if redeem or borrow:
+            grants = self.pools[asset].draw(account.id, redeem, borrow, self.now_ms)
+            if isinstance(grants, Rejection):
+                return grants
+            for grant in grants:
+                self._apply_grant(account, grant)
+        account.debit(asset, quantity)
         return None
 
-    def max_withdrawal_quantity(self, account_id: str, asset: str) -> Decimal:
-        """The venue's ``/limits/withdrawal``: what keeps available equity >= 0."""
+    def max_withdrawal_quantity(self, account_id: str, asset: str, *, auto_borrow: bool = False) -> Decimal:
+        """The venue's ``/limits/withdrawal``: the most that keeps available equity >= 0 (what is
+        held and lent, plus what could be borrowed with ``auto_borrow``)."""
         account = self.accounts[account_id]
         before = totals(account)
-        held = account.available(asset) + account.lends.get(asset, ZERO)
+        held = max(account.available(asset), ZERO) + account.lends.get(asset, ZERO)
 
         def passes(quantity: Decimal) -> bool:
-            change = Change(balances=((asset, -quantity),))
-            return quantity <= held and evaluate_change(account, change, before).after.available >= 0
+            borrow = max(quantity - held, ZERO)
+            if borrow and not auto_borrow:
+                return False
+            change = Change(balances=((asset, borrow - quantity),), borrows=((asset, borrow),))
+            return evaluate_change(account, change, before).after.available >= 0
 
         return largest_passing(passes, self.profile.assets[asset].step)
 

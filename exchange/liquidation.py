@@ -397,6 +397,38 @@ def adl_queue(candidates: Sequence[AdlCandidate], liquidated_side_sign: int) -> 
     return sorted(opposite, key=lambda c: (-c.score, c.account))
 
 
+@attrs.frozen
+class LiquidatedPosition:
+    """What liquidation took from one market (or borrow): the venue FAQ's "liquidated positions"."""
+
+    market: str
+    side: str  # the side liquidation traded: "Ask" sold a long (or collateral), "Bid" bought back
+    quantity: Decimal
+    average_price: Decimal
+    fees: Decimal
+    stages: tuple[str, ...]  # how it went: "book", "conversion", "backstop", "adl"
+    first_ms: int
+    last_ms: int
+
+
+def liquidated_positions(history: Sequence[LiquidationStep]) -> list[LiquidatedPosition]:
+    """A sub-account's liquidation history summed per market and side, in the order it happened."""
+    groups: dict[tuple[str, str], list[LiquidationStep]] = {}
+    for step in history:
+        if step.market is not None and step.side is not None and step.quantity and step.price is not None:
+            groups.setdefault((step.market, step.side), []).append(step)
+    summary = []
+    for (market, side), steps in groups.items():
+        quantity = sum((s.quantity for s in steps), ZERO)
+        notional = sum((s.quantity * s.price for s in steps), ZERO)  # type: ignore[operator]
+        stages = tuple(dict.fromkeys(s.stage for s in steps))
+        summary.append(
+            LiquidatedPosition(market, side, quantity, notional / quantity, sum((s.fee for s in steps), ZERO),
+                               stages, steps[0].time_ms, steps[-1].time_ms)
+        )
+    return summary
+
+
 def describe_step(step: LiquidationStep) -> str:
     """One line of plain words for a history row (used by the CLI's ``explain``)."""
     what = f": {step.side or ''} {fmt(step.quantity)} {step.market} at {fmt(step.price)}" if step.market else ""

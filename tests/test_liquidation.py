@@ -324,3 +324,18 @@ def test_bankruptcy_leaves_a_debt_that_deposits_repay(profile_name):
     assert ex.deposit("trader", "USDC", D(6000)) == D(5050)
     assert trader.unsettled_equity == 0 and trader.available("USDC") == D(950)
     assert ex.invariant_violations() == []
+
+
+def test_liquidated_positions_answer_the_faq():
+    """"How can I view liquidated positions": the partial example summed per market. The five
+    book steps sold 0.1 + 0.09 + 0.081 + 0.0729 + 0.02669 = 0.37059 BTC at 90,440 (fees
+    4.522 + 4.0698 + 3.66282 + 3.296538 + 1.206922 = 16.758080)."""
+    from exchange.liquidation import liquidated_positions
+
+    ex = ten_x_long()
+    quote_bid(ex, D(90450))
+    ex.advance_to(6000)
+    (summary,) = liquidated_positions(ex.liquidation_history["trader"])
+    assert (summary.market, summary.side, summary.stages) == (BTC, "Ask", ("book",))
+    assert (summary.quantity, summary.average_price, summary.fees) == (D("0.37059"), D(90440), D("16.75808"))
+    assert (summary.first_ms, summary.last_ms) == (1000, 5000)

@@ -8,7 +8,7 @@ from exchange.engine import Exchange
 from exchange.funding import FundingClock, funding_payments
 from exchange.ledger import Settings
 from exchange.lending import HOUR_MS
-from exchange.orders import Side
+from exchange.orders import ErrorCode, Side
 from exchange.profile import load_profile
 
 D = Decimal
@@ -239,4 +239,27 @@ def test_f6_spot_margin_end_to_end():
 
     s = summarize(trader)
     assert abs(s.imr - D(100) / D(900)) < D("0.001")
+    assert ex.invariant_violations() == []
+
+
+def test_withdrawal_redeems_and_may_borrow_all_or_nothing():
+    """500 USDC available and 500 lent: withdrawing 800 redeems 300 of the lend. Withdrawing
+    1,200 needs auto-borrow (the whole lend redeemed, 200 borrowed); refused without it, and a
+    refusal leaves the lend where it was."""
+    ex = Exchange(load_profile("backpack"))
+    ex.add_account("lender")
+    ex.deposit("lender", "USDC", D(100_000))
+    ex.lend("lender", "USDC", D(100_000))
+    ex.add_account("a")
+    ex.deposit("a", "SOL", D(100))
+    ex.set_price("SOL", D(100))
+    ex.deposit("a", "USDC", D(1000))
+    ex.lend("a", "USDC", D(500))
+    assert ex.withdraw("a", "USDC", D(800)) == D(800)
+    a = ex.accounts["a"]
+    assert a.lends == {"USDC": D(200)} and a.available("USDC") == 0
+    refused = ex.withdraw("a", "USDC", D(400))
+    assert refused.code is ErrorCode.INSUFFICIENT_FUNDS and a.lends == {"USDC": D(200)}
+    assert ex.withdraw("a", "USDC", D(400), auto_borrow=True) == D(400)
+    assert a.lends == {} and a.borrows["USDC"] >= D(200)
     assert ex.invariant_violations() == []
