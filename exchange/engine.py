@@ -35,6 +35,7 @@ from exchange.liquidation import (
     BACKSTOP,
     BOOK,
     AdlCandidate,
+    BackstopProvider,
     LiquidationStep,
     adl_queue,
     needs_liquidation,
@@ -72,21 +73,6 @@ class OrderOutcome:
     @property
     def accepted(self) -> bool:
         return self.rejection is None
-
-
-@attrs.define
-class BackstopProvider:
-    """A sub-account that takes liquidated positions and borrows at mark (spec 11.3).
-
-    ``capacity`` is the USD notional it will absorb per perp market or borrowed asset.
-    """
-
-    account: str
-    capacity: dict[str, Decimal]
-    used: dict[str, Decimal] = attrs.field(factory=dict)
-
-    def room(self, symbol: str) -> Decimal:
-        return self.capacity.get(symbol, ZERO) - self.used.get(symbol, ZERO)
 
 
 @attrs.define
@@ -246,8 +232,7 @@ class Exchange:
             market = self.profile.markets[fill.market]
             effect = account.apply_fill(fill, market)
             if effect.house_remainder:
-                book = self.books[fill.market]
-                book.fee_income[self.settle] = book.fee_income.get(self.settle, ZERO) + effect.house_remainder
+                self._fund(self.settle, effect.house_remainder)
             self._log("fill", account=fill.account, market=fill.market, order_id=fill.order_id, side=fill.side,
                       price=fill.price, quantity=fill.quantity, fee=fill.fee, fee_asset=fill.fee_asset,
                       maker=fill.is_maker, origin=fill.origin, realized_pnl=effect.realized_pnl,

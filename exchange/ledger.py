@@ -12,7 +12,7 @@ Accounting choices (the invariants depend on them):
   the market to the last digit. ``entry_price`` (the average opening price) is kept for display
   and for the break-even price; it does not enter any balance.
 * Realized PnL is rounded down to the settlement asset's step; the sub-step remainder stays in
-  ``net_cost`` (it is realized later) and goes to the exchange when the position closes.
+  ``net_cost`` (it is realized later) and goes to the liquidity fund when the position closes.
 * Spot orders lock what they may spend: a bid locks quote (``quantity x price``, rounded up), an
   ask locks base. Locked funds still count as collateral (spec 2.1). What an order did not use is
   released when its final update arrives.
@@ -103,7 +103,7 @@ class FillEffect:
     fee: Decimal
     liquidation_fee: Decimal
     position_after: Decimal | None
-    house_remainder: Decimal  # sub-step PnL remainder handed to the exchange on a close
+    house_remainder: Decimal  # sub-step PnL remainder handed to the liquidity fund on a close
 
 
 class SubAccount:

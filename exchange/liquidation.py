@@ -80,6 +80,21 @@ class LiquidationStep:
     reason: str
 
 
+@attrs.define
+class BackstopProvider:
+    """A sub-account that takes liquidated positions and borrows at mark (spec 11.3).
+
+    ``capacity`` is the USD notional it will absorb per perp market or borrowed asset.
+    """
+
+    account: str
+    capacity: dict[str, Decimal]
+    used: dict[str, Decimal] = attrs.field(factory=dict)
+
+    def room(self, symbol: str) -> Decimal:
+        return self.capacity.get(symbol, ZERO) - self.used.get(symbol, ZERO)
+
+
 @attrs.frozen
 class LiquidationOrder:
     """A reduce-only IOC market order the liquidator wants on a book.

@@ -1,0 +1,869 @@
+"""The sub-account actor: one sub-account's ledger, changed only by the messages it handles.
+
+It runs the pre-trade check on the marks it has heard (which may be stale), reserves, and sends
+orders to the markets; it books fills, funding and interest; it keeps its USDC settled (redeem,
+borrow, convert, then the fund) and its auto-lend and auto-repay going; it tells the liquidator
+how healthy it is; and when the liquidator moves against it, it re-checks its own health before
+acting, executes the liquidation loop itself (the liquidator decides when, the account knows its
+state), and settles what is left. Replies to its trader follow every request.
+
+Pool requests are asynchronous: an order that needs a redeem or a borrow waits for the pool's
+reply and is checked again before it is reserved (its state may have moved meanwhile); funds
+promised to the pool (a lend, a repay) are locked until the pool answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from actors.protocol import (
+    FEED,
+    LIQUIDATOR,
+    SCHEDULER,
+    AssetTransfer,
+    BackstopDelivery,
+    BackstopPlan,
+    BorrowWrittenOff,
+    CancelAll,
+    CancelAllOnBook,
+    CancelOnBook,
+    CancelOrder,
+    CancelRefused,
+    Deposit,
+    DeliveryRequest,
+    FillNotice,
+    FundFlow,
+    FundingNotice,
+    HealthReport,
+    InterestNotice,
+    LendWrittenOff,
+    LiquidationLoop,
+    LiquidationReport,
+    LoanRequest,
+    OrderChanged,
+    OrderFilled,
+    OrderPlaced,
+    OrderRefused,
+    PlaceOrder,
+    PoolReply,
+    PoolRequest,
+    PositionTransfer,
+    PriceSnapshot,
+    PriceUpdate,
+    RequestDone,
+    RequestRefused,
+    Schedule,
+    StartLiquidation,
+    SubmitOrder,
+    SubmitRefused,
+    Subscribe,
+    Tick,
+    TransferDone,
+    TransferOut,
+    UpdateNotice,
+    UpdateSettings,
+    Withdraw,
+    account_address,
+    market_address,
+    pool_address,
+)
+from actors.runtime import Actor, now_ms
+from exchange.decimals import ZERO, ceil_to, floor_to, fmt
+from exchange.ledger import SubAccount
+from exchange.lending import Grant
+from exchange.liquidation import (
+    BACKSTOP,
+    BOOK,
+    LiquidationOrder,
+    LiquidationStep,
+    needs_liquidation,
+    plan_step,
+    why_liquidated,
+)
+from exchange.margin import Change, evaluate_change, totals
+from exchange.orders import (
+    ErrorCode,
+    ExpiryReason,
+    Order,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Origin,
+    Rejection,
+    Side,
+    TimeInForce,
+)
+from exchange.pretrade import Accepted, check_order
+from exchange.settlement import plan_reconciliation, settlement_shortfall
+
+if TYPE_CHECKING:
+    from actors.system import System
+
+REPORT_FROM_MMR = Decimal("0.5")  # below this, report only when positions or borrows change
+
+
+@attrs.define
+class _Pending:
+    """A pool request in flight and what to do with the answer."""
+
+    kind: str  # "order", "withdraw", "transfer", "loan", "settlement", "auto", "liquidation"
+    sender: str | None = None
+    payload: Any = None
+    locked: tuple[str, Decimal] | None = None  # funds locked for a lend or repay
+
+
+@attrs.define
+class _LiquidationRun:
+    """The account's side of one liquidation loop or backstop plan."""
+
+    loop: int
+    mmr_before: Decimal
+    orders: dict[str, LiquidationOrder] = attrs.field(factory=dict)
+    fills: dict[str, list] = attrs.field(factory=dict)
+    book_failed: bool = False
+    outstanding: int = 0  # transfers, deliveries or final repays not yet answered
+    steps: list[LiquidationStep] = attrs.field(factory=list)
+    reason: str = ""
+    settling: bool = False
+
+
+class SubAccountActor(Actor):
+    handlers = {
+        PlaceOrder: "on_place_order",
+        CancelOrder: "on_cancel_order",
+        CancelAll: "on_cancel_all",
+        Deposit: "on_deposit",
+        Withdraw: "on_withdraw",
+        TransferOut: "on_transfer_out",
+        LoanRequest: "on_loan_request",
+        UpdateSettings: "on_update_settings",
+        FillNotice: "on_fill",
+        UpdateNotice: "on_update",
+        SubmitRefused: "on_submit_refused",
+        CancelRefused: "on_cancel_refused",
+        FundingNotice: "on_funding",
+        PriceUpdate: "on_price",
+        PriceSnapshot: "on_snapshot",
+        PoolReply: "on_pool_reply",
+        InterestNotice: "on_interest",
+        LendWrittenOff: "on_lend_written_off",
+        BorrowWrittenOff: "on_borrow_written_off",
+        AssetTransfer: "on_asset_transfer",
+        Tick: "on_tick",
+        StartLiquidation: "on_start_liquidation",
+        LiquidationLoop: "on_liquidation_loop",
+        BackstopPlan: "on_backstop_plan",
+        TransferDone: "on_transfer_done",
+        DeliveryRequest: "on_delivery_request",
+        BackstopDelivery: "on_backstop_delivery",
+    }
+
+    def __init__(self, system: System, account: SubAccount, siblings: Iterable[str] = ()) -> None:
+        super().__init__(system, account_address(account.id))
+        self.account = account
+        self.profile = account.profile
+        self.settle = account.profile.settlement_asset
+        self.siblings = tuple(siblings)
+        self.owners: dict[str, str] = {}  # order id -> who placed it (notices go there)
+        self.subscribed: set[str] = set()  # membership only
+        self.deferred: list[tuple[str, Any]] = []
+        self.awaiting: dict[str, _Pending] = {}
+        self.busy_assets: dict[str, None] = {}  # assets with an automatic pool request in flight
+        self.reconciling: str | None = None  # what the current USDC cover waits for
+        self.borrow_refused = False
+        self.conversions_tried = False
+        self.realizing = False
+        self.liquidation: _LiquidationRun | None = None
+        self._seq = 0
+        self._last_report: tuple[Any, ...] | None = None
+        self._last_mmr = ZERO
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _next_id(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{self.account.id}-{prefix}{self._seq}"
+
+    def _notify(self, recipient: str | None, message: object) -> None:
+        if recipient is not None:
+            self.send(recipient, message)
+
+    def _lock(self, asset: str, quantity: Decimal) -> None:
+        bal = self.account.balance(asset)
+        bal.available -= quantity
+        bal.locked += quantity
+
+    def _unlock(self, asset: str, quantity: Decimal) -> None:
+        bal = self.account.balance(asset)
+        bal.locked -= quantity
+        bal.available += quantity
+
+    def _ask_pool(self, asset: str, pending: _Pending, **amounts: Any) -> str:
+        request_id = self._next_id("p")
+        self.awaiting[request_id] = pending
+        self.send(pool_address(asset), PoolRequest(request_id, self.account.id, **amounts))
+        return request_id
+
+    def _symbols_for(self, market: str) -> tuple[str, ...]:
+        spec = self.profile.markets[market]
+        symbols = (market, spec.base, spec.quote) if spec.is_perp else (spec.base, spec.quote)
+        return tuple(s for s in symbols if s != self.settle)
+
+    def _ensure_prices(self, symbols: Iterable[str], sender: str, message: Any) -> bool:
+        """True when every price is heard; else subscribe and hold ``message`` for the snapshot."""
+        missing = tuple(s for s in symbols if s not in self.subscribed and s != self.settle)
+        if not missing:
+            return True
+        self.subscribed.update(missing)
+        self.send(FEED, Subscribe(missing))
+        self.deferred.append((sender, message))
+        return False
+
+    def subscribe(self, symbols: Iterable[str]) -> None:
+        """Hear these prices from the start (used when the run is set up)."""
+        missing = tuple(s for s in symbols if s not in self.subscribed and s != self.settle)
+        if missing:
+            self.subscribed.update(missing)
+            self.send(FEED, Subscribe(missing))
+
+    # -- orders -----------------------------------------------------------------------------
+    def on_place_order(self, sender: str, message: PlaceOrder) -> None:
+        order = message.order
+        if order.market in self.profile.markets and not self._ensure_prices(
+            self._symbols_for(order.market), sender, message
+        ):
+            return
+        self._place(order, sender)
+
+    def _place(self, order: Order, owner: str | None) -> None:
+        result = check_order(self.account, order)
+        if isinstance(result, Rejection):
+            self._refuse_order(order, result, owner)
+            return
+        if result.redeem or result.borrow:
+            assert result.lock_asset is not None
+            self._ask_pool(
+                result.lock_asset, _Pending("order", owner, order),
+                redeem=result.redeem, borrow=result.borrow, purpose="order",
+            )
+            return
+        self._submit(result, owner)
+
+    def _submit(self, accepted: Accepted, owner: str | None) -> None:
+        order = accepted.order
+        self.account.reserve(order, accepted.lock_asset, accepted.lock_amount)
+        if owner is not None:
+            self.owners[order.order_id] = owner
+        ev = accepted.evaluation
+        self.log.info(
+            "order_placed", order_id=order.order_id, market=order.market, side=order.side,
+            order_type=order.order_type, quantity=order.quantity, price=order.price,
+            quote_quantity=order.quote_quantity, origin=order.origin, reduce_only=order.reduce_only,
+            imr_after=ev.after.imr if ev is not None else None,
+        )
+        self.send(market_address(order.market), SubmitOrder(order))
+        self._notify(owner, OrderPlaced(order))
+
+    def _refuse_order(self, order: Order, rejection: Rejection, owner: str | None) -> None:
+        self.log.info(
+            "order_rejected", order_id=order.order_id, market=order.market, side=order.side,
+            quantity=order.quantity, price=order.price, code=rejection.code, reason=rejection.reason,
+            message=rejection.message, **rejection.details,
+        )
+        self._notify(owner, OrderRefused(order, rejection))
+
+    def on_cancel_order(self, sender: str, message: CancelOrder) -> None:
+        self.send(market_address(message.market), CancelOnBook(message.order_id, self.account.id))
+
+    def on_cancel_all(self, sender: str, message: CancelAll) -> None:
+        for market in self._markets_with_orders():
+            if message.market is None or message.market == market:
+                self.send(market_address(market), CancelAllOnBook(self.account.id))
+
+    def _markets_with_orders(self) -> list[str]:
+        return list(dict.fromkeys(e.order.market for e in self.account.open_orders.values()))
+
+    def on_submit_refused(self, sender: str, message: SubmitRefused) -> None:
+        order = message.order
+        self.account.apply_update(
+            OrderUpdate(order.order_id, self.account.id, order.market, OrderStatus.EXPIRED, ZERO, ZERO, ZERO)
+        )
+        self._refuse_order(order, message.rejection, self.owners.pop(order.order_id, None))
+        self._order_ended(order)
+
+    def on_cancel_refused(self, sender: str, message: CancelRefused) -> None:
+        self.log.info("cancel_refused", order_id=message.order_id, code=message.rejection.code,
+                      message=message.rejection.message)
+
+    def on_fill(self, sender: str, message: FillNotice) -> None:
+        fill, market = message.fill, message.market
+        effect = self.account.apply_fill(fill, market)
+        self.log.info(
+            "fill", market=fill.market, order_id=fill.order_id, side=fill.side, price=fill.price,
+            quantity=fill.quantity, fee=fill.fee, fee_asset=fill.fee_asset, maker=fill.is_maker,
+            origin=fill.origin, realized_pnl=effect.realized_pnl, position=effect.position_after,
+            liquidation_fee=fill.liquidation_fee,
+        )
+        if effect.house_remainder:
+            self.send(LIQUIDATOR, FundFlow(self.account.id, self.settle, effect.house_remainder, "rounding"))
+        if market.is_perp and not self.realizing and self.profile.realize_interval_ms:
+            self.realizing = True
+            interval = self.profile.realize_interval_ms
+            self.send(SCHEDULER, Schedule("realize", (now_ms() // interval + 1) * interval, interval))
+        run = self.liquidation
+        if run is not None and fill.order_id in run.orders:
+            run.fills[fill.order_id].append(fill)
+        self._notify(self.owners.get(fill.order_id), OrderFilled(fill))
+        self._settled()
+
+    def on_update(self, sender: str, message: UpdateNotice) -> None:
+        update = message.update
+        entry = self.account.apply_update(update)
+        owner = self.owners.get(update.order_id)
+        if update.status.is_final:
+            self.owners.pop(update.order_id, None)
+            self.log.info("order_closed", order_id=update.order_id, market=update.market, status=update.status,
+                          reason=update.reason, executed=update.executed_quantity)
+            if entry is not None:
+                self._order_ended(entry.order)
+        self._notify(owner, OrderChanged(update))
+        self._settled()
+
+    def _order_ended(self, order: Order) -> None:
+        """Per-order spot flags, conversions that settle USDC, liquidation orders."""
+        spec = self.profile.markets[order.market]
+        if not spec.is_perp:
+            received = spec.base if order.side is Side.BID else spec.quote
+            paid = spec.quote if order.side is Side.BID else spec.base
+            if order.auto_borrow_repay:
+                self._repay_from_available(received)
+            if order.auto_borrow:
+                self._repay_from_available(paid)  # borrowed funds the order did not spend
+            if order.auto_lend:
+                self._lend_available(received)
+        if order.origin is Origin.COLLATERAL_CONVERSION and self.reconciling == order.order_id:
+            self.reconciling = None
+        run = self.liquidation
+        if run is not None and order.order_id in run.orders:
+            self._liquidation_order_ended(order)
+
+    # -- prices -----------------------------------------------------------------------------
+    def on_price(self, sender: str, message: PriceUpdate) -> None:
+        self.account.marks[message.symbol] = message.price
+        self._report()
+
+    def on_snapshot(self, sender: str, message: PriceSnapshot) -> None:
+        self.account.marks.update(message.prices)
+        deferred, self.deferred = self.deferred, []
+        for held_sender, held in deferred:
+            self.handle(held_sender, held)
+        self._report()
+
+    # -- money in and out -------------------------------------------------------------------
+    def on_deposit(self, sender: str, message: Deposit) -> None:
+        if message.asset not in self.profile.assets:
+            self.log.info("deposit_refused", asset=message.asset, quantity=message.quantity)
+            return
+        credited = floor_to(message.quantity, self.profile.assets[message.asset].step)
+        repaid = self.account.deposit(message.asset, message.quantity)
+        self.log.info("deposit", asset=message.asset, quantity=credited, repaid_debt=repaid)
+        if repaid:
+            self.send(LIQUIDATOR, FundFlow(self.account.id, message.asset, repaid, "debt repaid"))
+        self.subscribe((message.asset,))
+        self._settled()
+
+    def on_withdraw(self, sender: str, message: Withdraw | TransferOut) -> None:
+        plan = self._outflow_plan(message.asset, message.quantity, getattr(message, "auto_borrow", False))
+        if isinstance(plan, Rejection):
+            self.log.info("withdrawal_refused", request_id=message.request_id, asset=message.asset,
+                          quantity=message.quantity, code=plan.code, message=plan.message, **plan.details)
+            self.send(sender, RequestRefused(message.request_id, plan))
+            return
+        redeem, borrow = plan
+        if redeem or borrow:
+            self._ask_pool(message.asset, _Pending("withdraw", sender, message), redeem=redeem, borrow=borrow,
+                           purpose="withdrawal")
+            return
+        self._finish_outflow(sender, message)
+
+    def on_transfer_out(self, sender: str, message: TransferOut) -> None:
+        if message.target not in self.siblings:
+            refused = Rejection(ErrorCode.INVALID_ORDER,
+                                f"{message.target} is not a sub-account of {self.account.owner}")
+            self.send(sender, RequestRefused(message.request_id, refused))
+            return
+        self.on_withdraw(sender, message)  # same rule; _finish_outflow sends it to the sibling
+
+    def _outflow_plan(self, asset: str, quantity: Decimal, auto_borrow: bool) -> tuple[Decimal, Decimal] | Rejection:
+        account = self.account
+        if quantity <= 0 or asset not in self.profile.assets:
+            return Rejection(ErrorCode.INVALID_QUANTITY, f"cannot take out {fmt(quantity)} {asset}")
+        short = max(quantity - max(account.available(asset), ZERO), ZERO)
+        lent = account.lends.get(asset, ZERO)
+        redeem = min(lent, short)
+        borrow = short - redeem if auto_borrow else ZERO
+        if short - redeem - borrow > 0:
+            return Rejection(ErrorCode.INSUFFICIENT_FUNDS,
+                             f"{fmt(quantity)} {asset} asked, {fmt(account.available(asset) + lent)} available and lent",
+                             {"asset": asset, "needed": quantity, "available": account.available(asset) + lent})
+        ev = evaluate_change(account, Change(balances=((asset, borrow - quantity),), borrows=((asset, borrow),)))
+        if ev.after.available < 0:
+            return Rejection(
+                ErrorCode.INSUFFICIENT_MARGIN,
+                f"taking {fmt(quantity)} {asset} out would take available equity to {fmt(ev.after.available, 2)}",
+                {"available_before": ev.before.available, "available_after": ev.after.available,
+                 "imr_before": ev.before.imr, "imr_after": ev.after.imr},
+            )
+        return redeem, borrow
+
+    def _finish_outflow(self, sender: str, message: Withdraw | TransferOut) -> None:
+        asset, quantity = message.asset, message.quantity
+        if self.account.available(asset) < quantity:
+            refused = Rejection(ErrorCode.INSUFFICIENT_FUNDS, f"{fmt(quantity)} {asset} is no longer available")
+            self.send(sender, RequestRefused(message.request_id, refused))
+            return
+        self.account.debit(asset, quantity)
+        if isinstance(message, TransferOut):
+            self.log.info("transfer_out", request_id=message.request_id, target=message.target, asset=asset,
+                          quantity=quantity)
+            self.send(account_address(message.target),
+                      AssetTransfer(self.account.id, asset, quantity, "sibling transfer", message.request_id))
+        else:
+            self.log.info("withdrawal", request_id=message.request_id, asset=asset, quantity=quantity)
+        self.send(sender, RequestDone(message.request_id, f"{fmt(quantity)} {asset}"))
+        self._settled()
+
+    def on_asset_transfer(self, sender: str, message: AssetTransfer) -> None:
+        repaid = self.account.deposit(message.asset, message.quantity)
+        self.log.info("transfer_in", sender=message.sender, asset=message.asset, quantity=message.quantity,
+                      reason=message.reason, repaid_debt=repaid)
+        if repaid:
+            self.send(LIQUIDATOR, FundFlow(self.account.id, message.asset, repaid, "debt repaid"))
+        self.subscribe((message.asset,))
+        self._settled()
+
+    # -- the lending pool -------------------------------------------------------------------
+    def on_loan_request(self, sender: str, message: LoanRequest) -> None:
+        account, asset, quantity = self.account, message.asset, message.quantity
+        refused: Rejection | None = None
+        if asset not in self.profile.assets or quantity <= 0:
+            refused = Rejection(ErrorCode.INVALID_QUANTITY, f"cannot {message.action} {fmt(quantity)} {asset}")
+        elif message.action in ("lend", "repay") and account.available(asset) < quantity:
+            refused = Rejection(ErrorCode.INSUFFICIENT_FUNDS,
+                                f"cannot {message.action} {fmt(quantity)} {asset}: {fmt(account.available(asset))} available")
+        elif message.action == "borrow":
+            ev = evaluate_change(account, Change(balances=((asset, quantity),), borrows=((asset, quantity),)))
+            if ev.after.available < 0:
+                refused = Rejection(
+                    ErrorCode.INSUFFICIENT_MARGIN,
+                    f"borrowing {fmt(quantity)} {asset} would take available equity from "
+                    f"{fmt(ev.before.available, 2)} to {fmt(ev.after.available, 2)}",
+                    {"imr_before": ev.before.imr, "imr_after": ev.after.imr,
+                     "available_before": ev.before.available, "available_after": ev.after.available},
+                )
+        if refused is not None:
+            self.log.info("loan_refused", action=message.action, asset=asset, quantity=quantity, code=refused.code,
+                          message=refused.message)
+            self.send(sender, RequestRefused(message.request_id, refused))
+            return
+        pending = _Pending("loan", sender, message)
+        if message.action in ("lend", "repay"):
+            self._lock(asset, quantity)
+            pending.locked = (asset, quantity)
+        self._ask_pool(asset, pending, **{message.action: quantity}, purpose="user")
+
+    def on_pool_reply(self, sender: str, message: PoolReply) -> None:
+        pending = self.awaiting.pop(message.request_id)
+        if pending.locked is not None:
+            self._unlock(*pending.locked)
+        for grant in message.grants:
+            self._apply_grant(grant)
+        kind = pending.kind
+        if kind == "order":
+            order = pending.payload
+            if message.rejection is not None:
+                reason = ExpiryReason.INSUFFICIENT_BORROWABLE_QUANTITY if message.rejection.code in (
+                    ErrorCode.INSUFFICIENT_SUPPLY, ErrorCode.BORROW_LIMIT) else message.rejection.reason
+                self._refuse_order(order, attrs.evolve(message.rejection, reason=reason), pending.sender)
+            else:
+                # Checked again: fills or prices may have moved while the pool answered.
+                result = check_order(self.account, order)
+                if isinstance(result, Accepted) and not (result.redeem or result.borrow):
+                    self._submit(result, pending.sender)
+                else:
+                    refused = result if isinstance(result, Rejection) else Rejection(
+                        ErrorCode.INSUFFICIENT_FUNDS, "funds moved while the pool answered", {}, ExpiryReason.INSUFFICIENT_FUNDS)
+                    self._refuse_order(order, refused, pending.sender)
+        elif kind in ("withdraw", "transfer"):
+            if message.rejection is not None:
+                self.send(pending.sender, RequestRefused(pending.payload.request_id, message.rejection))
+            else:
+                self._finish_outflow(pending.sender, pending.payload)
+        elif kind == "loan":
+            request = pending.payload
+            if message.rejection is not None:
+                self.log.info("loan_refused", action=request.action, asset=request.asset, quantity=request.quantity,
+                              code=message.rejection.code, message=message.rejection.message)
+                self.send(pending.sender, RequestRefused(request.request_id, message.rejection))
+            else:
+                self.send(pending.sender, RequestDone(request.request_id, f"{request.action} {fmt(request.quantity)}"))
+        elif kind == "settlement":
+            self.reconciling = None
+            if message.rejection is not None and pending.payload == "borrow":
+                self.borrow_refused = True
+        elif kind == "auto":
+            self.busy_assets.pop(pending.payload, None)
+        elif kind == "liquidation":
+            self.busy_assets.pop(pending.payload, None)
+            run = self.liquidation
+            if run is not None and run.settling:
+                run.outstanding -= 1
+                if not run.outstanding:
+                    self._close_liquidation()
+        self._settled()
+
+    def _apply_grant(self, grant: Grant) -> None:
+        account = self.account
+        if grant.action == "lend":
+            account.apply_lend(grant.asset, grant.quantity)
+        elif grant.action == "redeem":
+            account.apply_redeem(grant.asset, grant.quantity)
+        elif grant.action == "borrow":
+            account.apply_borrow(grant.asset, grant.quantity, grant.entry_fee)
+        else:
+            account.apply_repay(grant.asset, grant.quantity)
+        self.log.info(grant.action, asset=grant.asset, quantity=grant.quantity, entry_fee=grant.entry_fee)
+
+    def on_interest(self, sender: str, message: InterestNotice) -> None:
+        self.account.apply_interest(message.asset, message.borrow_interest, message.lend_interest)
+        self.log.info("interest", asset=message.asset, borrow_interest=message.borrow_interest,
+                      lend_interest=message.lend_interest, borrow_rate=message.borrow_rate,
+                      lend_rate=message.lend_rate)
+        self._settled()
+
+    def on_lend_written_off(self, sender: str, message: LendWrittenOff) -> None:
+        self.account._reduce(self.account.lends, message.asset, message.quantity)
+        self.log.info("lend_written_off", asset=message.asset, quantity=message.quantity)
+
+    def on_borrow_written_off(self, sender: str, message: BorrowWrittenOff) -> None:
+        account = self.account
+        account._reduce(account.borrows, message.asset, message.quantity)
+        account.unsettled_equity -= message.paid
+        self.log.info("borrow_written_off", asset=message.asset, quantity=message.quantity,
+                      debt_to_fund=message.paid, unsettled_equity=account.unsettled_equity)
+        self._settled()
+
+    def _repay_from_available(self, asset: str, *, kind: str = "auto") -> bool:
+        """Repay what the account holds of a borrowed asset; False when nothing was asked."""
+        amount = min(self.account.available(asset), self.account.borrows.get(asset, ZERO))
+        if amount <= 0 or asset in self.busy_assets:
+            return False
+        self.busy_assets[asset] = None
+        self._lock(asset, amount)
+        self._ask_pool(asset, _Pending(kind, None, asset, (asset, amount)), repay=amount)
+        return True
+
+    def _lend_available(self, asset: str) -> None:
+        amount = self.account.available(asset)
+        if amount > 0 and not self.account.borrows.get(asset) and asset not in self.busy_assets:
+            self.busy_assets[asset] = None
+            self._lock(asset, amount)
+            self._ask_pool(asset, _Pending("auto", None, asset, (asset, amount)), lend=amount)
+
+    # -- perp settlement --------------------------------------------------------------------
+    def on_funding(self, sender: str, message: FundingNotice) -> None:
+        self.account.apply_funding(message.market, message.amount)
+        self.log.info("funding_payment", market=message.market, rate=message.rate, amount=message.amount)
+        self._settled()
+
+    def on_tick(self, sender: str, message: Tick) -> None:
+        if message.kind == "realize":
+            for symbol, amount in self.account.realize_pnl():
+                self.log.info("pnl_realized", market=symbol, amount=amount)
+            self._settled()
+
+    def _settled(self) -> None:
+        """After anything changed: keep USDC covered, run auto-repay and auto-lend, report."""
+        self._reconcile()
+        settings = self.account.settings
+        if settings.auto_repay_borrows:
+            for asset in list(self.account.borrows):
+                self._repay_from_available(asset)
+        if settings.auto_lend and not self.account.liquidating:
+            for asset in list(self.account.balances):
+                self._lend_available(asset)
+        self._report()
+
+    def _reconcile(self) -> None:
+        """Cover a negative USDC balance one step at a time (spec 10.3): each step waits for its
+        answer, then the next is planned from what is left."""
+        if self.reconciling is not None:
+            return
+        account = self.account
+        if not settlement_shortfall(account):
+            self.borrow_refused = self.conversions_tried = False
+            return
+        plan = plan_reconciliation(account, borrow_allowed=not (self.borrow_refused or account.liquidating))
+        assert plan is not None
+        if plan.redeem:
+            self.reconciling = self._ask_pool(self.settle, _Pending("settlement", payload="redeem"),
+                                              redeem=plan.redeem, purpose="settlement", liquidation=True)
+            return
+        if plan.borrow:
+            self.reconciling = self._ask_pool(self.settle, _Pending("settlement", payload="borrow"),
+                                              borrow=plan.borrow, purpose="settlement", liquidation=True)
+            return
+        if plan.conversions and not self.conversions_tried:
+            self.conversions_tried = True
+            conversion = plan.conversions[0]  # one at a time; the next step plans again
+            order = Order(self._next_id("c"), account.id, conversion.market, Side.ASK, OrderType.MARKET,
+                          conversion.quantity, time_in_force=TimeInForce.IOC, origin=Origin.COLLATERAL_CONVERSION)
+            result = check_order(account, order)
+            if isinstance(result, Accepted):
+                self.reconciling = order.order_id
+                self._submit(result, None)
+                return
+        short = settlement_shortfall(account)
+        account.cover_from_fund(short)
+        self.log.info("fund_cover", quantity=short, unsettled_equity=account.unsettled_equity)
+        self.send(LIQUIDATOR, FundFlow(account.id, self.settle, -short, "covered a shortfall"))
+
+    # -- settings ---------------------------------------------------------------------------
+    def on_update_settings(self, sender: str, message: UpdateSettings) -> None:
+        settings = self.account.settings
+        limit = message.leverage_limit
+        if limit is not None:
+            if not 1 <= limit <= self.profile.max_leverage_limit:
+                refused = Rejection(ErrorCode.MAX_LEVERAGE_REACHED,
+                                    f"leverage limit {fmt(limit)} is outside 1..{fmt(self.profile.max_leverage_limit)}")
+                self.send(sender, RequestRefused(message.request_id, refused))
+                return
+            old = settings.leverage_limit
+            settings.leverage_limit = limit
+            t = totals(self.account)
+            if t.available < 0 and limit < old:
+                settings.leverage_limit = old
+                refused = Rejection(ErrorCode.INSUFFICIENT_MARGIN,
+                                    f"a {fmt(limit)}x limit would take available equity to {fmt(t.available, 2)}",
+                                    {"available_after": t.available, "imr_after": t.imr})
+                self.send(sender, RequestRefused(message.request_id, refused))
+                return
+        for name in ("auto_lend", "auto_borrow_settlements", "auto_repay_borrows"):
+            value = getattr(message, name)
+            if value is not None:
+                setattr(settings, name, value)
+        self.log.info("settings_changed", leverage_limit=settings.leverage_limit, auto_lend=settings.auto_lend,
+                      auto_borrow_settlements=settings.auto_borrow_settlements,
+                      auto_repay_borrows=settings.auto_repay_borrows)
+        self.send(sender, RequestDone(message.request_id))
+        self._settled()
+
+    # -- health and liquidation -------------------------------------------------------------
+    def _report(self, force: bool = False) -> None:
+        """Tell the liquidator how healthy the account is: always when near or in trouble, and
+        whenever its positions or borrows change (ADL ranks on these reports)."""
+        account = self.account
+        t = totals(account)
+        shape = (
+            tuple((s, p.quantity) for s, p in account.positions.items()),
+            tuple(account.borrows.items()),
+            account.liquidating,
+        )
+        if not force and t.mmr < REPORT_FROM_MMR and self._last_mmr < REPORT_FROM_MMR and shape == self._last_report:
+            return
+        self._last_report, self._last_mmr = shape, t.mmr
+        positions = tuple(
+            (s, p.quantity, p.unrealized_pnl(account.price(s)), abs(p.quantity) * p.entry_price)
+            for s, p in account.positions.items()
+        )
+        self.send(LIQUIDATOR, HealthReport(account.id, t.net_equity, t.maintenance, t.mmr, account.liquidating,
+                                           positions, tuple(account.borrows.items())))
+
+    def on_start_liquidation(self, sender: str, message: StartLiquidation) -> None:
+        """Re-check on the account's own state before anything happens: the report was stale."""
+        account = self.account
+        t = totals(account)
+        if account.liquidating:
+            return
+        if not needs_liquidation(t):
+            self.send(LIQUIDATOR, LiquidationReport(message.loop, "not_needed", t.mmr,
+                                                    f"MMR is {fmt(t.mmr, 4)} here: the report was stale"))
+            return
+        account.liquidating = True
+        self.log.info("liquidating", mmr=t.mmr)
+        why = why_liquidated(account)
+        for market in self._markets_with_orders():
+            self.send(market_address(market), CancelAllOnBook(account.id))
+        self.send(LIQUIDATOR, LiquidationReport(message.loop, "started", t.mmr,
+                                                why + "; open orders cancelled, account liquidating"))
+        self._report()
+
+    def on_liquidation_loop(self, sender: str, message: LiquidationLoop) -> None:
+        account = self.account
+        if not account.liquidating or self.liquidation is not None:
+            return
+        plan = plan_step(account, message.depth, self.profile.liquidation, message.book_failed)
+        if plan.stage == "healthy":
+            account.liquidating = False
+            self.log.info("liquidation_ended", outcome="healthy", mmr=plan.mmr)
+            self.send(LIQUIDATOR, LiquidationReport(message.loop, "healthy", plan.mmr, plan.reason))
+            self._settled()
+            return
+        if plan.stage == BACKSTOP:
+            self._report(force=True)  # the plan is made on this report: it must be fresh
+            self.send(LIQUIDATOR, LiquidationReport(message.loop, "backstop", plan.mmr, plan.reason,
+                                                    net_equity=totals(account).net_equity))
+            return
+        assert plan.stage == BOOK
+        run = self.liquidation = _LiquidationRun(message.loop, plan.mmr)
+        for wanted in plan.orders:
+            spec = self.profile.markets[wanted.market]
+            order = Order(self._next_id("l"), account.id, wanted.market, wanted.side, OrderType.MARKET,
+                          wanted.quantity, time_in_force=TimeInForce.IOC, reduce_only=spec.is_perp,
+                          origin=Origin.LIQUIDATION_AUTOCLOSE)
+            result = check_order(account, order)
+            if isinstance(result, Rejection):
+                run.book_failed = True
+                continue
+            run.orders[order.order_id] = wanted
+            run.fills[order.order_id] = []
+            self._submit(result, None)
+        if not run.orders:
+            self._finish_step()
+
+    def _liquidation_order_ended(self, order: Order) -> None:
+        run = self.liquidation
+        assert run is not None
+        wanted = run.orders.pop(order.order_id)
+        fills = run.fills.pop(order.order_id)
+        filled = sum((f.quantity for f in fills), ZERO)
+        if filled < wanted.quantity:
+            run.book_failed = True
+        if wanted.repay:
+            self._repay_from_available(wanted.repay, kind="auto")
+        if fills:
+            notional = sum((f.quote_quantity for f in fills), ZERO)
+            fee = sum((f.liquidation_fee + (f.fee if f.fee_asset == self.settle else f.fee * f.price) for f in fills),
+                      ZERO)
+            stage = BOOK if self.profile.markets[order.market].is_perp else "conversion"
+            run.steps.append(LiquidationStep(now_ms(), stage, order.market, str(order.side), filled, notional / filled,
+                                             fee, run.mmr_before, totals(self.account).mmr, wanted.reason))
+        if not run.orders:
+            self._finish_step()
+
+    def _finish_step(self) -> None:
+        run = self.liquidation
+        assert run is not None
+        self.liquidation = None
+        mmr = totals(self.account).mmr
+        self.send(LIQUIDATOR, LiquidationReport(run.loop, "stepped", mmr, "reduce on the book", tuple(run.steps),
+                                                run.book_failed))
+
+    def on_backstop_plan(self, sender: str, message: BackstopPlan) -> None:
+        """Carry out the liquidator's plan: transfers at mark, then deliveries, then settle."""
+        account = self.account
+        run = self.liquidation = _LiquidationRun(message.loop, totals(account).mmr, reason=message.reason)
+        for kind, market, counterparty, quantity in message.transfers:
+            fee_cap = max(floor_to(totals(account).net_equity, self.profile.assets[self.settle].step), ZERO)
+            run.outstanding += 1
+            self.send(market_address(market), PositionTransfer(kind, account.id, counterparty, quantity, fee_cap))
+        for provider, asset, quantity in message.deliveries:
+            run.outstanding += 1
+            self.send(account_address(provider), DeliveryRequest(message.loop, asset, quantity, account.price(asset)))
+        if not run.outstanding:
+            self._settle_liquidation()
+
+    def on_transfer_done(self, sender: str, message: TransferDone) -> None:
+        run = self.liquidation
+        assert run is not None
+        if message.quantity:
+            mmr = totals(self.account).mmr
+            reason = (f"{run.reason}; taken by {message.counterparty} at mark" if message.kind == "backstop"
+                      else f"backstop capacity exhausted; closed against {message.counterparty}")
+            side = "Ask" if message.quantity > 0 else "Bid"
+            run.steps.append(LiquidationStep(now_ms(), message.kind, message.market, side, abs(message.quantity),
+                                             message.price, message.fee, run.mmr_before, mmr, reason))
+            run.mmr_before = mmr
+        run.outstanding -= 1
+        if not run.outstanding:
+            self._settle_liquidation()
+
+    def on_delivery_request(self, sender: str, message: DeliveryRequest) -> None:
+        """As a backstop provider: deliver what we hold of the asset (maybe nothing)."""
+        quantity = min(message.quantity, max(self.account.available(message.asset), ZERO))
+        if quantity:
+            self.account.debit(message.asset, quantity)
+        self.log.info("backstop_delivery", to=sender, asset=message.asset, quantity=quantity, price=message.price)
+        self.send(sender, BackstopDelivery(message.loop, self.account.id, message.asset, quantity, message.price))
+        self._settled()
+
+    def on_backstop_delivery(self, sender: str, message: BackstopDelivery) -> None:
+        """The provider's asset repays our borrow; we pay it the value at the agreed price."""
+        account = self.account
+        run = self.liquidation
+        assert run is not None
+        if message.quantity:
+            account.credit(message.asset, message.quantity)
+            value = ceil_to(message.quantity * message.price, self.profile.assets[self.settle].step)
+            account.debit(self.settle, value)
+            self.send(sender, AssetTransfer(account.id, self.settle, value, "backstop payment"))
+            self._repay_from_available(message.asset)
+            mmr = totals(account).mmr
+            run.steps.append(LiquidationStep(now_ms(), BACKSTOP, message.asset, "Bid", message.quantity, message.price,
+                                             ZERO, run.mmr_before, mmr, f"{run.reason}; {message.provider} repaid the borrow at mark"))
+            run.mmr_before = mmr
+        run.outstanding -= 1
+        if not run.outstanding:
+            self._settle_liquidation()
+
+    def _settle_liquidation(self) -> None:
+        """Nothing left to hand over: first repay borrows from what the account holds (and wait
+        for the pool), then close."""
+        run = self.liquidation
+        assert run is not None
+        run.settling = True
+        for asset in list(self.account.borrows):
+            if self._repay_from_available(asset, kind="liquidation"):
+                run.outstanding += 1
+        if not run.outstanding:
+            self._close_liquidation()
+
+    def _close_liquidation(self) -> None:
+        """Cover the USDC, move residual equity to the fund, report how it ended."""
+        account = self.account
+        run = self.liquidation
+        assert run is not None
+        self.liquidation = None
+        mmr_before = totals(account).mmr
+        if settlement_shortfall(account):
+            short = settlement_shortfall(account)
+            account.cover_from_fund(short)
+            self.log.info("fund_cover", quantity=short, unsettled_equity=account.unsettled_equity)
+            self.send(LIQUIDATOR, FundFlow(account.id, self.settle, -short, "covered a shortfall"))
+        t = totals(account)
+        if (t.net_equity > 0 and self.profile.liquidation.backstop_residual_to_fund and not account.positions
+                and not account.borrows):
+            moved = []
+            for asset, bal in account.balances.items():
+                if bal.available > 0:
+                    self.send(LIQUIDATOR, FundFlow(account.id, asset, bal.available, "residual equity"))
+                    moved.append(f"{fmt(bal.available)} {asset}")
+                    bal.available = ZERO
+            if moved:
+                run.steps.append(LiquidationStep(now_ms(), "fund", None, None, ZERO, None, ZERO, mmr_before, ZERO,
+                                                 "residual equity after the backstop goes to the liquidity fund: "
+                                                 + ", ".join(moved)))
+        if account.positions or account.borrows:
+            outcome = "bankruptcy" if account.borrows and not account.positions else "stepped"
+        else:
+            outcome = "bankruptcy" if account.unsettled_equity < 0 else "closed"
+        if outcome != "stepped":
+            account.liquidating = False
+            self.log.info("liquidation_ended", outcome=outcome, unsettled_equity=account.unsettled_equity)
+        self.send(LIQUIDATOR, LiquidationReport(run.loop, outcome, totals(account).mmr,
+                                                "nothing left to liquidate", tuple(run.steps),
+                                                net_equity=totals(account).net_equity))
+        self._settled()

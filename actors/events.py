@@ -1,0 +1,135 @@
+"""The run's event log: every state change as a structured event, one canonical JSON line each.
+
+Actors log through structlog with their actor id bound (``log.info("fill", ...)``); a processor
+adds the virtual time and a sequence number and hands the event to the run's ``EventLog``
+instead of printing it. The log renders events to canonical JSON lines (sorted keys, no spaces,
+Decimals as plain normalized strings) in batches, off the hot path, and hashes the lines as it
+goes: the sha256 of the whole log is the run's fingerprint. Same scenario and seed, same bytes.
+
+Reports, charts, the live demo, ``explain`` and the invariant observer all read this one log.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+import trio
+
+from exchange.decimals import fmt
+
+Event = dict[str, Any]
+
+_CURRENT: contextvars.ContextVar[EventLog] = contextvars.ContextVar("marginsim_event_log")
+_BATCH = 2048
+
+
+def _encode(value: object) -> object:
+    if isinstance(value, Decimal):
+        return fmt(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    raise TypeError(f"cannot log a {type(value).__name__}: {value!r}")
+
+
+def render(event: Event) -> str:
+    """One event as its canonical JSON line (without the newline)."""
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), default=_encode)
+
+
+class EventLog:
+    """The events of one run, in the order they happened, with a running sha256."""
+
+    def __init__(self, path: Path | None = None, *, keep: bool = True) -> None:
+        self.events: list[Event] = []  # kept in memory when ``keep`` (reports and explain read them)
+        self.count = 0
+        self.last: Event | None = None
+        self._keep = keep
+        self.listener: Callable[[Event], None] | None = None  # the invariant observer, when on
+        self._pending: list[Event] = []
+        self._hash = hashlib.sha256()
+        self._file: IO[str] | None = path.open("w", encoding="utf-8") if path is not None else None
+
+    def append(self, event: Event) -> None:
+        self.count += 1
+        event["seq"] = self.count
+        self.last = event
+        if self.listener is not None:
+            self.listener(event)
+        if self._keep:
+            self.events.append(event)
+        self._pending.append(event)
+        if len(self._pending) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Render what is pending, feed the fingerprint, write the file."""
+        if not self._pending:
+            return
+        text = "".join(render(e) + "\n" for e in self._pending)
+        self._pending.clear()
+        self._hash.update(text.encode())
+        if self._file is not None:
+            self._file.write(text)
+
+    def close(self) -> str:
+        """Flush everything and return the fingerprint (hex sha256 of the canonical log)."""
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        return self._hash.hexdigest()
+
+    def of_kind(self, *kinds: str) -> Iterator[Event]:
+        return (e for e in self.events if e["event"] in kinds)
+
+    def lines(self) -> Iterable[str]:
+        return (render(e) for e in self.events)
+
+    def __enter__(self) -> EventLog:
+        self._token = _CURRENT.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _CURRENT.reset(self._token)
+
+
+def _add_time(_logger: object, _name: str, event: Event) -> Event:
+    event["t"] = round(trio.current_time() * 1000)
+    return event
+
+
+def _collect(_logger: object, _name: str, event: Event) -> Event:
+    _CURRENT.get().append(event)
+    raise structlog.DropEvent
+
+
+def configure() -> None:
+    """Route structlog to the current run's event log (idempotent; call before binding loggers)."""
+    structlog.configure(
+        processors=[_add_time, _collect],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.ReturnLoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+
+
+def logger(actor: str) -> Any:
+    """A bound logger for one actor: every event it logs carries ``actor``."""
+    return structlog.get_logger().bind(actor=actor)
+
+
+def read_log(path: Path) -> list[Event]:
+    """Events back from a canonical JSON-lines file (numbers stay strings, as written)."""
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -1,0 +1,73 @@
+"""The price feed: publishes index prices (assets) and marks (perps) from the paths.
+
+On every ``prices`` tick it evaluates each path, quantizes (an asset's index to the finest tick
+of its markets, a mark to its perp's tick) and sends what changed to that symbol's subscribers
+only, so a tick costs in proportion to who holds exposure there. A perp's mark is its index
+times one plus its premium path (none: mark = index). A new subscriber gets a snapshot at once.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from actors.paths import Constant, PricePath, premium_mark
+from actors.protocol import FEED, PriceSnapshot, PriceUpdate, Subscribe, Tick
+from actors.runtime import Actor
+from exchange.decimals import ZERO
+from exchange.profile import Profile
+
+if TYPE_CHECKING:
+    from actors.system import System
+
+
+class FeedActor(Actor):
+    handlers = {Subscribe: "on_subscribe", Tick: "on_tick"}
+
+    def __init__(self, system: System, profile: Profile) -> None:
+        super().__init__(system, FEED)
+        self.profile = profile
+        self.index_paths: dict[str, PricePath] = {}
+        self.premium_paths: dict[str, PricePath] = {}
+        self.prices: dict[str, Decimal] = {}
+        self.subscribers: dict[str, dict[str, None]] = {}
+        self._quantum: dict[str, Decimal] = {}
+        for market in profile.markets.values():
+            tick = market.tick_size
+            if market.base not in self._quantum or tick < self._quantum[market.base]:
+                self._quantum[market.base] = tick
+            if market.is_perp:
+                self._quantum[market.symbol] = tick
+
+    def set_path(self, asset: str, path: PricePath) -> None:
+        self.index_paths[asset] = path
+
+    def set_premium(self, perp: str, path: PricePath) -> None:
+        self.premium_paths[perp] = path
+
+    def evaluate(self, time_ms: int) -> dict[str, Decimal]:
+        """Every published price at ``time_ms``: indexes, then the perps' marks."""
+        prices: dict[str, Decimal] = {}
+        for asset, path in self.index_paths.items():
+            prices[asset] = path.at(time_ms).quantize(self._quantum.get(asset, Decimal("0.00000001")))
+        for market in self.profile.perp_markets():
+            index = prices.get(market.base)
+            if index is None:
+                continue
+            premium = self.premium_paths.get(market.symbol, Constant(ZERO)).at(time_ms)
+            prices[market.symbol] = premium_mark(index, premium).quantize(market.tick_size)
+        return prices
+
+    def on_subscribe(self, sender: str, message: Subscribe) -> None:
+        for symbol in message.symbols:
+            self.subscribers.setdefault(symbol, {})[sender] = None
+        self.send(sender, PriceSnapshot({s: self.prices[s] for s in message.symbols if s in self.prices}))
+
+    def on_tick(self, sender: str, message: Tick) -> None:
+        for symbol, price in self.evaluate(message.time_ms).items():
+            if self.prices.get(symbol) == price:
+                continue
+            self.prices[symbol] = price
+            self.log.info("price", symbol=symbol, price=price)
+            for subscriber in self.subscribers.get(symbol, ()):
+                self.send(subscriber, PriceUpdate(symbol, price))

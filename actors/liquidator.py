@@ -1,0 +1,233 @@
+"""The liquidator actor: decides when sub-accounts are liquidated and who takes what.
+
+It knows accounts only through their health reports (which may be stale) and the books only
+through the depth they send when asked. Each ``liquidation`` tick it starts a liquidation for
+every account whose last report says MMR >= 100% (the account re-checks on its own state and
+may answer that the report was stale), and gives every running liquidation its next loop with
+a fresh view of the books: the account computes and sends its own reduce-only orders. When an
+account reports that the book cannot finish the job, the liquidator plans stage 2 and 3 across
+accounts: backstop providers at mark within their capacity, then ADL counterparties ranked on
+their last reports. The first loop follows the start at once; later ones come one per tick. It keeps the liquidity fund and every account's liquidation history, and
+pays the lenders of a written-off borrow (spec F7).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import attrs
+
+from actors.protocol import (
+    FEED,
+    LIQUIDATOR,
+    AssetTransfer,
+    BackstopPlan,
+    Depth,
+    DepthRequest,
+    FundFlow,
+    HealthReport,
+    LiquidationLoop,
+    LiquidationReport,
+    PriceSnapshot,
+    PriceUpdate,
+    StartLiquidation,
+    Subscribe,
+    Tick,
+    WriteOff,
+    WrittenOff,
+    account_address,
+    market_address,
+    pool_address,
+)
+from actors.runtime import Actor, now_ms
+from exchange.decimals import ZERO, floor_to, fmt
+from exchange.liquidation import ADL, BACKSTOP, AdlCandidate, BackstopProvider, LiquidationStep, adl_queue
+from exchange.profile import Profile
+
+if TYPE_CHECKING:
+    from actors.system import System
+
+
+@attrs.define
+class _Case:
+    loop: int
+    stage: str = "starting"  # "starting", "running", "backstop"
+    waiting: bool = True  # a message to the account is unanswered
+    book_failed: bool = False
+
+
+class LiquidatorActor(Actor):
+    handlers = {
+        HealthReport: "on_report",
+        Tick: "on_tick",
+        Depth: "on_depth",
+        LiquidationReport: "on_liquidation_report",
+        FundFlow: "on_fund_flow",
+        WrittenOff: "on_written_off",
+        PriceUpdate: "on_price",
+        PriceSnapshot: "on_snapshot",
+    }
+
+    def __init__(self, system: System, profile: Profile) -> None:
+        super().__init__(system, LIQUIDATOR)
+        self.profile = profile
+        self.settle = profile.settlement_asset
+        self.reports: dict[str, HealthReport] = {}
+        self.cases: dict[str, _Case] = {}
+        self.history: dict[str, list[LiquidationStep]] = {}
+        self.providers: list[BackstopProvider] = []
+        self.fund: dict[str, Decimal] = {}
+        self.prices: dict[str, Decimal] = {}
+        self.depth: dict[str, Depth] = {}
+        self._depth_wanted = 0
+        self._loop = 0
+
+    def subscribe(self) -> None:
+        symbols = tuple(self.profile.assets) + tuple(m.symbol for m in self.profile.perp_markets())
+        self.send(FEED, Subscribe(tuple(s for s in symbols if s != self.settle)))
+
+    def on_price(self, sender: str, message: PriceUpdate) -> None:
+        self.prices[message.symbol] = message.price
+
+    def on_snapshot(self, sender: str, message: PriceSnapshot) -> None:
+        self.prices.update(message.prices)
+
+    def on_report(self, sender: str, message: HealthReport) -> None:
+        self.reports[message.account] = message
+
+    # -- the loop ---------------------------------------------------------------------------
+    def on_tick(self, sender: str, message: Tick) -> None:
+        if message.kind != "liquidation":
+            return
+        for account, report in self.reports.items():
+            if account not in self.cases and report.maintenance > 0 and report.mmr >= 1 and not report.liquidating:
+                self._loop += 1
+                self.cases[account] = _Case(self._loop)
+                self.send(account_address(account), StartLiquidation(self._loop))
+        self._request_loops()
+
+    def _request_loops(self) -> None:
+        """Ask every book for its depth, then give each running liquidation its next loop."""
+        if self._depth_wanted == 0 and any(c.stage == "running" and not c.waiting for c in self.cases.values()):
+            self.depth.clear()
+            self._depth_wanted = len(self.profile.markets)
+            for symbol in self.profile.markets:
+                self.send(market_address(symbol), DepthRequest())
+
+    def on_depth(self, sender: str, message: Depth) -> None:
+        self.depth[message.market] = message
+        self._depth_wanted -= 1
+        if self._depth_wanted:
+            return
+        view = {d.market: (d.bids, d.asks) for d in self.depth.values()}
+        for account, case in self.cases.items():
+            if case.stage == "running" and not case.waiting:
+                case.waiting = True
+                self.send(account_address(account), LiquidationLoop(case.loop, view, case.book_failed))
+
+    # -- what the accounts report -----------------------------------------------------------
+    def on_liquidation_report(self, sender: str, message: LiquidationReport) -> None:
+        account = sender.split(":", 1)[1]
+        case = self.cases.get(account)
+        if case is None or case.loop != message.loop:
+            return
+        for step in message.steps:
+            self._record(account, step)
+        outcome = message.outcome
+        if outcome == "not_needed":
+            self.log.info("liquidation_skipped", account=account, mmr=message.mmr, reason=message.reason)
+            del self.cases[account]
+        elif outcome == "started":
+            self._record(account, LiquidationStep(now_ms(), "start", None, None, ZERO, None, ZERO, message.mmr,
+                                                  message.mmr, message.reason))
+            case.stage, case.waiting = "running", False
+            self._request_loops()  # the first loop runs at once, as part of the start
+        elif outcome == "stepped":
+            case.book_failed = case.book_failed or message.book_failed
+            case.stage, case.waiting = "running", False
+        elif outcome == BACKSTOP:
+            case.stage = BACKSTOP
+            self._plan_backstop(account, case, message.reason)
+        else:  # "healthy", "closed", "bankruptcy"
+            self._record(account, LiquidationStep(now_ms(), outcome, None, None, ZERO, None, ZERO, message.mmr,
+                                                  message.mmr, message.reason))
+            del self.cases[account]
+            report = self.reports.get(account)
+            if outcome == "bankruptcy" and report is not None:
+                for asset, _ in report.borrows:
+                    self.send(pool_address(asset), WriteOff(account, self.prices.get(asset, ZERO)))
+
+    def _record(self, account: str, step: LiquidationStep) -> None:
+        self.history.setdefault(account, []).append(step)
+        self.log.info("liquidation_step", account=account, stage=step.stage, market=step.market, side=step.side,
+                      quantity=step.quantity, price=step.price, fee=step.fee, mmr_before=step.mmr_before,
+                      mmr_after=step.mmr_after, reason=step.reason)
+
+    def _plan_backstop(self, account: str, case: _Case, reason: str) -> None:
+        """Stage 2 then 3 on the account's last report: providers at mark, then ADL."""
+        report = self.reports[account]
+        transfers: list[tuple[str, str, str, Decimal]] = []
+        for market, quantity, _, _ in report.positions:
+            mark = self.prices.get(market)
+            if mark is None or not quantity:
+                continue
+            step = self.profile.markets[market].step_size
+            remaining = abs(quantity)
+            for provider in self.providers:
+                if provider.account == account or not remaining:
+                    continue
+                take = min(remaining, floor_to(provider.room(market) / mark, step))
+                if take > 0:
+                    transfers.append((BACKSTOP, market, provider.account, take))
+                    provider.used[market] = provider.used.get(market, ZERO) + take * mark
+                    remaining -= take
+            if remaining:
+                candidates = [
+                    AdlCandidate(other, q, pnl, entry, r.net_equity, mark)
+                    for other, r in self.reports.items()
+                    if other != account
+                    for m, q, pnl, entry in r.positions
+                    if m == market and q
+                ]
+                for candidate in adl_queue(candidates, 1 if quantity > 0 else -1):
+                    take = min(remaining, abs(candidate.quantity))
+                    transfers.append((ADL, market, candidate.account, take))
+                    remaining -= take
+                    if not remaining:
+                        break
+        deliveries: list[tuple[str, str, Decimal]] = []
+        for asset, owed in report.borrows:
+            price = self.prices.get(asset)
+            if not price:
+                continue
+            step = self.profile.assets[asset].step
+            remaining = owed
+            for provider in self.providers:
+                take = min(remaining, floor_to(provider.room(asset) / price, step))
+                if provider.account != account and take > 0:
+                    deliveries.append((provider.account, asset, take))
+                    provider.used[asset] = provider.used.get(asset, ZERO) + take * price
+                    remaining -= take
+        self.log.info("backstop_plan", account=account, reason=reason, transfers=len(transfers),
+                      deliveries=len(deliveries))
+        self.send(account_address(account), BackstopPlan(case.loop, reason, tuple(transfers), tuple(deliveries)))
+
+    # -- the liquidity fund -----------------------------------------------------------------
+    def on_fund_flow(self, sender: str, message: FundFlow) -> None:
+        self.fund[message.asset] = self.fund.get(message.asset, ZERO) + message.quantity
+        self.log.info("fund_flow", account=message.account, asset=message.asset, quantity=message.quantity,
+                      reason=message.reason, fund=self.fund[message.asset])
+
+    def on_written_off(self, sender: str, message: WrittenOff) -> None:
+        """Pay each lender the value at mark of the lend it lost (spec F7)."""
+        step = self.profile.assets[self.settle].step
+        for lender, quantity in message.shares.items():
+            value = floor_to(quantity * message.price, step)
+            if not value:
+                continue
+            self.fund[self.settle] = self.fund.get(self.settle, ZERO) - value
+            self.send(account_address(lender), AssetTransfer(LIQUIDATOR, self.settle, value, "lender compensation"))
+        self.log.info("lenders_compensated", account=message.account, asset=message.asset, debt=message.debt,
+                      price=message.price, fund=self.fund.get(self.settle, ZERO),
+                      detail=", ".join(f"{lender} {fmt(q)}" for lender, q in message.shares.items()))

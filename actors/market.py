@@ -1,0 +1,181 @@
+"""The market actor: one order book, the authority on what trades and on perp positions.
+
+It matches what sub-accounts send, tells both sides of every trade, pays funding at each
+interval's end from the positions its own fills built, carries out backstop and ADL transfers
+at its mark, and answers depth requests from the liquidator. It hears its mark (perps) and its
+base asset's index from the feed.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from actors.protocol import (
+    FEED,
+    CancelAllOnBook,
+    CancelOnBook,
+    CancelRefused,
+    Depth,
+    DepthRequest,
+    FillNotice,
+    FundingNotice,
+    PositionTransfer,
+    PriceSnapshot,
+    PriceUpdate,
+    SubmitOrder,
+    SubmitRefused,
+    Subscribe,
+    Tick,
+    TransferDone,
+    UpdateNotice,
+    account_address,
+    market_address,
+)
+from actors.runtime import Actor, now_ms
+from exchange.book import OrderBook
+from exchange.decimals import ZERO, ceil_to
+from exchange.funding import FundingClock, funding_payments
+from exchange.orders import Fill, MatchResult, Origin, Rejection, Side
+
+if TYPE_CHECKING:
+    from actors.system import System
+
+
+class MarketActor(Actor):
+    handlers = {
+        SubmitOrder: "on_submit",
+        CancelOnBook: "on_cancel",
+        CancelAllOnBook: "on_cancel_all",
+        PriceUpdate: "on_price",
+        PriceSnapshot: "on_snapshot",
+        Tick: "on_tick",
+        PositionTransfer: "on_transfer",
+        DepthRequest: "on_depth",
+    }
+
+    def __init__(self, system: System, book: OrderBook) -> None:
+        super().__init__(system, market_address(book.symbol))
+        self.book = book
+        self.market = book.market
+        self.funding = FundingClock(book.market) if book.market.is_perp else None
+        self.index: Decimal | None = None
+        self.mark: Decimal | None = None
+        self._top: tuple[object, object] | None = None
+        self._backstop_seq = 0
+
+    def subscribe(self) -> None:
+        symbols = (self.market.symbol, self.market.base) if self.market.is_perp else (self.market.base,)
+        self.send(FEED, Subscribe(symbols))
+
+    # -- prices -----------------------------------------------------------------------------
+    def on_price(self, sender: str, message: PriceUpdate) -> None:
+        if message.symbol == self.market.base:
+            self.index = message.price
+        if message.symbol == self.market.symbol or not self.market.is_perp:
+            self.mark = message.price
+        self.book.set_prices(mark=self.mark, index=self.index)
+        if self.funding is not None and self.mark is not None and self.index is not None:
+            self.funding.observe(now_ms(), self.mark, self.index)
+
+    def on_snapshot(self, sender: str, message: PriceSnapshot) -> None:
+        for symbol, price in message.prices.items():
+            self.on_price(sender, PriceUpdate(symbol, price))
+
+    # -- orders -----------------------------------------------------------------------------
+    def on_submit(self, sender: str, message: SubmitOrder) -> None:
+        match = self.book.submit(message.order)
+        if match.rejection is not None:
+            self.send(sender, SubmitRefused(message.order, match.rejection))
+            return
+        self._publish(match)
+
+    def _publish(self, match: MatchResult) -> None:
+        fills = match.fills
+        for i in range(0, len(fills), 2):
+            maker, taker = fills[i], fills[i + 1]
+            self.log.info("trade", trade_id=maker.trade_id, price=maker.price, quantity=maker.quantity,
+                          taker_side=taker.side, maker=maker.account, taker=taker.account,
+                          taker_origin=taker.origin)
+        for fill in fills:
+            self.send(account_address(fill.account), FillNotice(fill, self.market))
+        for update in match.updates:
+            self.send(account_address(update.account), UpdateNotice(update))
+        self._log_top()
+
+    def _log_top(self) -> None:
+        top = (self.book.best_bid(), self.book.best_ask())
+        if top != self._top:
+            self._top = top
+            bid, ask = top
+            self.log.info("book_top", bid=bid[0] if bid else None, bid_quantity=bid[1] if bid else None,
+                          ask=ask[0] if ask else None, ask_quantity=ask[1] if ask else None)
+
+    def on_cancel(self, sender: str, message: CancelOnBook) -> None:
+        result = self.book.cancel(message.order_id, message.account)
+        if isinstance(result, Rejection):
+            self.send(sender, CancelRefused(message.order_id, result))
+            return
+        self.send(sender, UpdateNotice(result))
+        self._log_top()
+
+    def on_cancel_all(self, sender: str, message: CancelAllOnBook) -> None:
+        for update in self.book.cancel_all(message.account):
+            self.send(sender, UpdateNotice(update))
+        self._log_top()
+
+    # -- funding ----------------------------------------------------------------------------
+    def on_tick(self, sender: str, message: Tick) -> None:
+        if message.kind != "funding" or self.funding is None:
+            return
+        rate = self.funding.close_interval(message.time_ms)
+        self.log.info("funding_rate", rate=rate, mark=self.mark)
+        if self.mark is None or not rate:
+            return
+        step = self.book.profile.assets[self.market.quote].step
+        for account, amount in funding_payments(rate, self.book.positions, self.mark, step).items():
+            self.send(account_address(account), FundingNotice(self.market.symbol, rate, amount))
+
+    # -- liquidation ------------------------------------------------------------------------
+    def on_transfer(self, sender: str, message: PositionTransfer) -> None:
+        """Close part of a liquidated position with a backstop provider or an ADL counterparty
+        at this market's mark, off the book (not on the public tape)."""
+        positions = self.book.positions
+        held = positions.get(message.account, ZERO)
+        other = positions.get(message.counterparty, ZERO)
+        quantity = min(message.quantity, abs(held))
+        if message.kind == "adl":
+            quantity = min(quantity, abs(other) if other * held < 0 else ZERO)
+        price = self.mark
+        fee = ZERO
+        if quantity > 0 and price is not None:
+            quote = self.market.quote
+            step = self.book.profile.assets[quote].step
+            fee = min(ceil_to(quantity * price * self.book.profile.liquidation.fee_rate, step), message.fee_cap)
+            closing = Side.ASK if held > 0 else Side.BID
+            origin = Origin.BACKSTOP_LIQUIDITY_PROVIDER if message.kind == "backstop" else Origin.ADL_AUTOCLOSE
+            self._backstop_seq += 1
+            order_id = f"{message.kind}-{self.market.symbol}-{self._backstop_seq}"
+            fills = (
+                Fill(0, self.market.symbol, order_id, message.account, closing, price, quantity, quantity * price,
+                     ZERO, quote, False, origin, fee),
+                Fill(0, self.market.symbol, order_id, message.counterparty, closing.opposite, price, quantity,
+                     quantity * price, ZERO, quote, False, origin),
+            )
+            if fee:
+                self.book.liquidation_fees[quote] = self.book.liquidation_fees.get(quote, ZERO) + fee
+            updates = []
+            for fill in fills:
+                updates.extend(self.book.apply_position_change(fill.account, fill.quantity * fill.side.sign))
+                self.send(account_address(fill.account), FillNotice(fill, self.market))
+            for update in updates:
+                self.send(account_address(update.account), UpdateNotice(update))
+            self.log.info("position_transfer", kind=message.kind, account=message.account,
+                          counterparty=message.counterparty, quantity=quantity, price=price, fee=fee)
+        signed = quantity if held > 0 else -quantity
+        self.send(sender, TransferDone(message.kind, self.market.symbol, message.account, message.counterparty,
+                                       signed, price if price is not None else ZERO, fee))
+
+    def on_depth(self, sender: str, message: DepthRequest) -> None:
+        bids, asks = self.book.depth(message.levels)
+        self.send(sender, Depth(self.market.symbol, tuple(bids), tuple(asks)))

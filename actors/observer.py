@@ -1,0 +1,236 @@
+"""The invariant observer: checks the whole system while the run goes, between messages.
+
+It is not an actor (it sends nothing); it reads every actor's state and everything still on
+the wire, after a handled message, every ``every`` events (0: only at the end). Checked:
+
+* **conservation**: every asset's physical total (balances, pool cash, fee pots, the fund, and
+  the value carried by messages in flight) equals what was deposited minus what was withdrawn;
+* **positions**: each perp market's positions sum to zero, and each account's position plus
+  the fills on their way to it equals what the market holds for it;
+* **pools**: each pool's books balance, borrows never exceed what was lent, and each account's
+  lends and borrows (plus what is on its way) match the pool's records;
+* **no negative balance** without a borrow of that asset or a USDC cover under way;
+* **liquidation is timely**: an account at MMR >= 100% on its own marks is liquidating within
+  ``grace_ms`` (default: two liquidation loops plus the slowest link);
+* **liquidation acts only on accounts that need it**: no book step starts below MMR 100%;
+* **no silent contamination**: an account's holdings change only with an event of its own.
+
+A violation stops the run with the invariant, the numbers, the event that broke it and the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from actors.protocol import (
+    BorrowWrittenOff,
+    InterestNotice,
+    LendWrittenOff,
+    PoolReply,
+    account_address,
+)
+from actors.runtime import now_ms
+from exchange.decimals import ZERO, fmt
+from exchange.invariants import conservation_violations, holdings_by_asset
+from exchange.margin import totals
+
+if TYPE_CHECKING:
+    from actors.system import System
+
+
+class InvariantViolation(Exception):
+    def __init__(self, invariant: str, detail: str, event: dict[str, Any] | None, seed: int, time_ms: int) -> None:
+        self.invariant = invariant
+        self.detail = detail
+        self.event = event
+        self.seed = seed
+        self.time_ms = time_ms
+        super().__init__(
+            f"invariant '{invariant}' broken at t={time_ms / 1000:.3f}s (seed {seed}): {detail}\n"
+            f"  last event: {event}"
+        )
+
+
+class Observer:
+    def __init__(self, system: System, every: int, grace_ms: int) -> None:
+        self.system = system
+        self.every = every
+        self.grace_ms = grace_ms
+        self.external: dict[str, Decimal] = {}
+        self.checks = 0
+        self._next_check = every
+        self._unhealthy_since: dict[str, int] = {}
+        self._snapshots: dict[str, Any] = {}
+        self._touched: dict[str, None] = {}
+        self._problem: tuple[str, str] | None = None
+
+    # -- events -----------------------------------------------------------------------------
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Follow money entering and leaving the system, and who changed."""
+        kind = event["event"]
+        actor = event["actor"]
+        self._touched[actor] = None
+        if kind == "deposit":
+            self._external(event["asset"], event["quantity"])
+        elif kind == "withdrawal":
+            self._external(event["asset"], -event["quantity"])
+        elif kind == "liquidation_step" and event["stage"] == "book" and event["mmr_before"] < 1:
+            self._problem = (
+                "liquidation acts only on accounts that need it",
+                f"{event['account']} was sold down on the book at MMR {fmt(event['mmr_before'], 4)} (< 100%)",
+            )
+
+    def _external(self, asset: str, quantity: Decimal) -> None:
+        self.external[asset] = self.external.get(asset, ZERO) + quantity
+
+    def after_message(self) -> None:
+        if self._problem is not None:
+            self._fail(*self._problem)
+        if self.every and self.system.log.count >= self._next_check:
+            self._next_check = self.system.log.count + self.every
+            self.check()
+
+    # -- the checks -------------------------------------------------------------------------
+    def check(self) -> None:
+        self.checks += 1
+        for invariant, problems in self._violations():
+            if problems:
+                self._fail(invariant, problems[0])
+        self._touched.clear()
+
+    def _fail(self, invariant: str, detail: str) -> None:
+        raise InvariantViolation(invariant, detail, self.system.log.last, self.system.seed, now_ms())
+
+    def _violations(self) -> Iterable[tuple[str, list[str]]]:
+        system = self.system
+        settle = system.profile.settlement_asset
+        accounts = {a: actor.account for a, actor in system.accounts.items()}
+        asset_flight: dict[str, Decimal] = {}
+        contract_flight: dict[tuple[str, str], Decimal] = {}
+        claim_flight: dict[tuple[str, str, str], Decimal] = {}  # (account, "lends"/"borrows", asset)
+        for _, recipient, message in system.network.in_flight():
+            carried = getattr(message, "in_flight", None)
+            if carried is not None:
+                for symbol, quantity in carried(settle).items():
+                    if symbol in system.profile.assets:
+                        asset_flight[symbol] = asset_flight.get(symbol, ZERO) + quantity
+                    else:
+                        key = (recipient, symbol)
+                        contract_flight[key] = contract_flight.get(key, ZERO) + quantity
+            for key, quantity in _claims(recipient, message):
+                claim_flight[key] = claim_flight.get(key, ZERO) + quantity
+        holdings = holdings_by_asset(
+            accounts.values(), (m.book for m in system.markets.values()), (p.pool for p in system.pools.values()),
+            system.liquidator.fund, settle,
+        )
+        for asset, quantity in asset_flight.items():
+            holdings[asset] = holdings.get(asset, ZERO) + quantity
+        yield "conservation", conservation_violations(holdings, self.external)
+        yield "positions", self._positions(accounts, contract_flight)
+        yield "pools", self._pools(accounts, claim_flight)
+        yield "no negative balance", self._negatives()
+        yield "liquidation is timely", self._timeliness()
+        yield "no silent contamination", self._contamination(accounts)
+
+    def _positions(self, accounts: dict[str, Any], flight: dict[tuple[str, str], Decimal]) -> list[str]:
+        problems = []
+        for symbol, market in self.system.markets.items():
+            if not market.market.is_perp:
+                continue
+            book = market.book.positions
+            net = sum(book.values(), ZERO)
+            if net:
+                problems.append(f"{symbol}: positions sum to {fmt(net)}, not zero")
+            for account_id in dict.fromkeys([*book, *(a for a, acc in accounts.items() if symbol in acc.positions)]):
+                pos = accounts[account_id].positions.get(symbol)
+                mine = (pos.quantity if pos is not None else ZERO) + flight.get((account_address(account_id), symbol), ZERO)
+                if mine != book.get(account_id, ZERO):
+                    problems.append(f"{symbol}: the market holds {account_id} at {fmt(book.get(account_id, ZERO))}, "
+                                    f"the account (with fills on the way) at {fmt(mine)}")
+        return problems
+
+    def _pools(self, accounts: dict[str, Any], flight: dict[tuple[str, str, str], Decimal]) -> list[str]:
+        problems = []
+        for asset, actor in self.system.pools.items():
+            pool = actor.pool
+            expected = pool.lent + pool.fee_income + pool.undistributed - pool.borrowed
+            if pool.cash != expected:
+                problems.append(f"{asset} pool: cash {fmt(pool.cash)} != lent + fees - borrowed {fmt(expected)}")
+            if pool.cash < 0:
+                problems.append(f"{asset} pool: borrows exceed the lent supply (cash {fmt(pool.cash)})")
+            for side, records in (("lends", pool.lenders), ("borrows", pool.borrowers)):
+                for account_id in dict.fromkeys([*records, *(a for a, acc in accounts.items() if getattr(acc, side).get(asset))]):
+                    mine = getattr(accounts[account_id], side).get(asset, ZERO)
+                    mine += flight.get((account_address(account_id), side, asset), ZERO)
+                    if mine != records.get(account_id, ZERO):
+                        problems.append(f"{asset} pool: {account_id} {side} {fmt(records.get(account_id, ZERO))} in the "
+                                        f"pool, {fmt(mine)} on the account (with what is on its way)")
+        return problems
+
+    def _negatives(self) -> list[str]:
+        problems = []
+        settle = self.system.profile.settlement_asset
+        for actor in self.system.accounts.values():
+            account = actor.account
+            for asset, bal in account.balances.items():
+                if bal.available >= 0 and bal.locked >= 0 or account.borrows.get(asset):
+                    continue
+                if asset == settle and actor.reconciling is not None:
+                    continue
+                problems.append(f"{account.id} holds {fmt(bal.available)} available / {fmt(bal.locked)} locked {asset} "
+                                "without a borrow or a cover under way")
+        return problems
+
+    def _timeliness(self) -> list[str]:
+        problems = []
+        now = now_ms()
+        for account_id, actor in self.system.accounts.items():
+            account = actor.account
+            t = totals(account)
+            if t.maintenance > 0 and t.mmr >= 1 and not account.liquidating:
+                since = self._unhealthy_since.setdefault(account_id, now)
+                if now - since > self.grace_ms:
+                    problems.append(f"{account_id} has been at MMR {fmt(t.mmr, 4)} >= 100% since "
+                                    f"t={since / 1000:.3f}s and is not being liquidated")
+            else:
+                self._unhealthy_since.pop(account_id, None)
+        return problems
+
+    def _contamination(self, accounts: dict[str, Any]) -> list[str]:
+        problems = []
+        for account_id, account in accounts.items():
+            snapshot = (
+                tuple((a, b.available + b.locked) for a, b in account.balances.items() if b.available + b.locked),
+                tuple(account.lends.items()),
+                tuple(account.borrows.items()),
+                tuple((s, p.quantity, p.net_cost) for s, p in account.positions.items()),
+                account.unsettled_equity,
+            )
+            before = self._snapshots.get(account_id)
+            self._snapshots[account_id] = snapshot
+            if before is not None and before != snapshot and account_address(account_id) not in self._touched:
+                problems.append(f"{account_id}'s holdings changed with no event of its own")
+        return problems
+
+
+def _claims(recipient: str, message: object) -> Iterable[tuple[tuple[str, str, str], Decimal]]:
+    """Changes to an account's lends and borrows that are on their way to it."""
+    if isinstance(message, PoolReply):
+        for grant in message.grants:
+            if grant.action == "lend":
+                yield (recipient, "lends", grant.asset), grant.quantity
+            elif grant.action == "redeem":
+                yield (recipient, "lends", grant.asset), -grant.quantity
+            elif grant.action == "borrow":
+                yield (recipient, "borrows", grant.asset), grant.quantity + grant.entry_fee
+            else:
+                yield (recipient, "borrows", grant.asset), -grant.quantity
+    elif isinstance(message, InterestNotice):
+        yield (recipient, "lends", message.asset), message.lend_interest
+        yield (recipient, "borrows", message.asset), message.borrow_interest
+    elif isinstance(message, LendWrittenOff):
+        yield (recipient, "lends", message.asset), -message.quantity
+    elif isinstance(message, BorrowWrittenOff):
+        yield (recipient, "borrows", message.asset), -message.quantity

@@ -1,0 +1,305 @@
+"""Build a venue of actors, run it in virtual time, read what happened.
+
+    system = System(load_profile("backpack"), seed=7)
+    system.set_path("BTC", Linear(((0, D(100000)), (60_000, D(90000)))))
+    system.add_account("alice", deposits={"USDC": D(10000)})
+    system.add_agent(MarketMaker(system, "mm", "maker", ["BTC_USDC_PERP"], size=D("0.5")))
+    result = system.run(until_s=120)
+    print(result.fingerprint, result.summary["accounts"]["alice"])
+
+A run is named by (setup, seed). ``run`` drives ``trio.run`` under deterministic scheduling
+with ``MockClock(autojump_threshold=0)`` (virtual time jumps whenever every task waits), or, with
+``realtime_rate``, a clock running that many virtual seconds per real second (demos).
+Supervision: an actor that raises ends the run with ``RunFailed`` naming the actor, the
+message and the cause; a run where work is pending but nothing is logged for ``stall_ms`` of
+virtual time ends with a diagnosis; the observer's first violation ends it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+from actors import events
+from actors.account import SubAccountActor
+from actors.agents import Agent
+from actors.determinism import deterministic_scheduling
+from actors.feed import FeedActor
+from actors.liquidator import LiquidatorActor
+from actors.market import MarketActor
+from actors.network import ZERO_LATENCY, Latency, Network
+from actors.observer import InvariantViolation, Observer
+from actors.paths import PricePath
+from actors.pool import PoolActor
+from actors.protocol import FEED, LIQUIDATOR, Deposit, account_address, market_address, pool_address
+from actors.runtime import ActorCrashed, Scheduler
+from exchange import margin
+from exchange.book import OrderBook
+from exchange.decimals import ZERO
+from exchange.ledger import Settings, SubAccount
+from exchange.lending import HOUR_MS, LendingPool
+from exchange.liquidation import BackstopProvider, LiquidationStep
+from exchange.profile import Profile
+
+SETUP = "setup"
+
+
+class RunFailed(Exception):
+    """The run stopped early: an actor crashed, an invariant broke, or it stalled."""
+
+    def __init__(self, kind: str, message: str, seed: int, time_ms: int, cause: BaseException | None = None) -> None:
+        self.kind = kind  # "crash", "invariant", "stall"
+        self.seed = seed
+        self.time_ms = time_ms
+        self.cause = cause
+        super().__init__(f"run stopped ({kind}) at t={time_ms / 1000:.3f}s, seed {seed}: {message}")
+
+
+class Stalled(Exception):
+    pass
+
+
+@attrs.frozen
+class RunResult:
+    seed: int
+    until_ms: int
+    fingerprint: str
+    events: list[dict[str, Any]]
+    event_count: int
+    summary: dict[str, Any]
+    history: Mapping[str, list[LiquidationStep]]
+
+
+class System:
+    """The venue as actors: a scheduler, a network, markets, pools, a feed, a liquidator,
+    sub-accounts and agents."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        seed: int = 0,
+        latency: Latency = ZERO_LATENCY,
+        latency_rules: Mapping[tuple[str, str], Latency] | None = None,
+        check_every: int | None = 1,
+        grace_ms: int | None = None,
+        log_path: Path | None = None,
+        keep_events: bool = True,
+        price_interval_ms: int = 1000,
+        stall_ms: int = 60_000,
+    ) -> None:
+        events.configure()
+        self.profile = profile
+        self.seed = seed
+        self.network = Network(seed, latency, dict(latency_rules or {}))
+        self.log = events.EventLog(log_path, keep=keep_events)
+        self.price_interval_ms = price_interval_ms
+        self.stall_ms = stall_ms
+        self.scheduler = Scheduler(self)
+        self.feed = FeedActor(self, profile)
+        self.liquidator = LiquidatorActor(self, profile)
+        self.markets = {s: MarketActor(self, OrderBook(profile, s)) for s in profile.markets}
+        settle_step = profile.assets[profile.settlement_asset].step
+        self.pools = {a: PoolActor(self, LendingPool(spec), settle_step) for a, spec in profile.assets.items()}
+        self.accounts: dict[str, SubAccountActor] = {}
+        self.agents: list[Agent] = []
+        self._deposits: list[tuple[str, str, Decimal]] = []
+        self._owners: dict[str, str] = {}
+        self.network.register(SETUP)
+        slowest = max([latency.ms + latency.jitter_ms] + [r.ms + r.jitter_ms for r in (latency_rules or {}).values()])
+        grace = grace_ms if grace_ms is not None else 2 * profile.liquidation.loop_interval_ms + 4 * slowest + 1000
+        self.observer = Observer(self, check_every, grace) if check_every is not None else None
+        if self.observer is not None:
+            self.log.listener = self.observer.on_event
+
+    # -- building ---------------------------------------------------------------------------
+    def add_account(
+        self,
+        account_id: str,
+        *,
+        owner: str | None = None,
+        settings: Settings | None = None,
+        deposits: Mapping[str, Decimal] | None = None,
+        markets: Iterable[str] = (),
+    ) -> SubAccountActor:
+        """A sub-account with deposits made at the start; ``markets`` it will trade (it hears
+        their prices from the start; any other market it subscribes to when it first orders)."""
+        owner = owner if owner is not None else account_id
+        account = SubAccount(account_id, self.profile, owner=owner, settings=settings)
+        self._owners[account_id] = owner
+        siblings = [a for a, o in self._owners.items() if o == owner and a != account_id]
+        actor = SubAccountActor(self, account, siblings)
+        for sibling in siblings:
+            self.accounts[sibling].siblings += (account_id,)
+        self.accounts[account_id] = actor
+        for asset, quantity in (deposits or {}).items():
+            self._deposits.append((account_id, asset, Decimal(quantity)))
+        actor.wanted_markets = tuple(markets)  # type: ignore[attr-defined]
+        return actor
+
+    def add_agent(self, agent: Agent) -> Agent:
+        self.agents.append(agent)
+        return agent
+
+    def set_path(self, asset: str, path: PricePath) -> None:
+        self.feed.set_path(asset, path)
+
+    def set_premium(self, perp: str, path: PricePath) -> None:
+        self.feed.set_premium(perp, path)
+
+    def add_backstop(self, account_id: str, capacity: Mapping[str, Decimal]) -> None:
+        self.liquidator.providers.append(BackstopProvider(account_id, dict(capacity)))
+
+    # -- running ----------------------------------------------------------------------------
+    def after_message(self) -> None:
+        if self.observer is not None:
+            self.observer.after_message()
+
+    def run(self, until_s: float, *, realtime_rate: float | None = None) -> RunResult:
+        """Run to ``until_s`` virtual seconds; raises ``RunFailed`` if the run cannot finish."""
+        clock = (
+            trio.testing.MockClock(autojump_threshold=0)
+            if realtime_rate is None
+            else trio.testing.MockClock(rate=realtime_rate)
+        )
+        with deterministic_scheduling(self.seed):
+            return trio.run(self.run_async, until_s, clock=clock)
+
+    async def run_async(self, until_s: float) -> RunResult:
+        until_ms = round(until_s * 1000)
+        try:
+            with self.log:
+                async with trio.open_nursery() as nursery:
+                    self._start(nursery)
+                    nursery.start_soon(self._watchdog)
+                    await trio.sleep_until(until_ms / 1000)
+                    nursery.cancel_scope.cancel()
+                if self.observer is not None:
+                    self.observer.check()
+        except* ActorCrashed as group:
+            crash = group.exceptions[0]
+            assert isinstance(crash, ActorCrashed)
+            if isinstance(crash.cause, InvariantViolation):
+                raise self._failed_invariant(crash.cause) from None
+            raise RunFailed("crash", str(crash), self.seed, round(trio.current_time() * 1000), crash) from None
+        except* InvariantViolation as group:
+            violation = group.exceptions[0]
+            assert isinstance(violation, InvariantViolation)
+            raise self._failed_invariant(violation) from None
+        except* Stalled as group:
+            raise RunFailed("stall", str(group.exceptions[0]), self.seed, round(trio.current_time() * 1000)) from None
+        finally:
+            fingerprint = self.log.close()
+        return RunResult(self.seed, until_ms, fingerprint, self.log.events, self.log.count, self.summary(),
+                         self.liquidator.history)
+
+    def _failed_invariant(self, violation: InvariantViolation) -> RunFailed:
+        self.log.close()
+        return RunFailed("invariant", str(violation), self.seed, violation.time_ms, violation)
+
+    def _start(self, nursery: trio.Nursery) -> None:
+        """Spawn every actor in a fixed order, then set up prices, subscriptions and calendar."""
+        profile = self.profile
+        actors = [self.scheduler, self.feed, self.liquidator, *self.markets.values(), *self.pools.values(),
+                  *self.accounts.values(), *self.agents]
+        nursery.start_soon(self.network.run)
+        for actor in actors:
+            nursery.start_soon(actor.run)
+        self.feed.prices = self.feed.evaluate(0)
+        for symbol, price in self.feed.prices.items():
+            self.feed.log.info("price", symbol=symbol, price=price)
+        for market in self.markets.values():
+            market.subscribe()
+        self.liquidator.subscribe()
+        for actor in self.accounts.values():
+            actor.account.marks.update(self.feed.prices)
+            wanted = [s for m in getattr(actor, "wanted_markets", ()) for s in actor._symbols_for(m)]
+            actor.subscribe(wanted)
+        for account_id, asset, quantity in self._deposits:
+            self.network.send(SETUP, account_address(account_id), Deposit(asset, quantity))
+        for agent in self.agents:
+            agent.start()
+        schedule = self.scheduler.add
+        schedule(FEED, "prices", self.price_interval_ms, self.price_interval_ms)
+        for market in profile.perp_markets():
+            schedule(market_address(market.symbol), "funding", market.funding_interval_ms, market.funding_interval_ms)
+        for asset in profile.assets:
+            schedule(pool_address(asset), "interest", profile.interest_interval_ms, profile.interest_interval_ms)
+        loop = profile.liquidation.loop_interval_ms
+        schedule(LIQUIDATOR, "liquidation", loop, loop)
+
+    async def _watchdog(self) -> None:
+        """End a run that has work pending but logs nothing for ``stall_ms`` of virtual time."""
+        seen = -1
+        while True:
+            await trio.sleep(self.stall_ms / 1000)
+            if self.log.count == seen and self._pending_work():
+                raise Stalled(self._diagnosis())
+            seen = self.log.count
+
+    def _pending_work(self) -> bool:
+        return bool(
+            self.network.pending_count()
+            or any(a.awaiting or a.deferred or a.liquidation is not None for a in self.accounts.values())
+        )
+
+    def _diagnosis(self) -> str:
+        lines = [f"nothing logged for {self.stall_ms / 1000:.0f}s of virtual time while work is pending:"]
+        for hook in self.network.hooks:
+            if hook.held:
+                lines.append(f"  link {hook.sender} -> {hook.recipient} is held with {len(hook.held)} message(s)")
+        queued = len(self.network._heap)
+        if queued:
+            lines.append(f"  {queued} message(s) queued on the network")
+        for account_id, actor in self.accounts.items():
+            for request_id, pending in actor.awaiting.items():
+                lines.append(f"  {account_id} waits for the pool's answer to {request_id} ({pending.kind})")
+            if actor.deferred:
+                lines.append(f"  {account_id} holds {len(actor.deferred)} message(s) until it hears prices")
+            if actor.liquidation is not None:
+                lines.append(f"  {account_id} waits for {actor.liquidation.outstanding} liquidation answer(s)")
+        return "\n".join(lines)
+
+    # -- reading ----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Per sub-account and per market numbers at the end of the run (JSON-ready values)."""
+        accounts = {}
+        history = self.liquidator.history
+        for account_id, actor in self.accounts.items():
+            account = actor.account
+            t = margin.totals(account)
+            accounts[account_id] = {
+                "net_equity": t.net_equity,
+                "imr": t.imr,
+                "mmr": t.mmr,
+                "available": t.available,
+                "balances": {a: b.available + b.locked for a, b in account.balances.items() if b.available + b.locked},
+                "positions": {s: p.quantity for s, p in account.positions.items()},
+                "lends": dict(account.lends),
+                "borrows": dict(account.borrows),
+                "unsettled_equity": account.unsettled_equity,
+                "liquidating": account.liquidating,
+                "liquidations": sum(1 for s in history.get(account_id, []) if s.stage == "start"),
+            }
+        trades: dict[str, list[Any]] = {s: [0, ZERO] for s in self.markets}
+        funding: dict[str, Decimal] = {s: ZERO for s in self.markets}
+        for event in self.log.events:
+            kind = event["event"]
+            if kind == "trade":
+                row = trades[event["actor"].split(":", 1)[1]]
+                row[0] += 1
+                row[1] += event["quantity"] * event["price"]
+            elif kind == "funding_payment" and event["amount"] > 0:
+                funding[event["market"]] += event["amount"]
+        markets = {
+            s: {"trades": trades[s][0], "volume": trades[s][1], "funding_paid": funding[s],
+                "last_price": m.book.last_trade_price, "mark": m.mark}
+            for s, m in self.markets.items()
+        }
+        return {"accounts": accounts, "markets": markets, "fund": dict(self.liquidator.fund)}

@@ -1,0 +1,274 @@
+"""The actor runtime: races with forced interleavings, long random flows, supervision."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from actors.agents import MarketMaker, NoiseTrader, ScriptedTrader
+from actors.faults import Fault, FaultScript
+from actors.paths import Constant, Linear, RandomWalk, Shifted, Steps
+from actors.protocol import CancelAll, LoanRequest, PlaceOrder
+from actors.determinism import stream
+from actors.system import RunFailed, System
+from exchange.ledger import Settings
+from exchange.orders import ErrorCode, Order, OrderType, Side, TimeInForce
+from exchange.profile import load_profile
+
+D = Decimal
+BTC = "BTC_USDC_PERP"
+ETH = "ETH_USDC_PERP"
+PROFILE = load_profile("backpack")
+
+
+def limit(order_id, account, market, side, quantity, price, **flags):
+    return PlaceOrder(Order(order_id, account, market, side, OrderType.LIMIT, D(quantity), D(price), **flags))
+
+
+def market_order(order_id, account, market, side, quantity, **flags):
+    return PlaceOrder(Order(order_id, account, market, side, OrderType.MARKET, D(quantity),
+                            time_in_force=TimeInForce.IOC, **flags))
+
+
+def events_of(result, kind, **match):
+    return [e for e in result.events if e["event"] == kind and all(e.get(k) == v for k, v in match.items())]
+
+
+# -- an order racing a price move ---------------------------------------------------------
+
+
+def price_race(faults):
+    """Alice (10,000 USDC, 10x) bids 1 BTC at 100,000 at t=10s, the instant the index jumps
+    from 100,000 to 105,000. Which arrives at her sub-account first decides."""
+    system = System(PROFILE, seed=3)
+    system.set_path("BTC", Steps(((0, D(100000)), (10_000, D(105000)))))
+    system.add_account("alice", deposits={"USDC": D(10000)}, markets=[BTC])
+    trader = system.add_agent(ScriptedTrader(system, "alice", "alice", [
+        (10_000, limit("a1", "alice", BTC, Side.BID, "1", "100000")),
+    ]))
+    system.add_agent(FaultScript(system, faults))
+    return system.run(12), trader
+
+
+def test_an_order_that_arrives_before_the_price_is_checked_on_the_old_price():
+    """The feed's message is 50 ms late: the account checks the bid at mark 100,000: locked
+    1 x 100,000 x 0.1 = 10,000 = equity, IMR exactly 100%: accepted (on what it had heard)."""
+    result, trader = price_race([Fault("delay", "feed", "account:alice", 0, 60_000, 50)])
+    assert "a1" in trader.placed and "a1" not in trader.refused
+    placed = events_of(result, "order_placed", order_id="a1")[0]
+    assert placed["imr_after"] == 1
+
+
+def test_an_order_that_arrives_after_the_price_is_refused_with_the_numbers():
+    """The order is 50 ms late: at mark 105,000 the bid would lock 10,500 of 10,000 equity:
+    IMR 0% -> 105%; the largest bid that passes is 10,000 / (105,000 x 0.1) = 0.95238 BTC."""
+    result, trader = price_race([Fault("delay", "agent:alice", "account:alice", 0, 60_000, 50)])
+    refusal = trader.refused["a1"]
+    assert refusal.code is ErrorCode.INSUFFICIENT_MARGIN
+    assert (refusal.details["imr_before"], refusal.details["imr_after"]) == (D(0), D("1.05"))
+    assert refusal.details["max_quantity"] == D("0.95238")
+    logged = events_of(result, "order_rejected", order_id="a1")[0]
+    assert logged["imr_after"] == D("1.05") and logged["max_quantity"] == D("0.95238")
+
+
+# -- the liquidator's reduce-only order racing the user's own close ----------------------
+
+
+def long_then_drop(faults, extra_actions=(), seed=5):
+    """Trader: 10,000 USDC at 10x, buys 1 BTC at 100,000 from the maker's ask at t=1s. At
+    t=5s the index drops to 90,450 (MMR 150.75%) and the maker bids 5 BTC at 90,440."""
+    system = System(PROFILE, seed=seed)
+    system.set_path("BTC", Steps(((0, D(100000)), (5_000, D(90450)))))
+    system.add_account("maker", deposits={"USDC": D(10_000_000)}, settings=Settings(leverage_limit=D(20)),
+                       markets=[BTC])
+    system.add_account("trader", deposits={"USDC": D(10000)}, markets=[BTC])
+    system.add_agent(ScriptedTrader(system, "maker", "maker", [
+        (500, limit("m1", "maker", BTC, Side.ASK, "1", "100000")),
+        (5_000, limit("m2", "maker", BTC, Side.BID, "5", "90440")),
+    ]))
+    trader = system.add_agent(ScriptedTrader(system, "trader", "trader", [
+        (1_000, limit("t1", "trader", BTC, Side.BID, "1", "100000")),
+        *extra_actions,
+    ]))
+    system.add_agent(FaultScript(system, faults))
+    return system, trader
+
+
+def positions_over_time(result, account):
+    return [e["position"] for e in events_of(result, "fill", actor=f"account:{account}") if e["market"] == BTC]
+
+
+@pytest.mark.parametrize("late", ["liquidator", "agent:trader"])
+def test_liquidation_racing_the_users_own_close(late):
+    """At t=6s the liquidation loop and the trader's own reduce-only close (1 BTC, market) reach
+    the account at the same instant; one link is made 100 ms late to force each order. Whoever
+    comes second is cut by the book: the long ends flat and is never flipped short."""
+    system, trader = long_then_drop(
+        [Fault("delay", late, "account:trader", 5_500, 60_000, 100)],
+        [(6_000, market_order("close", "trader", BTC, Side.ASK, "1", reduce_only=True))],
+    )
+    result = system.run(10)
+    positions = positions_over_time(result, "trader")
+    assert positions[0] == 1 and positions[-1] == 0
+    assert all(p >= 0 for p in positions)
+    liquidation_fills = [e for e in events_of(result, "fill", actor="account:trader") if e["origin"] == "LIQUIDATION_AUTOCLOSE"]
+    user_fill = [e for e in events_of(result, "fill", actor="account:trader") if e["order_id"] == "close"]
+    if late == "liquidator":  # the user's close got there first and took everything
+        assert user_fill and user_fill[0]["quantity"] == 1 and not liquidation_fills
+    else:  # the liquidator's 10% went first; the close was cut to the 0.9 left
+        assert liquidation_fills and liquidation_fills[0]["quantity"] == D("0.1")
+        assert user_fill[0]["quantity"] == D("0.9")
+
+
+# -- two markets filling one sub-account at the same instant ----------------------------
+
+
+def two_market_fills(seed):
+    """Maker rests asks on BTC and ETH perps; at t=2s a taker lifts both at the same instant."""
+    system = System(PROFILE, seed=seed)
+    system.set_path("BTC", Constant(D(100000)))
+    system.set_path("ETH", Constant(D(4000)))
+    system.add_account("maker", deposits={"USDC": D(50000)}, settings=Settings(leverage_limit=D(20)),
+                       markets=[BTC, ETH])
+    system.add_account("taker", deposits={"USDC": D(50000)}, settings=Settings(leverage_limit=D(20)),
+                       markets=[BTC, ETH])
+    system.add_agent(ScriptedTrader(system, "maker", "maker", [
+        (1_000, limit("mb", "maker", BTC, Side.ASK, "0.2", "100010")),
+        (1_000, limit("me", "maker", ETH, Side.ASK, "5", "4001")),
+    ]))
+    system.add_agent(ScriptedTrader(system, "taker", "taker", [
+        (2_000, market_order("tb", "taker", BTC, Side.BID, "0.2")),
+        (2_000, market_order("te", "taker", ETH, Side.BID, "5")),
+    ]))
+    return system.run(3)
+
+
+def test_two_markets_filling_one_account_at_the_same_instant():
+    """Whatever order the two markets' fills reach the maker in (it depends on the seed), it
+    ends with the same books: short 0.2 BTC and 5 ETH, USDC less the maker fees
+    (0.2 x 100,010 x 0.0002 = 4.0004 and 5 x 4,001 x 0.0002 = 4.001)."""
+    fingerprints = set()
+    finals = set()
+    for seed in range(6):
+        result = two_market_fills(seed)
+        maker = result.summary["accounts"]["maker"]
+        finals.add((tuple(sorted(maker["positions"].items())), maker["balances"]["USDC"]))
+        fingerprints.add(result.fingerprint)
+    assert finals == {(((BTC, D("-0.2")), (ETH, D(-5))), D(50000) - D("4.0004") - D("4.001"))}
+    assert len(fingerprints) > 1  # the interleaving really did differ between seeds
+
+
+# -- a price gap while a liquidation step is in flight ----------------------------------
+
+
+def test_a_price_gap_while_a_liquidation_order_is_in_flight():
+    """The trader's orders take 400 ms to reach the book. At t=6s its first liquidation order
+    (0.1 BTC) leaves; at t=6.2s the index gaps to 90,300 and the maker's bid moves to 90,290.
+    The order fills there, below the 90,440 it was sized on; at the next loop MMR is past 200%
+    and the rest goes to the backstop."""
+    system, _ = long_then_drop([Fault("delay", "account:trader", "market:BTC_USDC_PERP", 5_500, 60_000, 400)])
+    system.set_path("BTC", Steps(((0, D(100000)), (5_000, D(90450)), (6_200, D(90300)))))
+    system.add_account("blp", deposits={"USDC": D(1_000_000)}, settings=Settings(leverage_limit=D(50)))
+    system.add_backstop("blp", {BTC: D(10_000_000)})
+    system.add_agent(ScriptedTrader(system, "maker2", "maker", [
+        (6_200, CancelAll(BTC)),
+        (6_200, limit("m3", "maker", BTC, Side.BID, "5", "90290")),
+    ]))
+    result = system.run(10)
+    history = result.history["trader"]
+    stages = [s.stage for s in history]
+    assert stages[:2] == ["start", "book"] and "backstop" in stages
+    book_step = history[1]
+    assert book_step.price == D(90290) and book_step.quantity == D("0.1")
+    assert history[stages.index("backstop")].mmr_before >= 2
+    assert result.summary["accounts"]["trader"]["positions"] == {}
+
+
+# -- long random flows ------------------------------------------------------------------
+
+
+FAST_CLOCK = load_profile("backpack", overrides={
+    "interest_interval": 60,
+    "markets": {BTC: {"funding_interval": 60}, "SOL_USDC_PERP": {"funding_interval": 60}},
+})
+
+
+def random_flow(seed, until=300, check_every=1):
+    """Ten traders (some spot on margin with auto-borrow, some auto-lending), two gamblers near
+    50x, a market maker on two perps and SOL spot, a lender, a backstop; random walks with a
+    mark premium, a 6% BTC crash at 150 s; funding and interest every minute: thousands of
+    orders and some liquidations, with the observer after every event."""
+    system = System(FAST_CLOCK, seed=seed, check_every=check_every)
+    rng = stream(seed, "test-flow")
+    system.set_path("BTC", Shifted(RandomWalk(D(100000), D(0), D("0.8"), 1000, rng), 150_000, D("0.94")))
+    system.set_path("SOL", RandomWalk(D(150), D(0), D("1.2"), 1000, rng))
+    system.set_premium(BTC, Constant(D("0.0004")))
+    system.set_premium("SOL_USDC_PERP", Linear(((0, D("-0.001")), (300_000, D("0.001")))))
+    system.add_account("maker", deposits={"USDC": D(20_000_000), "SOL": D(50_000)},
+                       settings=Settings(leverage_limit=D(20)))
+    system.add_agent(MarketMaker(system, "mm", "maker", [BTC, "SOL_USDC_PERP", "SOL_USDC"],
+                                 size={BTC: D("0.3"), "SOL_USDC_PERP": D(50), "SOL_USDC": D(50)}, refresh_ms=2000))
+    system.add_account("lender", deposits={"USDC": D(1_000_000)})
+    system.add_agent(ScriptedTrader(system, "lender", "lender", [
+        (0, LoanRequest("lend", "lend", "USDC", D(1_000_000))),
+    ]))
+    system.add_account("blp", deposits={"USDC": D(5_000_000)}, settings=Settings(leverage_limit=D(50)))
+    system.add_backstop("blp", {BTC: D(2_000_000), "SOL_USDC_PERP": D(500_000)})
+    for name, market, quantity in (("gambler", BTC, "1.2"), ("gambler2", "SOL_USDC_PERP", "150")):
+        system.add_account(name, deposits={"USDC": D(5000)}, settings=Settings(leverage_limit=D(50)), markets=[market])
+        system.add_agent(ScriptedTrader(system, name, name, [(5_000, market_order(f"{name}-1", name, market, Side.BID, quantity))]))
+    for i in range(10):
+        leverage = D([5, 10, 20, 50][i % 4])
+        system.add_account(f"t{i}", deposits={"USDC": D(5000 + 2000 * i)},
+                           settings=Settings(leverage_limit=leverage, auto_lend=i % 3 == 0, auto_repay_borrows=i % 2 == 0))
+        system.add_agent(NoiseTrader(system, f"n{i}", f"t{i}", [BTC, "SOL_USDC_PERP"] + (["SOL_USDC"] if i % 2 else []),
+                                     interval_ms=400, max_steps={BTC: 20000, "SOL_USDC_PERP": 2000, "SOL_USDC": 2000},
+                                     market_share=0.4, within_bps=15, auto_borrow_share=0.5))
+    return system.run(until)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_long_random_flow_keeps_every_invariant(seed):
+    result = random_flow(seed)
+    placed = len(events_of(result, "order_placed"))
+    trades = sum(m["trades"] for m in result.summary["markets"].values())
+    assert placed > 3000 and trades > 500
+
+
+def test_same_seed_same_log_and_different_seeds_differ():
+    one, again, other = random_flow(4, 60), random_flow(4, 60), random_flow(5, 60)
+    assert one.fingerprint == again.fingerprint and one.event_count == again.event_count
+    assert other.fingerprint != one.fingerprint
+
+
+# -- supervision --------------------------------------------------------------------------
+
+
+def test_an_actor_that_raises_ends_the_run_with_the_cause():
+    system = System(PROFILE, seed=1)
+    system.set_path("BTC", Constant(D(100000)))
+    system.add_account("alice", deposits={"USDC": D(1000)})
+    system.add_agent(ScriptedTrader(system, "alice", "alice", [(1_000, "not a message")]))
+    with pytest.raises(RunFailed) as info:
+        system.run(10)
+    failure = info.value
+    assert failure.kind == "crash" and failure.time_ms == 1000
+    assert "account:alice crashed handling str from agent:alice" in str(failure)
+    assert "has no handler for str" in str(failure)
+
+
+def test_a_stalled_run_is_diagnosed():
+    """Alice lends at t=1s but the link to the pool is held for good: nothing else happens
+    (constant prices, no other traders), so after 30 s of silence the run stops and says why."""
+    system = System(PROFILE, seed=1, stall_ms=30_000)
+    system.set_path("BTC", Constant(D(100000)))
+    system.add_account("alice", deposits={"USDC": D(1000)})
+    system.add_agent(ScriptedTrader(system, "alice", "alice", [(1_000, LoanRequest("l1", "lend", "USDC", D(500)))]))
+    system.add_agent(FaultScript(system, [Fault("hold", "account:alice", "pool:USDC", 0, 10**9)]))
+    with pytest.raises(RunFailed) as info:
+        system.run(3600)
+    failure = info.value
+    assert failure.kind == "stall" and failure.time_ms <= 61_000
+    assert "link account:alice -> pool:USDC is held with 1 message(s)" in str(failure)
+    assert "alice waits for the pool's answer" in str(failure)
