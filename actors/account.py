@@ -162,9 +162,12 @@ class SubAccountActor(Actor):
         BackstopDelivery: "on_backstop_delivery",
     }
 
-    def __init__(self, system: System, account: SubAccount, siblings: Iterable[str] = ()) -> None:
+    def __init__(
+        self, system: System, account: SubAccount, siblings: Iterable[str] = (), markets: Iterable[str] = ()
+    ) -> None:
         super().__init__(system, account_address(account.id))
         self.account = account
+        self.markets = tuple(markets)  # markets it trades: it hears their prices from the start
         self.profile = account.profile
         self.settle = account.profile.settlement_asset
         self.siblings = tuple(siblings)
@@ -207,7 +210,7 @@ class SubAccountActor(Actor):
         self.send(pool_address(asset), PoolRequest(request_id, self.account.id, **amounts))
         return request_id
 
-    def _symbols_for(self, market: str) -> tuple[str, ...]:
+    def symbols_for(self, market: str) -> tuple[str, ...]:
         spec = self.profile.markets[market]
         symbols = (market, spec.base, spec.quote) if spec.is_perp else (spec.base, spec.quote)
         return tuple(s for s in symbols if s != self.settle)
@@ -233,7 +236,7 @@ class SubAccountActor(Actor):
     def on_place_order(self, sender: str, message: PlaceOrder) -> None:
         order = message.order
         if order.market in self.profile.markets and not self._ensure_prices(
-            self._symbols_for(order.market), sender, message
+            self.symbols_for(order.market), sender, message
         ):
             return
         self._place(order, sender)
@@ -330,7 +333,7 @@ class SubAccountActor(Actor):
             if entry is not None:
                 self._order_ended(entry.order)
         self._notify(owner, OrderChanged(update))
-        self._settled()
+        self._settled(report=False)  # an order's end moves locked funds, never MMR
 
     def _order_ended(self, order: Order) -> None:
         """Per-order spot flags, conversions that settle USDC, liquidation orders."""
@@ -352,7 +355,7 @@ class SubAccountActor(Actor):
 
     # -- prices -----------------------------------------------------------------------------
     def on_price(self, sender: str, message: PriceUpdate) -> None:
-        self.account.marks[message.symbol] = message.price
+        self.account.marks.update(message.prices)
         self._report()
 
     def on_snapshot(self, sender: str, message: PriceSnapshot) -> None:
@@ -545,15 +548,16 @@ class SubAccountActor(Actor):
         self._settled()
 
     def on_lend_written_off(self, sender: str, message: LendWrittenOff) -> None:
-        self.account._reduce(self.account.lends, message.asset, message.quantity)
+        self.account.apply_lend_write_off(message.asset, message.quantity)
         self.log.info("lend_written_off", asset=message.asset, quantity=message.quantity)
 
     def on_borrow_written_off(self, sender: str, message: BorrowWrittenOff) -> None:
         account = self.account
-        account._reduce(account.borrows, message.asset, message.quantity)
-        account.unsettled_equity -= message.paid
+        repaid = account.apply_borrow_write_off(message.asset, message.quantity, message.paid)
         self.log.info("borrow_written_off", asset=message.asset, quantity=message.quantity,
-                      debt_to_fund=message.paid, unsettled_equity=account.unsettled_equity)
+                      debt_to_fund=message.paid, repaid=repaid, unsettled_equity=account.unsettled_equity)
+        if repaid:
+            self.send(LIQUIDATOR, FundFlow(account.id, self.settle, repaid, "debt repaid"))
         self._settled()
 
     def _repay_from_available(self, asset: str, *, kind: str = "auto") -> bool:
@@ -585,7 +589,7 @@ class SubAccountActor(Actor):
                 self.log.info("pnl_realized", market=symbol, amount=amount)
             self._settled()
 
-    def _settled(self) -> None:
+    def _settled(self, report: bool = True) -> None:
         """After anything changed: keep USDC covered, run auto-repay and auto-lend, report."""
         self._reconcile()
         settings = self.account.settings
@@ -595,7 +599,8 @@ class SubAccountActor(Actor):
         if settings.auto_lend and not self.account.liquidating:
             for asset in list(self.account.balances):
                 self._lend_available(asset)
-        self._report()
+        if report:
+            self._report()
 
     def _reconcile(self) -> None:
         """Cover a negative USDC balance one step at a time (spec 10.3): each step waits for its

@@ -115,7 +115,7 @@ class Agent(Actor):
         self.requests[message.request_id] = message.rejection
 
     def on_price(self, sender: str, message: PriceUpdate) -> None:
-        self.prices[message.symbol] = message.price
+        self.prices.update(message.prices)
 
     def on_snapshot(self, sender: str, message: PriceSnapshot) -> None:
         self.prices.update(message.prices)

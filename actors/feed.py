@@ -1,8 +1,8 @@
 """The price feed: publishes index prices (assets) and marks (perps) from the paths.
 
 On every ``prices`` tick it evaluates each path, quantizes (an asset's index to the finest tick
-of its markets, a mark to its perp's tick) and sends what changed to that symbol's subscribers
-only, so a tick costs in proportion to who holds exposure there. A perp's mark is its index
+of its markets, a mark to its perp's tick) and sends each subscriber one message with what
+changed among its symbols, so a tick costs in proportion to who holds exposure there. A perp's mark is its index
 times one plus its premium path (none: mark = index). A new subscriber gets a snapshot at once.
 """
 
@@ -64,10 +64,13 @@ class FeedActor(Actor):
         self.send(sender, PriceSnapshot({s: self.prices[s] for s in message.symbols if s in self.prices}))
 
     def on_tick(self, sender: str, message: Tick) -> None:
+        outgoing: dict[str, list[tuple[str, Decimal]]] = {}
         for symbol, price in self.evaluate(message.time_ms).items():
             if self.prices.get(symbol) == price:
                 continue
             self.prices[symbol] = price
             self.log.info("price", symbol=symbol, price=price)
             for subscriber in self.subscribers.get(symbol, ()):
-                self.send(subscriber, PriceUpdate(symbol, price))
+                outgoing.setdefault(subscriber, []).append((symbol, price))
+        for subscriber, changed in outgoing.items():
+            self.send(subscriber, PriceUpdate(tuple(changed)))

@@ -88,7 +88,7 @@ class LiquidatorActor(Actor):
         self.send(FEED, Subscribe(tuple(s for s in symbols if s != self.settle)))
 
     def on_price(self, sender: str, message: PriceUpdate) -> None:
-        self.prices[message.symbol] = message.price
+        self.prices.update(message.prices)
 
     def on_snapshot(self, sender: str, message: PriceSnapshot) -> None:
         self.prices.update(message.prices)

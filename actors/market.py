@@ -70,17 +70,20 @@ class MarketActor(Actor):
 
     # -- prices -----------------------------------------------------------------------------
     def on_price(self, sender: str, message: PriceUpdate) -> None:
-        if message.symbol == self.market.base:
-            self.index = message.price
-        if message.symbol == self.market.symbol or not self.market.is_perp:
-            self.mark = message.price
+        self._prices(message.prices)
+
+    def on_snapshot(self, sender: str, message: PriceSnapshot) -> None:
+        self._prices(tuple(message.prices.items()))
+
+    def _prices(self, prices: tuple[tuple[str, Decimal], ...]) -> None:
+        for symbol, price in prices:
+            if symbol == self.market.base:
+                self.index = price
+            if symbol == self.market.symbol or not self.market.is_perp:
+                self.mark = price
         self.book.set_prices(mark=self.mark, index=self.index)
         if self.funding is not None and self.mark is not None and self.index is not None:
             self.funding.observe(now_ms(), self.mark, self.index)
-
-    def on_snapshot(self, sender: str, message: PriceSnapshot) -> None:
-        for symbol, price in message.prices.items():
-            self.on_price(sender, PriceUpdate(symbol, price))
 
     # -- orders -----------------------------------------------------------------------------
     def on_submit(self, sender: str, message: SubmitOrder) -> None:

@@ -42,7 +42,7 @@ class Mailbox:
 
     def put(self, sender: str, message: Any) -> None:
         self.queue.append((sender, message))
-        if self._lot.statistics().tasks_waiting:
+        if len(self._lot):
             self._lot.unpark()
 
     async def wait(self) -> None:
@@ -167,7 +167,7 @@ class Network:
         self._seq += 1
         heapq.heappush(self._heap, (when, self._seq, sender, recipient, message))
         self._queued_on[link] = self._queued_on.get(link, 0) + 1
-        if self._wake.statistics().tasks_waiting:
+        if len(self._wake):
             self._wake.unpark()
 
     async def run(self) -> None:

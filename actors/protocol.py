@@ -260,10 +260,10 @@ class Depth:
 
 @attrs.frozen
 class PriceUpdate:
-    """The feed's new price for an asset (index) or a perp (mark)."""
+    """The feed's new prices for one subscriber: assets (index) and perps (mark), in one
+    message per tick."""
 
-    symbol: str
-    price: Decimal
+    prices: tuple[tuple[str, Decimal], ...]
 
 
 @attrs.frozen

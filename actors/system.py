@@ -17,6 +17,7 @@ virtual time ends with a diagnosis; the observer's first violation ends it too.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -110,7 +111,7 @@ class System:
         self.accounts: dict[str, SubAccountActor] = {}
         self.agents: list[Agent] = []
         self._deposits: list[tuple[str, str, Decimal]] = []
-        self._owners: dict[str, str] = {}
+        self._by_owner: dict[str, list[str]] = {}
         self.network.register(SETUP)
         slowest = max([latency.ms + latency.jitter_ms] + [r.ms + r.jitter_ms for r in (latency_rules or {}).values()])
         grace = grace_ms if grace_ms is not None else 2 * profile.liquidation.loop_interval_ms + 4 * slowest + 1000
@@ -132,15 +133,14 @@ class System:
         their prices from the start; any other market it subscribes to when it first orders)."""
         owner = owner if owner is not None else account_id
         account = SubAccount(account_id, self.profile, owner=owner, settings=settings)
-        self._owners[account_id] = owner
-        siblings = [a for a, o in self._owners.items() if o == owner and a != account_id]
-        actor = SubAccountActor(self, account, siblings)
+        siblings = self._by_owner.setdefault(owner, [])
+        actor = SubAccountActor(self, account, siblings, markets)
         for sibling in siblings:
             self.accounts[sibling].siblings += (account_id,)
+        siblings.append(account_id)
         self.accounts[account_id] = actor
         for asset, quantity in (deposits or {}).items():
             self._deposits.append((account_id, asset, Decimal(quantity)))
-        actor.wanted_markets = tuple(markets)  # type: ignore[attr-defined]
         return actor
 
     def add_agent(self, agent: Agent) -> Agent:
@@ -168,8 +168,19 @@ class System:
             if realtime_rate is None
             else trio.testing.MockClock(rate=realtime_rate)
         )
-        with deterministic_scheduling(self.seed):
-            return trio.run(self.run_async, until_s, clock=clock)
+        # The actors' state lives for the whole run: keep it out of the collector's scans and
+        # collect the young generation less often (measured: 44 -> 30 us per account and price
+        # tick with 10,000 accounts). The collector never decides anything in a run.
+        gc.collect()
+        gc.freeze()
+        threshold = gc.get_threshold()
+        gc.set_threshold(50_000, 20, 100)
+        try:
+            with deterministic_scheduling(self.seed):
+                return trio.run(self.run_async, until_s, clock=clock)
+        finally:
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
 
     async def run_async(self, until_s: float) -> RunResult:
         until_ms = round(until_s * 1000)
@@ -219,8 +230,7 @@ class System:
         self.liquidator.subscribe()
         for actor in self.accounts.values():
             actor.account.marks.update(self.feed.prices)
-            wanted = [s for m in getattr(actor, "wanted_markets", ()) for s in actor._symbols_for(m)]
-            actor.subscribe(wanted)
+            actor.subscribe(s for market in actor.markets for s in actor.symbols_for(market))
         for account_id, asset, quantity in self._deposits:
             self.network.send(SETUP, account_address(account_id), Deposit(asset, quantity))
         for agent in self.agents:

@@ -752,22 +752,22 @@ class Exchange:
         if account.balances.get(asset) and account.available(asset) > 0:
             return
         price = self.prices[asset]
-        debt = account.borrows.pop(asset)
+        debt = account.borrows[asset]
         shares = self.pools[asset].write_off(account.id)
         paid = ZERO
         for lender, quantity in shares.items():
             value = floor_to(quantity * price, self.profile.assets[self.settle].step)
             lender_account = self.accounts[lender]
-            lender_account.lends[asset] -= quantity
-            if not lender_account.lends[asset]:
-                del lender_account.lends[asset]
+            lender_account.apply_lend_write_off(asset, quantity)
             lender_account.credit(self.settle, value)
             paid += value
         self._fund(self.settle, -paid)
-        account.unsettled_equity -= paid
+        repaid = account.apply_borrow_write_off(asset, debt, paid)
+        self._fund(self.settle, repaid)
         self._record(account, "bankruptcy", mmr_before,
                      f"borrow of {fmt(debt)} {asset} written off; lenders paid {fmt(paid)} {self.settle} "
-                     f"(its value at mark {fmt(price)}) by the liquidity fund", market=asset, quantity=debt, price=price)
+                     f"(its value at mark {fmt(price)}) by the liquidity fund, {fmt(repaid)} of it repaid from the "
+                     f"account's {self.settle}", market=asset, quantity=debt, price=price)
 
     def _finish(self, account: SubAccount, mmr_before: Decimal, reason: str, stage: str = "healthy") -> None:
         self.liquidations.pop(account.id, None)

@@ -216,6 +216,21 @@ class SubAccount:
         if lend_interest:
             self.lends[asset] = self.lends.get(asset, ZERO) + lend_interest
 
+    def apply_lend_write_off(self, asset: str, quantity: Decimal) -> None:
+        """Part of the lend is gone with a bankrupt borrower (the fund pays its value, F7)."""
+        self._reduce(self.lends, asset, quantity)
+
+    def apply_borrow_write_off(self, asset: str, quantity: Decimal, paid: Decimal) -> Decimal:
+        """The borrow left the pool; what the fund paid its lenders is now a debt to the fund,
+        which the account's settlement balance pays down at once. Returns what it repaid."""
+        self._reduce(self.borrows, asset, quantity)
+        self.unsettled_equity -= paid
+        repaid = min(max(self.available(self.profile.settlement_asset), ZERO), -self.unsettled_equity)
+        if repaid > 0:
+            self.debit(self.profile.settlement_asset, repaid)
+            self.unsettled_equity += repaid
+        return max(repaid, ZERO)
+
     @staticmethod
     def _reduce(book: dict[str, Decimal], asset: str, quantity: Decimal) -> None:
         left = book.get(asset, ZERO) - quantity

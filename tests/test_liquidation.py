@@ -8,6 +8,7 @@ import pytest
 
 from exchange import margin
 from exchange.engine import Exchange
+from exchange.lending import Grant
 from exchange.ledger import Settings
 from exchange.liquidation import describe_step
 from exchange.orders import ErrorCode, Side
@@ -339,3 +340,40 @@ def test_liquidated_positions_answer_the_faq():
     assert (summary.market, summary.side, summary.stages) == (BTC, "Ask", ("book",))
     assert (summary.quantity, summary.average_price, summary.fees) == (D("0.37059"), D(90440), D("16.75808"))
     assert (summary.first_ms, summary.last_ms) == (1000, 5000)
+
+
+def test_f7_lenders_are_made_whole_in_usd_when_a_borrower_goes_bankrupt():
+    """F7. The lender lends 10 BTC. A deposits 10,000 USDC, borrows 0.4 BTC (borrow IMF 0.2:
+    8,000 locked) and sells it on BTC_USDC into the maker's bid at 100,000 (39,960 after the
+    0.1% fee). The borrow carries its entry fee: the pool's rate at 4% utilization is
+    0.05 x 0.04 / 0.8 = 0.25%, for the first hour 0.4 x 0.0025 / 8760 = 0.000000114 -> 0.00000012
+    up: A owes 0.40000012 BTC.
+
+    BTC triples to 300,000 and nobody sells BTC: equity 49,960 - 120,000.036 < 0. The loop finds
+    no book to buy back on and no backstop, so the borrow is written off: the lender's lend
+    falls by 0.40000012 BTC and the fund pays it 0.40000012 x 300,000 = 120,000.036 USDC (the
+    lender gets USD value, not the BTC). A's 49,960 USDC go against its debt to the fund at
+    once: A owes 70,040.036, the fund is down the same."""
+    ex = Exchange(load_profile("backpack"))
+    ex.set_price("BTC", D(100000))
+    for name in ("lender", "mm", "a"):
+        ex.add_account(name)
+    ex.deposit("lender", "BTC", D(10))
+    ex.lend("lender", "BTC", D(10))
+    ex.deposit("mm", "USDC", D(1_000_000))
+    assert ex.order("mm", "BTC_USDC", Side.BID, D(1), D(100000)).accepted
+    ex.deposit("a", "USDC", D(10000))
+    assert isinstance(ex.borrow("a", "BTC", D("0.4")), Grant)
+    a = ex.accounts["a"]
+    assert a.borrows == {"BTC": D("0.40000012")}
+    assert ex.order("a", "BTC_USDC", Side.ASK, D("0.4"), None).accepted
+    assert a.available("USDC") == D(49960)
+    ex.set_price("BTC", D(300000))
+    ex.advance_to(1000)
+    lender = ex.accounts["lender"]
+    assert lender.lends["BTC"] == D(10) - D("0.40000012")
+    assert lender.available("USDC") == D("120000.036")
+    assert a.borrows == {} and a.available("USDC") == 0
+    assert a.unsettled_equity == D("-70040.036") and ex.fund["USDC"] == D("-70040.036")
+    assert ex.liquidation_history["a"][-1].stage == "bankruptcy"
+    assert ex.invariant_violations() == []
