@@ -172,6 +172,7 @@ class SubAccountActor(Actor):
         self.settle = account.profile.settlement_asset
         self.siblings = tuple(siblings)
         self.owners: dict[str, str] = {}  # order id -> who placed it (notices go there)
+        self.cancellers: dict[str, str] = {}  # cancels of orders this account does not know
         self.subscribed: set[str] = set()  # membership only
         self.deferred: list[tuple[str, Any]] = []
         self.awaiting: dict[str, _Pending] = {}
@@ -279,6 +280,8 @@ class SubAccountActor(Actor):
         self._notify(owner, OrderRefused(order, rejection))
 
     def on_cancel_order(self, sender: str, message: CancelOrder) -> None:
+        if message.order_id not in self.owners:
+            self.cancellers[message.order_id] = sender  # so a refusal finds its way back
         self.send(market_address(message.market), CancelOnBook(message.order_id, self.account.id))
 
     def on_cancel_all(self, sender: str, message: CancelAll) -> None:
@@ -300,6 +303,8 @@ class SubAccountActor(Actor):
     def on_cancel_refused(self, sender: str, message: CancelRefused) -> None:
         self.log.info("cancel_refused", order_id=message.order_id, code=message.rejection.code,
                       message=message.rejection.message)
+        self._notify(self.owners.get(message.order_id, self.cancellers.pop(message.order_id, None)),
+                     RequestRefused(message.order_id, message.rejection))
 
     def on_fill(self, sender: str, message: FillNotice) -> None:
         fill, market = message.fill, message.market
@@ -367,8 +372,12 @@ class SubAccountActor(Actor):
 
     # -- money in and out -------------------------------------------------------------------
     def on_deposit(self, sender: str, message: Deposit) -> None:
-        if message.asset not in self.profile.assets:
+        if message.asset not in self.profile.assets or message.quantity <= 0:
+            refused = Rejection(ErrorCode.INVALID_QUANTITY,
+                                f"cannot deposit {fmt(message.quantity)} {message.asset}: "
+                                f"assets are {', '.join(self.profile.assets)}")
             self.log.info("deposit_refused", asset=message.asset, quantity=message.quantity)
+            self.send(sender, RequestRefused(message.request_id, refused))
             return
         credited = floor_to(message.quantity, self.profile.assets[message.asset].step)
         repaid = self.account.deposit(message.asset, message.quantity)
@@ -376,6 +385,7 @@ class SubAccountActor(Actor):
         if repaid:
             self.send(LIQUIDATOR, FundFlow(self.account.id, message.asset, repaid, "debt repaid"))
         self.subscribe((message.asset,))
+        self.send(sender, RequestDone(message.request_id, f"{fmt(credited)} {message.asset}"))
         self._settled()
 
     def on_withdraw(self, sender: str, message: Withdraw | TransferOut) -> None:

@@ -67,6 +67,7 @@ class CancelAll:
 class Deposit:
     asset: str
     quantity: Decimal
+    request_id: str = ""
 
 
 @attrs.frozen

@@ -190,6 +190,9 @@ class System:
                     self._start(nursery)
                     nursery.start_soon(self._watchdog)
                     await trio.sleep_until(until_ms / 1000)
+                    # Everything due at the end time happens before the run stops (the clock
+                    # does not move while this waits).
+                    await trio.testing.wait_all_tasks_blocked()
                     nursery.cancel_scope.cancel()
                 if self.observer is not None:
                     self.observer.check()

@@ -272,3 +272,56 @@ def test_a_stalled_run_is_diagnosed():
     assert failure.kind == "stall" and failure.time_ms <= 61_000
     assert "link account:alice -> pool:USDC is held with 1 message(s)" in str(failure)
     assert "alice waits for the pool's answer" in str(failure)
+
+
+class Thief(ScriptedTrader):
+    """A deliberate bug for the observer to catch: at 2 s it adds 1 USDC to an account's
+    ledger directly, with no message and no event. The observer looks after messages that log
+    events, so it is caught at the next price tick (3 s)."""
+
+    def on_tick(self, sender, message):
+        self.system.accounts[self.account_id].account.credit("USDC", D(1))
+
+
+def test_a_broken_invariant_stops_the_run_with_the_event_and_the_seed():
+    system = System(PROFILE, seed=9)
+    system.set_path("BTC", Linear(((0, D(100000)), (10_000, D(101000)))))
+    system.add_account("alice", deposits={"USDC": D(1000)})
+    system.add_agent(Thief(system, "thief", "alice", [(2_000, None)]))
+    with pytest.raises(RunFailed) as info:
+        system.run(10)
+    failure = info.value
+    assert failure.kind == "invariant" and failure.time_ms == 3000 and failure.seed == 9
+    text = str(failure)
+    assert "invariant 'conservation' broken" in text
+    assert "USDC not conserved: 1001 held in the system, 1000 deposited net (difference 1)" in text
+    assert "last event: {'actor': 'feed', 'symbol': 'BTC_USDC_PERP', 'price': Decimal('100300.0')" in text
+
+
+def test_refused_cancels_and_deposits_are_answered():
+    from actors.protocol import CancelOrder, Deposit
+
+    system = System(PROFILE, seed=1)
+    system.set_path("BTC", Constant(D(100000)))
+    system.add_account("alice", deposits={"USDC": D(1000)})
+    agent = system.add_agent(ScriptedTrader(system, "alice", "alice", [
+        (1_000, CancelOrder(BTC, "nope")),
+        (1_000, Deposit("DOGE", D(5), "d1")),
+        (1_000, Deposit("USDC", D(5), "d2")),
+    ]))
+    system.run(2)
+    assert agent.requests["nope"].code is ErrorCode.RESOURCE_NOT_FOUND
+    assert agent.requests["d1"].code is ErrorCode.INVALID_QUANTITY and "DOGE" in agent.requests["d1"].message
+    assert agent.requests["d2"] == "5 USDC"
+
+
+def test_real_time_mode_runs_the_clock_at_a_rate():
+    """At 100 virtual seconds per real second, 3 virtual seconds take at least 30 ms."""
+    import time
+
+    system = System(PROFILE, seed=1)
+    system.set_path("BTC", Linear(((0, D(100000)), (3_000, D(101000)))))
+    start = time.perf_counter()
+    result = system.run(3, realtime_rate=100)
+    assert time.perf_counter() - start >= 0.03
+    assert [e["price"] for e in result.events if e["event"] == "price" and e["symbol"] == "BTC"][-1] == D(101000)
