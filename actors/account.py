@@ -598,6 +598,21 @@ class SubAccountActor(Actor):
             for symbol, amount in self.account.realize_pnl():
                 self.log.info("pnl_realized", market=symbol, amount=amount)
             self._settled()
+        elif message.kind == "sample":
+            self._log_health()
+
+    def _log_health(self) -> None:
+        """A periodic health sample (charts, the demo, expectations at a time)."""
+        account = self.account
+        t = totals(account)
+        self.log.info(
+            "health", net_equity=t.net_equity, imr=t.imr, mmr=t.mmr, available=t.available,
+            maintenance=t.maintenance, liquidating=account.liquidating,
+            positions={s: p.quantity for s, p in account.positions.items()},
+            borrows=dict(account.borrows), lends=dict(account.lends),
+            balances={a: b.available + b.locked for a, b in account.balances.items() if b.available + b.locked},
+            unsettled_equity=account.unsettled_equity,
+        )
 
     def _settled(self, report: bool = True) -> None:
         """After anything changed: keep USDC covered, run auto-repay and auto-lend, report."""

@@ -18,7 +18,7 @@ virtual time ends with a diagnosis; the observer's first violation ends it too.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,8 @@ class System:
         keep_events: bool = True,
         price_interval_ms: int = 1000,
         stall_ms: int = 60_000,
+        sample_ms: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         events.configure()
         self.profile = profile
@@ -102,6 +104,8 @@ class System:
         self.log = events.EventLog(log_path, keep=keep_events)
         self.price_interval_ms = price_interval_ms
         self.stall_ms = stall_ms
+        self.sample_ms = sample_ms  # every account logs a health sample this often (None: never)
+        self.progress = progress  # called with the virtual time, about a hundred times a run
         self.scheduler = Scheduler(self)
         self.feed = FeedActor(self, profile)
         self.liquidator = LiquidatorActor(self, profile)
@@ -161,13 +165,19 @@ class System:
         if self.observer is not None:
             self.observer.after_message()
 
-    def run(self, until_s: float, *, realtime_rate: float | None = None) -> RunResult:
-        """Run to ``until_s`` virtual seconds; raises ``RunFailed`` if the run cannot finish."""
-        clock = (
-            trio.testing.MockClock(autojump_threshold=0)
-            if realtime_rate is None
-            else trio.testing.MockClock(rate=realtime_rate)
-        )
+    def run(
+        self, until_s: float, *, realtime_rate: float | None = None, clock: trio.testing.MockClock | None = None
+    ) -> RunResult:
+        """Run to ``until_s`` virtual seconds; raises ``RunFailed`` if the run cannot finish.
+
+        ``clock`` lets a caller keep a handle on a real-time clock (the demo pauses by setting
+        its rate to 0)."""
+        if clock is None:
+            clock = (
+                trio.testing.MockClock(autojump_threshold=0)
+                if realtime_rate is None
+                else trio.testing.MockClock(rate=realtime_rate)
+            )
         # The actors' state lives for the whole run: keep it out of the collector's scans and
         # collect the young generation less often (measured: 44 -> 30 us per account and price
         # tick with 10,000 accounts). The collector never decides anything in a run.
@@ -189,6 +199,9 @@ class System:
                 async with trio.open_nursery() as nursery:
                     self._start(nursery)
                     nursery.start_soon(self._watchdog)
+                    # Always running, callback or not: an extra task would change the seeded
+                    # order in which ready tasks run, and so the run itself.
+                    nursery.start_soon(self._report_progress, until_ms)
                     await trio.sleep_until(until_ms / 1000)
                     # Everything due at the end time happens before the run stops (the clock
                     # does not move while this waits).
@@ -246,6 +259,16 @@ class System:
             schedule(pool_address(asset), "interest", profile.interest_interval_ms, profile.interest_interval_ms)
         loop = profile.liquidation.loop_interval_ms
         schedule(LIQUIDATOR, "liquidation", loop, loop)
+        if self.sample_ms:
+            for actor in self.accounts.values():
+                schedule(actor.address, "sample", 0, self.sample_ms)
+
+    async def _report_progress(self, until_ms: int) -> None:
+        step = max(until_ms // 100, 1)
+        while True:
+            if self.progress is not None:
+                self.progress(round(trio.current_time() * 1000))
+            await trio.sleep(step / 1000)
 
     async def _watchdog(self) -> None:
         """End a run that has work pending but logs nothing for ``stall_ms`` of virtual time."""
@@ -315,4 +338,8 @@ class System:
                 "last_price": m.book.last_trade_price, "mark": m.mark}
             for s, m in self.markets.items()
         }
-        return {"accounts": accounts, "markets": markets, "fund": dict(self.liquidator.fund)}
+        fund = dict(self.liquidator.fund)  # the liquidity fund: its cash and the books' liquidation fees
+        for market in self.markets.values():
+            for asset, fees in market.book.liquidation_fees.items():
+                fund[asset] = fund.get(asset, ZERO) + fees
+        return {"accounts": accounts, "markets": markets, "fund": fund}
