@@ -325,20 +325,26 @@ class SubAccountActor(Actor):
         if run is not None and fill.order_id in run.orders:
             run.fills[fill.order_id].append(fill)
         self._notify(self.owners.get(fill.order_id), OrderFilled(fill))
+        if effect.ended_order is not None and effect.ended_order.final is not None:
+            self._close(effect.ended_order.order, effect.ended_order.final)
         self._settled()
 
     def on_update(self, sender: str, message: UpdateNotice) -> None:
         update = message.update
-        entry = self.account.apply_update(update)
-        owner = self.owners.get(update.order_id)
-        if update.status.is_final:
-            self.owners.pop(update.order_id, None)
-            self.log.info("order_closed", order_id=update.order_id, market=update.market, status=update.status,
-                          reason=update.reason, executed=update.executed_quantity)
-            if entry is not None:
-                self._order_ended(entry.order)
-        self._notify(owner, OrderChanged(update))
+        ended = self.account.apply_update(update)
+        if ended is not None:
+            self._close(ended.order, update)
+        elif not update.status.is_final:
+            self._notify(self.owners.get(update.order_id), OrderChanged(update))
+        # A final update whose fills have not arrived yet closes the order when they do.
         self._settled(report=False)  # an order's end moves locked funds, never MMR
+
+    def _close(self, order: Order, final: OrderUpdate) -> None:
+        """The order has ended and every fill of it is booked: log it, tell its owner."""
+        self.log.info("order_closed", order_id=final.order_id, market=final.market, status=final.status,
+                      reason=final.reason, executed=final.executed_quantity)
+        self._order_ended(order)
+        self._notify(self.owners.pop(final.order_id, None), OrderChanged(final))
 
     def _order_ended(self, order: Order) -> None:
         """Per-order spot flags, conversions that settle USDC, liquidation orders."""

@@ -73,6 +73,11 @@ class OpenOrder:
     lock_left: Decimal = ZERO  # funds still locked for this order
     executed: Decimal = ZERO
     executed_quote: Decimal = ZERO
+    # The executed quantity the latest order update reported; fills up to it are already
+    # reflected in ``remaining``. A final update that arrives before its last fills waits in
+    # ``final`` until they do: messages from a market may be reordered on the way.
+    reported_executed: Decimal = ZERO
+    final: OrderUpdate | None = None
 
     @property
     def counts_as_exposure(self) -> bool:
@@ -104,6 +109,7 @@ class FillEffect:
     liquidation_fee: Decimal
     position_after: Decimal | None
     house_remainder: Decimal  # sub-step PnL remainder handed to the liquidity fund on a close
+    ended_order: OpenOrder | None = None  # the order this fill completed after its final update
 
 
 class SubAccount:
@@ -293,16 +299,36 @@ class SubAccount:
             del self.order_exposure[market]
 
     def apply_update(self, update: OrderUpdate) -> OpenOrder | None:
-        """Follow a non-fill order update: a cut-down order, or the order's final state."""
+        """Follow a non-fill order update: a cut-down order, or the order's final state.
+
+        Returns the order if this update ended it. Fills the update counts but this account has
+        not seen yet are not subtracted twice when they come, and a final update waits (locks
+        kept) until its fills have been booked, so an order never ends before its fills.
+        """
         entry = self.open_orders.get(update.order_id)
         if entry is None:
             return None
-        if entry.counts_as_exposure and entry.remaining != update.remaining_quantity:
-            self._add_exposure(entry.order.market, entry.order.side, update.remaining_quantity - entry.remaining)
-        entry.remaining = update.remaining_quantity
-        if update.status.is_final:
-            self._release(entry)
-            del self.open_orders[update.order_id]
+        # The update's remaining, less fills booked here that it did not know about yet;
+        # remaining only ever shrinks, so an older update cannot grow it back.
+        unseen = max(ZERO, entry.executed - update.executed_quantity)
+        self._set_remaining(entry, min(entry.remaining, max(ZERO, update.remaining_quantity - unseen)))
+        entry.reported_executed = max(entry.reported_executed, update.executed_quantity)
+        if not update.status.is_final:
+            return None
+        entry.final = update
+        return self._end_if_complete(entry)
+
+    def _set_remaining(self, entry: OpenOrder, remaining: Decimal) -> None:
+        if entry.counts_as_exposure and remaining != entry.remaining:
+            self._add_exposure(entry.order.market, entry.order.side, remaining - entry.remaining)
+        entry.remaining = remaining
+
+    def _end_if_complete(self, entry: OpenOrder) -> OpenOrder | None:
+        final = entry.final
+        if final is None or entry.executed < final.executed_quantity:
+            return None
+        self._release(entry)
+        del self.open_orders[final.order_id]
         return entry
 
     def _release(self, entry: OpenOrder) -> None:
@@ -316,18 +342,21 @@ class SubAccount:
         """Book one fill: spot balances, or the perp position with its fee and realized PnL."""
         entry = self.open_orders.get(fill.order_id)
         if entry is not None:
+            # Only the part of this fill that no order update has already counted.
+            counted = min(fill.quantity, max(ZERO, entry.reported_executed - entry.executed))
             entry.executed += fill.quantity
             entry.executed_quote += fill.quote_quantity
-            if entry.order.quantity is not None:
-                entry.remaining -= fill.quantity
-                if entry.counts_as_exposure:
-                    self._add_exposure(market.symbol, fill.side, -fill.quantity)
+            if entry.order.quantity is not None and fill.quantity > counted:
+                self._set_remaining(entry, max(ZERO, entry.remaining - (fill.quantity - counted)))
         if fill.liquidation_fee:
             self.debit(market.quote, fill.liquidation_fee)
         if market.is_perp:
-            return self._apply_perp_fill(fill, market)
-        self._apply_spot_fill(fill, market, entry)
-        return FillEffect(ZERO, fill.fee, fill.liquidation_fee, None, ZERO)
+            effect = self._apply_perp_fill(fill, market)
+        else:
+            self._apply_spot_fill(fill, market, entry)
+            effect = FillEffect(ZERO, fill.fee, fill.liquidation_fee, None, ZERO)
+        ended = self._end_if_complete(entry) if entry is not None else None
+        return effect if ended is None else attrs.evolve(effect, ended_order=ended)
 
     def _apply_spot_fill(self, fill: Fill, market: Market, entry: OpenOrder | None) -> None:
         if fill.side is Side.BID:

@@ -7,8 +7,19 @@ from decimal import Decimal
 import pytest
 
 from exchange import margin
-from exchange.decimals import floor_to
-from exchange.orders import ErrorCode, ExpiryReason, Order, OrderType, Origin, Rejection, Side
+from exchange.decimals import ZERO, floor_to
+from exchange.orders import (
+    ErrorCode,
+    ExpiryReason,
+    Fill,
+    Order,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Origin,
+    Rejection,
+    Side,
+)
 from exchange.pretrade import Accepted, check_order, max_order_quantity, place_order
 
 from .conftest import make_account, perp_fill
@@ -219,3 +230,52 @@ def test_shape_errors_come_first(btc10x):
     assert isinstance(bad_step, Rejection) and bad_step.code is ErrorCode.INVALID_QUANTITY
     unknown = check_order(btc10x, limit(btc10x, "DOGE_USDC_PERP", Side.BID, "1", "1"))
     assert isinstance(unknown, Rejection) and unknown.code is ErrorCode.INVALID_ORDER
+
+
+def _spot_fill(account, order_id, quantity, price, trade_id):
+    q, p = D(quantity), D(price)
+    return Fill(trade_id, "SOL_USDC", order_id, account.id, Side.BID, p, q, q * p, ZERO, "SOL", False)
+
+
+def _update(account, order_id, status, executed, price, remaining):
+    e = D(executed)
+    return OrderUpdate(order_id, account.id, "SOL_USDC", status, e, e * D(price), D(remaining))
+
+
+def test_final_update_before_its_fills_waits_for_them(sol_account, profile):
+    """Bid 5 SOL at 100 (500 USDC locked), filled 2 then 3, with the final ``Filled`` update
+    overtaking both fills on the way. The order must stay open, its lock held, until the last
+    fill is booked: releasing early would let the 500 USDC be spent twice.
+
+    Exposure: the update already says 5 executed, so the bid exposure drops 5 -> 0 on the update
+    and the fills must not take it below zero.
+    """
+    market = profile.markets["SOL_USDC"]
+    place_order(sol_account, limit(sol_account, "SOL_USDC", Side.BID, "5", "100"))
+    order_id = "a-1"
+    assert sol_account.apply_update(_update(sol_account, order_id, OrderStatus.FILLED, "5", "100", "0")) is None
+    usdc = sol_account.balances["USDC"]
+    assert (usdc.available, usdc.locked) == (D(500), D(500))
+    assert order_id in sol_account.open_orders and "SOL_USDC" not in sol_account.order_exposure
+    effect = sol_account.apply_fill(_spot_fill(sol_account, order_id, "2", "100", 1), market)
+    assert effect.ended_order is None and (usdc.available, usdc.locked) == (D(500), D(300))
+    effect = sol_account.apply_fill(_spot_fill(sol_account, order_id, "3", "100", 2), market)
+    assert effect.ended_order is not None and effect.ended_order.final.status is OrderStatus.FILLED
+    assert (usdc.available, usdc.locked) == (D(500), ZERO)
+    assert sol_account.balances["SOL"].available == D(5)
+    assert order_id not in sol_account.open_orders and not sol_account.order_exposure
+
+
+def test_update_that_overtakes_a_fill_is_not_counted_twice(sol_account, profile):
+    """Bid 5 SOL: a cut-down update (2 executed, 1 left after cutting 2) arrives before the fill
+    of 2 it counts. Remaining is 1 after the update and stays 1 after that fill; a stale ``New``
+    update (0 executed, 5 left) arriving last cannot grow it back (5 - 2 booked = 3 > 1)."""
+    market = profile.markets["SOL_USDC"]
+    place_order(sol_account, limit(sol_account, "SOL_USDC", Side.BID, "5", "100"))
+    entry = sol_account.open_orders["a-1"]
+    sol_account.apply_update(_update(sol_account, "a-1", OrderStatus.PARTIALLY_FILLED, "2", "100", "1"))
+    assert entry.remaining == D(1) and sol_account.order_exposure["SOL_USDC"] == [D(1), ZERO]
+    sol_account.apply_fill(_spot_fill(sol_account, "a-1", "2", "100", 1), market)
+    assert entry.remaining == D(1) and sol_account.order_exposure["SOL_USDC"] == [D(1), ZERO]
+    sol_account.apply_update(_update(sol_account, "a-1", OrderStatus.NEW, "0", "100", "5"))
+    assert entry.remaining == D(1) and sol_account.order_exposure["SOL_USDC"] == [D(1), ZERO]
