@@ -184,12 +184,13 @@ class MarketMaker(Agent):
 class NoiseTrader(Agent):
     """Random orders every ``interval_ms`` on average (uniform in [interval/2, 3 interval/2]):
     ``market_share`` of them market orders, the rest limits within ``within_bps`` of the price;
-    sizes up to ``max_steps`` steps; some IOC, some reduce-only on perps, some spot orders
-    with ``autoBorrow`` (``auto_borrow_share``)."""
+    sizes up to ``max_steps`` steps; some IOC or post-only, some reduce-only on perps, some spot
+    orders with ``autoBorrow`` (``auto_borrow_share``)."""
 
     def __init__(self, system: System, name: str, account_id: str, markets: Sequence[str], *, interval_ms: int = 1000,
                  max_steps: int | dict[str, int] = 10, market_share: float = 0.3, within_bps: int = 20,
-                 reduce_only_share: float = 0.1, ioc_share: float = 0.2, auto_borrow_share: float = 0.0) -> None:
+                 reduce_only_share: float = 0.1, ioc_share: float = 0.2, auto_borrow_share: float = 0.0,
+                 post_only_share: float = 0.0) -> None:
         super().__init__(system, name, account_id)
         self.markets = [system.profile.markets[m] for m in markets]
         self.interval_ms = interval_ms
@@ -199,6 +200,7 @@ class NoiseTrader(Agent):
         self.reduce_only_share = reduce_only_share
         self.ioc_share = ioc_share
         self.auto_borrow_share = auto_borrow_share
+        self.post_only_share = post_only_share
 
     def start(self) -> None:
         symbols = tuple(dict.fromkeys(m.symbol if m.is_perp else m.base for m in self.markets))
@@ -232,8 +234,11 @@ class NoiseTrader(Agent):
             return
         away = Decimal(self.rng.randint(-self.within_bps, self.within_bps)) * BPS
         price = floor_to(ref * (1 + away), market.tick_size)
-        if self.rng.random() < self.ioc_share:
+        roll = self.rng.random()
+        if roll < self.ioc_share:
             flags["time_in_force"] = TimeInForce.IOC
+        elif roll < self.ioc_share + self.post_only_share:
+            flags["post_only"] = True
         if price > 0:
             self.place(market.symbol, side, quantity, price, **flags)
 

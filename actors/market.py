@@ -136,7 +136,12 @@ class MarketActor(Actor):
         if self.mark is None or not rate:
             return
         step = self.book.profile.assets[self.market.quote].step
-        for account, amount in funding_payments(rate, self.book.positions, self.mark, step).items():
+        positions = self.book.positions
+        payments = funding_payments(rate, positions, self.mark, step)
+        if payments:
+            self.log.info("funding", rate=rate, mark=self.mark,
+                          payments={a: (positions.get(a), amount) for a, amount in payments.items()})
+        for account, amount in payments.items():
             self.send(account_address(account), FundingNotice(self.market.symbol, rate, amount))
 
     # -- liquidation ------------------------------------------------------------------------

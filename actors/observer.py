@@ -13,7 +13,13 @@ the wire, after a handled message, every ``every`` events (0: only at the end). 
 * **liquidation is timely**: an account at MMR >= 100% on its own marks is liquidating within
   ``grace_ms`` (default: two liquidation loops plus the slowest link);
 * **liquidation acts only on accounts that need it**: no book step starts below MMR 100%;
+* **the pre-trade check is honest**: a perp order's logged IMR after acceptance is the account's
+  true IMR once it rests (checked right after the message, whatever ``every`` is);
+* **funding is paid on held positions**: each payment matches the position the market holds;
 * **no silent contamination**: an account's holdings change only with an event of its own.
+
+During fault windows (``faults_until_ms``) an account may be unhealthy and not yet liquidated:
+the timeliness clock starts when the faults end.
 
 A violation stops the run with the invariant, the numbers, the event that broke it and the seed.
 """
@@ -65,10 +71,11 @@ class InvariantViolation(Exception):
 
 
 class Observer:
-    def __init__(self, system: System, every: int, grace_ms: int) -> None:
+    def __init__(self, system: System, every: int, grace_ms: int, faults_until_ms: int = 0) -> None:
         self.system = system
         self.every = every
         self.grace_ms = grace_ms
+        self.faults_until_ms = faults_until_ms
         self.external: dict[str, Decimal] = {}
         self.checks = 0
         self._next_check = every
@@ -77,6 +84,9 @@ class Observer:
         self._touched: dict[str, None] = {}
         self._problem: tuple[str, str] | None = None
         self._timed_at = -1
+        # account -> (IMR the pre-trade check logged, its event); the latest of a message wins,
+        # since each order is checked with the ones before it already resting.
+        self._claims: dict[str, tuple[Decimal, dict[str, Any]]] = {}
 
     # -- events -----------------------------------------------------------------------------
     def on_event(self, event: dict[str, Any]) -> None:
@@ -93,11 +103,24 @@ class Observer:
                 "liquidation acts only on accounts that need it",
                 f"{event['account']} was sold down on the book at MMR {fmt(event['mmr_before'], 4)} (< 100%)",
             )
+        elif kind == "order_placed" and event["imr_after"] is not None and event["market"].endswith("_PERP"):
+            self._claims[actor.split(":", 1)[1]] = (event["imr_after"], event)
+        elif kind == "funding":
+            market = self.system.markets[actor.split(":", 1)[1]]
+            for account, (held, _) in event["payments"].items():
+                if market.book.positions.get(account) != held or held is None:
+                    self._problem = (
+                        "funding is paid on held positions",
+                        f"{account} was paid funding on {market.market.symbol} for a position of {held}; the market "
+                        f"holds {market.book.positions.get(account)}",
+                    )
 
     def _external(self, asset: str, quantity: Decimal) -> None:
         self.external[asset] = self.external.get(asset, ZERO) + quantity
 
     def after_message(self) -> None:
+        if self._claims:
+            self._check_claims()
         if self._problem is not None:
             self._fail(*self._problem)
         if self.every and self.system.log.count >= self._next_check:
@@ -111,6 +134,19 @@ class Observer:
             if problems:
                 self._fail(invariant, problems[0])
         self._touched.clear()
+
+    def _check_claims(self) -> None:
+        """Each accepted perp order's IMR, as the pre-trade check logged it, is the truth."""
+        claims, self._claims = self._claims, {}
+        for account_id, (claimed, event) in claims.items():
+            true = totals(self.system.accounts[account_id].account).imr
+            if true.is_infinite() != claimed.is_infinite() or (
+                not true.is_infinite() and abs(true - claimed) > max(abs(true), Decimal(1)) * Decimal("1e-20")
+            ):
+                self.system.log.last = event
+                self._fail("the pre-trade check is honest",
+                           f"order {event['order_id']} of {account_id} was accepted with IMR {fmt(claimed, 6)}; with it "
+                           f"resting the account's IMR is {fmt(true, 6)}")
 
     def _fail(self, invariant: str, detail: str) -> None:
         raise InvariantViolation(invariant, detail, self.system.log.last, self.system.seed, now_ms())
@@ -207,7 +243,7 @@ class Observer:
             account = actor.account
             t = totals(account)
             if t.maintenance > 0 and t.mmr >= 1 and not account.liquidating:
-                since = self._unhealthy_since.setdefault(account_id, now)
+                since = self._unhealthy_since.setdefault(account_id, max(now, self.faults_until_ms))
                 if now - since > self.grace_ms:
                     problems.append(f"{account_id} has been at MMR {fmt(t.mmr, 4)} >= 100% since "
                                     f"t={since / 1000:.3f}s and is not being liquidated")

@@ -96,12 +96,14 @@ class System:
         stall_ms: int = 60_000,
         sample_ms: int | None = None,
         progress: Callable[[int], None] | None = None,
+        faults_until_ms: int = 0,
+        fingerprint: bool = True,
     ) -> None:
         events.configure()
         self.profile = profile
         self.seed = seed
         self.network = Network(seed, latency, dict(latency_rules or {}))
-        self.log = events.EventLog(log_path, keep=keep_events)
+        self.log = events.EventLog(log_path, keep=keep_events, fingerprint=fingerprint)
         self.price_interval_ms = price_interval_ms
         self.stall_ms = stall_ms
         self.sample_ms = sample_ms  # every account logs a health sample this often (None: never)
@@ -119,7 +121,7 @@ class System:
         self.network.register(SETUP)
         slowest = max([latency.ms + latency.jitter_ms] + [r.ms + r.jitter_ms for r in (latency_rules or {}).values()])
         grace = grace_ms if grace_ms is not None else 2 * profile.liquidation.loop_interval_ms + 4 * slowest + 1000
-        self.observer = Observer(self, check_every, grace) if check_every is not None else None
+        self.observer = Observer(self, check_every, grace, faults_until_ms) if check_every is not None else None
         if self.observer is not None:
             self.log.listener = self.observer.on_event
 
@@ -301,6 +303,39 @@ class System:
             if actor.liquidation is not None:
                 lines.append(f"  {account_id} waits for {actor.liquidation.outstanding} liquidation answer(s)")
         return "\n".join(lines)
+
+    def liveness_violations(self) -> list[str]:
+        """After a quiet end (faults lifted, prices still): is everything resolved?
+
+        Every sub-account at MMR >= 100% has been brought back, handed over or closed; no
+        request or liquidation is still waiting; every order has ended or rests on its book
+        exactly as its sub-account believes.
+        """
+        problems = []
+        for hook in self.network.hooks:
+            if hook.held:
+                problems.append(f"link {hook.sender} -> {hook.recipient} still holds {len(hook.held)} message(s)")
+        resting: dict[str, set[str]] = {}
+        for market in self.markets.values():
+            for account_id in self.accounts:
+                resting.setdefault(account_id, set()).update(market.book.open_orders(account_id))
+        for account_id, actor in self.accounts.items():
+            account = actor.account
+            t = margin.totals(account)
+            if t.maintenance > 0 and t.mmr >= 1:
+                problems.append(f"{account_id} is still at MMR {t.mmr:.4f} >= 100%"
+                                + (" mid-liquidation" if account.liquidating else " and not liquidating"))
+            if actor.awaiting or actor.deferred or actor.liquidation is not None:
+                problems.append(f"{account_id} still waits: {len(actor.awaiting)} pool answer(s), "
+                                f"{len(actor.deferred)} deferred message(s), liquidation "
+                                f"{'running' if actor.liquidation is not None else 'idle'}")
+            believed = set(account.open_orders)
+            if believed != resting[account_id]:
+                lost = sorted(believed - resting[account_id])
+                orphans = sorted(resting[account_id] - believed)
+                problems.append(f"{account_id}'s open orders disagree with the books: "
+                                f"{lost} never reached a final state, {orphans} rest unknown to it")
+        return problems
 
     # -- reading ----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

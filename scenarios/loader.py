@@ -91,6 +91,7 @@ class NoiseSpec:
     reduce_only_share: float
     ioc_share: float
     auto_borrow_share: float
+    post_only_share: float
 
 
 @attrs.frozen
@@ -108,17 +109,33 @@ class Expectation:
     path: str  # where it sits in the file, for messages
 
     def describe(self) -> str:
+        """The expectation as a sentence: ``trader net equity between 370 and 400``."""
         p = self.params
-        who = p.get("account") or p.get("order") or p.get("market") or p.get("asset") or ""
-        limits = []
-        if p.get("min") is not None:
-            limits.append(f">= {p['min']}")
-        if p.get("max") is not None:
-            limits.append(f"<= {p['max']}")
+        kind = self.kind
+        if kind == "accepted":
+            return f"order {p['order']} accepted"
+        if kind == "refused":
+            return f"order {p['order']} refused" + (f" with {p['code']}" if p.get("code") else "")
+        if kind == "liquidated":
+            return f"{p['account']} liquidated at least {p['min']} time(s)"
+        if kind == "not_liquidated":
+            return f"{p['account']} never liquidated"
+        if kind == "liquidation_stage":
+            return f"{p['account']} has at least {p['min']} '{p['stage']}' liquidation step(s)"
+        subject = {
+            "fund": f"liquidity fund {p.get('asset')}",
+            "funding_paid": f"funding paid on {p.get('market')}",
+            "trades": f"trades on {p.get('market')}",
+            "position": f"{p.get('account')} position in {p.get('market')}",
+            "balance": f"{p.get('account')} {p.get('asset')} balance",
+            "borrow": f"{p.get('account')} {p.get('asset')} borrow",
+            "lend": f"{p.get('account')} {p.get('asset')} lend",
+        }.get(kind, f"{p.get('account')} {kind.replace('_', ' ').replace('imr', 'IMR').replace('mmr', 'MMR')}")
+        low, high = p.get("min"), p.get("max")
+        bounds = (f"between {low} and {high}" if low is not None and high is not None
+                  else f">= {low}" if low is not None else f"<= {high}")
         at = f" at t={p['at_ms'] / 1000:g}s" if p.get("at_ms") is not None else ""
-        extra = " ".join(f"{k}={v}" for k, v in p.items()
-                         if k not in ("account", "order", "min", "max", "at_ms") and v is not None)
-        return " ".join(x for x in (self.kind, who, extra, " and ".join(limits), at) if x).strip()
+        return f"{subject} {bounds}{at}"
 
 
 @attrs.frozen
@@ -142,6 +159,11 @@ class Scenario:
     actions: tuple[ActionSpec, ...]
     faults: tuple[Fault, ...]
     expectations: tuple[Expectation, ...]
+    liveness: bool = False  # check at the end that everything resolved (the fuzzer's scenarios)
+
+    @property
+    def faults_until_ms(self) -> int:
+        return max((f.end_ms for f in self.faults), default=0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,6 +328,7 @@ def _parse(data: Mapping[str, Any], source: str, folder: Path) -> Scenario:
     duration_ms = _ms(head, "duration", positive=True)
     price_interval_ms = _ms(head, "price_interval", required=False, default=Decimal(1), positive=True)
     sample_ms = _ms(head, "sample_interval", required=False, default=Decimal(1), positive=True)
+    liveness = head.boolean("liveness", required=False, default=False)
     head.done()
     overrides = top.raw("profile_overrides", required=False, default=None)
     if overrides is not None and not isinstance(overrides, Mapping):
@@ -348,7 +371,7 @@ def _parse(data: Mapping[str, Any], source: str, folder: Path) -> Scenario:
     expectations = tuple(_expectation(r, profile, known, set(order_ids)) for r in top.array("expect", required=False))
     top.done()
     return Scenario(name, description, source, profile, seed, duration_ms, price_interval_ms, sample_ms, latency,
-                    rules, prices, premiums, accounts, makers, noise, backstops, actions, faults, expectations)
+                    rules, prices, premiums, accounts, makers, noise, backstops, actions, faults, expectations, liveness)
 
 
 def _default_price(asset: str) -> Decimal:
@@ -532,6 +555,7 @@ def _noise(r: Reader, profile: Profile, known: set[str]) -> NoiseSpec:
         reduce_only_share=_share(r, "reduce_only_share", "0.1"),
         ioc_share=_share(r, "ioc_share", "0.2"),
         auto_borrow_share=_share(r, "auto_borrow_share", "0"),
+        post_only_share=_share(r, "post_only_share", "0"),
     )
     r.done()
     return spec

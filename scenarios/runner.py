@@ -76,12 +76,14 @@ def build(
     progress: Callable[[int], None] | None = None,
     keep_events: bool = True,
     check_every: int | None = 1,
+    fingerprint: bool = True,
 ) -> tuple[System, dict[str, ScriptedTrader]]:
     """The system a scenario describes, ready to run; and each account's scripted trader."""
     system = System(
         scenario.profile, seed=seed, latency=scenario.latency, latency_rules=scenario.latency_rules,
         check_every=check_every, log_path=log_path, keep_events=keep_events,
         price_interval_ms=scenario.price_interval_ms, sample_ms=scenario.sample_ms, progress=progress,
+        faults_until_ms=scenario.faults_until_ms, fingerprint=fingerprint,
     )
     for asset, spec in scenario.prices.items():
         system.set_path(asset, price_path(spec, seed, asset))
@@ -100,7 +102,8 @@ def build(
         system.add_agent(NoiseTrader(system, noise.name, noise.account, noise.markets, interval_ms=noise.interval_ms,
                                      max_steps=noise.max_steps, market_share=noise.market_share,
                                      within_bps=noise.within_bps, reduce_only_share=noise.reduce_only_share,
-                                     ioc_share=noise.ioc_share, auto_borrow_share=noise.auto_borrow_share))
+                                     ioc_share=noise.ioc_share, auto_borrow_share=noise.auto_borrow_share,
+                                     post_only_share=noise.post_only_share))
     for account, capacity in scenario.backstops:
         system.add_backstop(account, capacity)
     scripts: dict[str, ScriptedTrader] = {}
@@ -119,14 +122,23 @@ def run(
     until_s: float | None = None,
     log_path: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    keep_events: bool = True,
+    check_every: int | None = 1,
+    fingerprint: bool = True,
 ) -> ScenarioRun:
     seed = scenario.seed if seed is None else seed
     until_ms = scenario.duration_ms if until_s is None else round(until_s * 1000)
-    system, scripts = build(scenario, seed, log_path=log_path, progress=progress)
+    system, scripts = build(scenario, seed, log_path=log_path, progress=progress, keep_events=keep_events,
+                            check_every=check_every, fingerprint=fingerprint)
     try:
         result = system.run(until_ms / 1000)
     except RunFailed as failure:
         return ScenarioRun(scenario, seed, until_ms, None, failure, ())
+    if scenario.liveness:
+        problems = system.liveness_violations()
+        if problems:
+            failure = RunFailed("liveness", "; ".join(problems), seed, until_ms)
+            return ScenarioRun(scenario, seed, until_ms, result, failure, ())
     outcomes = tuple(judge(e, result, scripts) for e in scenario.expectations)
     return ScenarioRun(scenario, seed, until_ms, result, None, outcomes)
 
