@@ -33,6 +33,8 @@ from actors.protocol import (
     CancelOnBook,
     CancelOrder,
     CancelRefused,
+    CollateralPayment,
+    CollateralSale,
     Deposit,
     DeliveryRequest,
     FillNotice,
@@ -80,8 +82,13 @@ from exchange.liquidation import (
     BOOK,
     LiquidationOrder,
     LiquidationStep,
+    backstop_collateral,
+    backstop_fee,
+    may_write_off,
     needs_liquidation,
     plan_step,
+    settlement_borrow_to_cover,
+    waiting_reason,
     why_liquidated,
 )
 from exchange.margin import Change, evaluate_change, totals
@@ -160,6 +167,8 @@ class SubAccountActor(Actor):
         TransferDone: "on_transfer_done",
         DeliveryRequest: "on_delivery_request",
         BackstopDelivery: "on_backstop_delivery",
+        CollateralSale: "on_collateral_sale",
+        CollateralPayment: "on_collateral_payment",
     }
 
     def __init__(
@@ -182,6 +191,7 @@ class SubAccountActor(Actor):
         self.conversions_tried = False
         self.realizing = False
         self.liquidation: _LiquidationRun | None = None
+        self.waiting_for_liquidity = False  # its history says so; cleared when a step fills again
         self._seq = 0
         self._last_report: tuple[Any, ...] | None = None
         self._last_mmr = ZERO
@@ -741,9 +751,9 @@ class SubAccountActor(Actor):
         account = self.account
         if not account.liquidating or self.liquidation is not None:
             return
-        plan = plan_step(account, message.depth, self.profile.liquidation, message.book_failed)
+        plan = plan_step(account, message.depth, self.profile.liquidation, message.book_failures)
         if plan.stage == "healthy":
-            account.liquidating = False
+            account.liquidating = self.waiting_for_liquidity = False
             self.log.info("liquidation_ended", outcome="healthy", mmr=plan.mmr)
             self.send(LIQUIDATOR, LiquidationReport(message.loop, "healthy", plan.mmr, plan.reason))
             self._settled()
@@ -754,7 +764,7 @@ class SubAccountActor(Actor):
                                                     net_equity=totals(account).net_equity))
             return
         assert plan.stage == BOOK
-        run = self.liquidation = _LiquidationRun(message.loop, plan.mmr)
+        run = self.liquidation = _LiquidationRun(message.loop, plan.mmr, book_failed=not plan.orders)
         for wanted in plan.orders:
             spec = self.profile.markets[wanted.market]
             order = Order(self._next_id("l"), account.id, wanted.market, wanted.side, OrderType.MARKET,
@@ -794,6 +804,8 @@ class SubAccountActor(Actor):
         run = self.liquidation
         assert run is not None
         self.liquidation = None
+        if run.steps:
+            self.waiting_for_liquidity = False
         mmr = totals(self.account).mmr
         self.send(LIQUIDATOR, LiquidationReport(run.loop, "stepped", mmr, "reduce on the book", tuple(run.steps),
                                                 run.book_failed))
@@ -809,6 +821,15 @@ class SubAccountActor(Actor):
         for provider, asset, quantity in message.deliveries:
             run.outstanding += 1
             self.send(account_address(provider), DeliveryRequest(message.loop, asset, quantity, account.price(asset)))
+        for provider, most in message.purchases:
+            need = settlement_borrow_to_cover(account)
+            if need <= 0:
+                break
+            for asset, quantity, price in backstop_collateral(account, min(most, need)):
+                account.debit(asset, quantity)
+                self.log.info("backstop_sale", buyer=provider, asset=asset, quantity=quantity, price=price)
+                run.outstanding += 1
+                self.send(account_address(provider), CollateralSale(message.loop, asset, quantity, price))
         if not run.outstanding:
             self._settle_liquidation()
 
@@ -846,14 +867,65 @@ class SubAccountActor(Actor):
             value = ceil_to(message.quantity * message.price, self.profile.assets[self.settle].step)
             account.debit(self.settle, value)
             self.send(sender, AssetTransfer(account.id, self.settle, value, "backstop payment"))
+            fee = self._pay_backstop_fee(value)
+            self.log.info("backstop_bought", provider=message.provider, asset=message.asset, quantity=message.quantity,
+                          price=message.price, value=value, fee=fee)
             self._repay_from_available(message.asset)
             mmr = totals(account).mmr
             run.steps.append(LiquidationStep(now_ms(), BACKSTOP, message.asset, "Bid", message.quantity, message.price,
-                                             ZERO, run.mmr_before, mmr, f"{run.reason}; {message.provider} repaid the borrow at mark"))
+                                             fee, run.mmr_before, mmr, f"{run.reason}; {message.provider} repaid the borrow at mark"))
             run.mmr_before = mmr
         run.outstanding -= 1
         if not run.outstanding:
             self._settle_liquidation()
+
+    def on_collateral_sale(self, sender: str, message: CollateralSale) -> None:
+        """As a backstop provider: buy the collateral at the given price with what we hold of the
+        settlement asset, and send back what we cannot pay for."""
+        account, asset = self.account, message.asset
+        held = max(account.available(self.settle), ZERO)
+        bought = min(message.quantity, floor_to(held / message.price, self.profile.assets[asset].step))
+        value = floor_to(bought * message.price, self.profile.assets[self.settle].step)
+        if bought:
+            account.credit(asset, bought)
+            account.debit(self.settle, value)
+            self.subscribe((asset,))
+        self.log.info("backstop_purchase", seller=sender, asset=asset, quantity=bought, price=message.price,
+                      value=value)
+        self.send(sender, CollateralPayment(message.loop, account.id, asset, bought, message.quantity - bought,
+                                            message.price, value))
+        self._settled()
+
+    def on_collateral_payment(self, sender: str, message: CollateralPayment) -> None:
+        """The provider paid for collateral: the proceeds (less the fee) repay the borrow when
+        the liquidation settles."""
+        account = self.account
+        run = self.liquidation
+        assert run is not None
+        if message.returned:
+            account.credit(message.asset, message.returned)
+        fee = ZERO
+        if message.value:
+            account.credit(self.settle, message.value)
+            fee = self._pay_backstop_fee(message.value)
+        self.log.info("backstop_sold", provider=message.provider, asset=message.asset, quantity=message.bought,
+                      returned=message.returned, price=message.price, value=message.value, fee=fee)
+        if message.bought:
+            mmr = totals(account).mmr
+            run.steps.append(LiquidationStep(
+                now_ms(), BACKSTOP, message.asset, "Ask", message.bought, message.price, fee, run.mmr_before, mmr,
+                f"{run.reason}; {message.provider} bought {message.asset} at mark to repay the {self.settle} borrow"))
+            run.mmr_before = mmr
+        run.outstanding -= 1
+        if not run.outstanding:
+            self._settle_liquidation()
+
+    def _pay_backstop_fee(self, notional: Decimal) -> Decimal:
+        fee = backstop_fee(self.account, notional, self.profile.liquidation.fee_rate)
+        if fee:
+            self.account.debit(self.settle, fee)
+            self.send(LIQUIDATOR, FundFlow(self.account.id, self.settle, fee, "liquidation fee"))
+        return fee
 
     def _settle_liquidation(self) -> None:
         """Nothing left to hand over: first repay borrows from what the account holds (and wait
@@ -893,11 +965,19 @@ class SubAccountActor(Actor):
                                                  "residual equity after the backstop goes to the liquidity fund: "
                                                  + ", ".join(moved)))
         if account.positions or account.borrows:
-            outcome = "bankruptcy" if account.borrows and not account.positions else "stepped"
+            outcome = "stepped"
+            if account.borrows and not account.positions:
+                if may_write_off(account):
+                    outcome = "bankruptcy"
+                elif not self.waiting_for_liquidity:
+                    self.waiting_for_liquidity = True
+                    mmr = totals(account).mmr
+                    run.steps.append(LiquidationStep(now_ms(), "waiting", None, None, ZERO, None, ZERO, mmr, mmr,
+                                                     waiting_reason(account)))
         else:
             outcome = "bankruptcy" if account.unsettled_equity < 0 else "closed"
         if outcome != "stepped":
-            account.liquidating = False
+            account.liquidating = self.waiting_for_liquidity = False
             self.log.info("liquidation_ended", outcome=outcome, unsettled_equity=account.unsettled_equity)
         self.send(LIQUIDATOR, LiquidationReport(run.loop, outcome, totals(account).mmr,
                                                 "nothing left to liquidate", tuple(run.steps),

@@ -41,8 +41,16 @@ from actors.protocol import (
     pool_address,
 )
 from actors.runtime import Actor, now_ms
-from exchange.decimals import ZERO, floor_to, fmt
-from exchange.liquidation import ADL, BACKSTOP, AdlCandidate, BackstopProvider, LiquidationStep, adl_queue
+from exchange.decimals import ONE, ZERO, floor_to, fmt
+from exchange.liquidation import (
+    ADL,
+    BACKSTOP,
+    AdlCandidate,
+    BackstopProvider,
+    LiquidationStep,
+    adl_queue,
+    gross_of_fee,
+)
 from exchange.profile import Profile
 
 if TYPE_CHECKING:
@@ -54,7 +62,7 @@ class _Case:
     loop: int
     stage: str = "starting"  # "starting", "running", "backstop"
     waiting: bool = True  # a message to the account is unanswered
-    book_failed: bool = False
+    book_failures: int = 0  # loops in a row in which the book failed
 
 
 class LiquidatorActor(Actor):
@@ -78,7 +86,7 @@ class LiquidatorActor(Actor):
         self.history: dict[str, list[LiquidationStep]] = {}
         self.providers: list[BackstopProvider] = []
         self.fund: dict[str, Decimal] = {}
-        self.prices: dict[str, Decimal] = {}
+        self.prices: dict[str, Decimal] = {self.settle: ONE}  # the unit every value is counted in
         self.depth: dict[str, Depth] = {}
         self._depth_wanted = 0
         self._loop = 0
@@ -124,7 +132,7 @@ class LiquidatorActor(Actor):
         for account, case in self.cases.items():
             if case.stage == "running" and not case.waiting:
                 case.waiting = True
-                self.send(account_address(account), LiquidationLoop(case.loop, view, case.book_failed))
+                self.send(account_address(account), LiquidationLoop(case.loop, view, case.book_failures))
 
     # -- what the accounts report -----------------------------------------------------------
     def on_liquidation_report(self, sender: str, message: LiquidationReport) -> None:
@@ -144,7 +152,8 @@ class LiquidatorActor(Actor):
             case.stage, case.waiting = "running", False
             self._request_loops()  # the first loop runs at once, as part of the start
         elif outcome == "stepped":
-            case.book_failed = case.book_failed or message.book_failed
+            # A backstop round reports no failure: the book is tried again afterwards.
+            case.book_failures = case.book_failures + 1 if message.book_failed else 0
             case.stage, case.waiting = "running", False
         elif outcome == BACKSTOP:
             case.stage = BACKSTOP
@@ -197,7 +206,19 @@ class LiquidatorActor(Actor):
                     if not remaining:
                         break
         deliveries: list[tuple[str, str, Decimal]] = []
+        purchases: list[tuple[str, Decimal]] = []
         for asset, owed in report.borrows:
+            if asset == self.settle:
+                # Providers buy collateral for it, enough to repay it after the fee; the account
+                # knows what it holds and sells.
+                remaining = gross_of_fee(owed, self.profile.liquidation.fee_rate, self.profile.assets[asset].step)
+                for provider in self.providers:
+                    take = min(remaining, provider.room(asset))
+                    if provider.account != account and take > 0:
+                        purchases.append((provider.account, take))
+                        provider.used[asset] = provider.used.get(asset, ZERO) + take
+                        remaining -= take
+                continue
             price = self.prices.get(asset)
             if not price:
                 continue
@@ -210,8 +231,9 @@ class LiquidatorActor(Actor):
                     provider.used[asset] = provider.used.get(asset, ZERO) + take * price
                     remaining -= take
         self.log.info("backstop_plan", account=account, reason=reason, transfers=len(transfers),
-                      deliveries=len(deliveries))
-        self.send(account_address(account), BackstopPlan(case.loop, reason, tuple(transfers), tuple(deliveries)))
+                      deliveries=len(deliveries), purchases=len(purchases))
+        self.send(account_address(account),
+                  BackstopPlan(case.loop, reason, tuple(transfers), tuple(deliveries), tuple(purchases)))
 
     # -- the liquidity fund -----------------------------------------------------------------
     def on_fund_flow(self, sender: str, message: FundFlow) -> None:

@@ -34,6 +34,8 @@ from actors.protocol import (
     AssetTransfer,
     BackstopDelivery,
     BorrowWrittenOff,
+    CollateralPayment,
+    CollateralSale,
     FillNotice,
     FundFlow,
     FundingNotice,
@@ -53,7 +55,8 @@ if TYPE_CHECKING:
 
 # Messages that carry value (``in_flight``) or change an account's lends and borrows: the scan
 # of what is on the wire looks at the class once instead of probing every message.
-_CARRIERS = frozenset({FillNotice, FundingNotice, PoolReply, AssetTransfer, FundFlow, BackstopDelivery})
+_CARRIERS = frozenset({FillNotice, FundingNotice, PoolReply, AssetTransfer, FundFlow, BackstopDelivery, CollateralSale,
+                       CollateralPayment})
 _CLAIMS = frozenset({PoolReply, InterestNotice, LendWrittenOff, BorrowWrittenOff})
 
 

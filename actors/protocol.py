@@ -415,7 +415,7 @@ class StartLiquidation:
 class LiquidationLoop:
     loop: int
     depth: Mapping[str, tuple[Levels, Levels]]
-    book_failed: bool
+    book_failures: int  # loops in a row in which the book failed
 
 
 @attrs.frozen
@@ -424,13 +424,15 @@ class BackstopPlan:
 
     ``transfers``: (kind, market, counterparty, quantity) position transfers at mark, backstop
     providers first, then ADL counterparties in rank order. ``deliveries``: (provider, asset,
-    quantity) for borrows a provider repays for the account at mark.
+    quantity) for borrows a provider repays for the account at mark. ``purchases``: (provider,
+    most it pays) for a settlement-asset borrow: the provider buys collateral at mark.
     """
 
     loop: int
     reason: str
     transfers: tuple[tuple[str, str, str, Decimal], ...]
     deliveries: tuple[tuple[str, str, Decimal], ...]
+    purchases: tuple[tuple[str, Decimal], ...] = ()
 
 
 @attrs.frozen
@@ -456,6 +458,40 @@ class BackstopDelivery:
 
     def in_flight(self, settlement: str) -> Delta:
         return {self.asset: self.quantity} if self.quantity else {}
+
+
+@attrs.frozen
+class CollateralSale:
+    """A liquidating account sends a backstop provider collateral to buy at ``price``; the
+    account already debited it."""
+
+    loop: int
+    asset: str
+    quantity: Decimal
+    price: Decimal
+
+    def in_flight(self, settlement: str) -> Delta:
+        return {self.asset: self.quantity}
+
+
+@attrs.frozen
+class CollateralPayment:
+    """The provider's answer: ``value`` of the settlement asset for ``bought``, and whatever
+    it could not pay for sent back as ``returned``."""
+
+    loop: int
+    provider: str
+    asset: str
+    bought: Decimal
+    returned: Decimal
+    price: Decimal
+    value: Decimal
+
+    def in_flight(self, settlement: str) -> Delta:
+        carried = {settlement: self.value} if self.value else {}
+        if self.returned:
+            carried[self.asset] = self.returned
+        return carried
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ hour (and, once liquidation lands, the liquidation loop).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
 import attrs
@@ -36,10 +36,16 @@ from exchange.liquidation import (
     BOOK,
     AdlCandidate,
     BackstopProvider,
+    LiquidationOrder,
     LiquidationStep,
     adl_queue,
+    backstop_collateral,
+    backstop_fee,
+    may_write_off,
     needs_liquidation,
     plan_step,
+    settlement_borrow_to_cover,
+    waiting_reason,
     why_liquidated,
 )
 from exchange.margin import Change, evaluate_change, largest_passing, totals
@@ -78,7 +84,8 @@ class OrderOutcome:
 @attrs.define
 class _Liquidation:
     started_ms: int
-    book_failed: bool = False
+    book_failures: int = 0  # loops in a row in which the book failed (see plan_step)
+    waiting: bool = False  # recorded that it waits for liquidity, until a step fills again
 
 
 class Exchange:
@@ -588,7 +595,7 @@ class Exchange:
     def _liquidate(self, account: SubAccount) -> None:
         state = self.liquidations[account.id]
         depth = {symbol: book.depth(50) for symbol, book in self.books.items()}
-        plan = plan_step(account, depth, self.profile.liquidation, state.book_failed)
+        plan = plan_step(account, depth, self.profile.liquidation, state.book_failures)
         if plan.stage == "healthy":
             self._finish(account, plan.mmr, plan.reason)
         elif plan.stage == BOOK:
@@ -596,26 +603,29 @@ class Exchange:
         else:
             self._backstop_and_adl(account, plan.reason)
 
-    def _book_step(self, account: SubAccount, orders: Iterable[object], state: _Liquidation) -> None:
+    def _book_step(self, account: SubAccount, orders: Sequence[LiquidationOrder], state: _Liquidation) -> None:
+        failed = not orders
         for wanted in orders:
             mmr_before = totals(account).mmr
-            order = Order(self.next_order_id(account.id), account.id, wanted.market, wanted.side,  # type: ignore[attr-defined]
-                          OrderType.MARKET, wanted.quantity, time_in_force=TimeInForce.IOC,  # type: ignore[attr-defined]
-                          reduce_only=self.profile.markets[wanted.market].is_perp,  # type: ignore[attr-defined]
-                          origin=Origin.LIQUIDATION_AUTOCLOSE)
+            order = Order(self.next_order_id(account.id), account.id, wanted.market, wanted.side, OrderType.MARKET,
+                          wanted.quantity, time_in_force=TimeInForce.IOC,
+                          reduce_only=self.profile.markets[wanted.market].is_perp, origin=Origin.LIQUIDATION_AUTOCLOSE)
             outcome = self.place(order)
-            filled = sum((f.quantity for f in outcome.fills if f.account == account.id), ZERO)
-            if filled < wanted.quantity:  # type: ignore[attr-defined]
-                state.book_failed = True
-            if wanted.repay:  # type: ignore[attr-defined]
-                self._repay_from_available(account, wanted.repay)  # type: ignore[attr-defined]
             mine = [f for f in outcome.fills if f.account == account.id]
+            filled = sum((f.quantity for f in mine), ZERO)
+            if filled < wanted.quantity:
+                failed = True
+            if wanted.repay:
+                self._repay_from_available(account, wanted.repay)
             if mine:
+                state.waiting = False
                 notional = sum((f.quote_quantity for f in mine), ZERO)
-                fee = sum((f.liquidation_fee + (f.fee if f.fee_asset == self.settle else f.fee * f.price) for f in mine), ZERO)
-                stage = BOOK if self.profile.markets[wanted.market].is_perp else "conversion"  # type: ignore[attr-defined]
-                self._record(account, stage, mmr_before, wanted.reason, market=wanted.market,  # type: ignore[attr-defined]
-                             side=wanted.side, quantity=filled, price=notional / filled, fee=fee)  # type: ignore[attr-defined]
+                fee = sum((f.liquidation_fee + (f.fee if f.fee_asset == self.settle else f.fee * f.price) for f in mine),
+                          ZERO)
+                stage = BOOK if self.profile.markets[wanted.market].is_perp else "conversion"
+                self._record(account, stage, mmr_before, wanted.reason, market=wanted.market, side=wanted.side,
+                             quantity=filled, price=notional / filled, fee=fee)
+        state.book_failures = state.book_failures + 1 if failed else 0
 
     def _off_book_trade(self, symbol: str, account: SubAccount, counterparty: SubAccount, quantity: Decimal,
                         price: Decimal, origin: Origin) -> Decimal:
@@ -628,8 +638,7 @@ class Exchange:
         market = self.profile.markets[symbol]
         step = self.profile.assets[market.quote].step
         closing = Side.ASK if account.positions[symbol].quantity > 0 else Side.BID
-        fee = ceil_to(quantity * price * self.profile.liquidation.fee_rate, step)
-        fee = min(fee, max(floor_to(totals(account).net_equity, step), ZERO))
+        fee = backstop_fee(account, quantity * price, self.profile.liquidation.fee_rate)
         book = self.books[symbol]
         fills = (
             Fill(0, symbol, f"{origin}-{account.id}", account.id, closing, price, quantity, quantity * price, ZERO,
@@ -700,6 +709,9 @@ class Exchange:
     def _backstop_borrow(self, account: SubAccount, asset: str, reason: str) -> None:
         """A provider repays the borrow for the account and is paid its value at mark in the
         account's settlement asset (the fund covers what the account cannot pay)."""
+        if asset == self.settle:
+            self._backstop_buys_collateral(account, reason)
+            return
         price = self.prices[asset]
         step = self.profile.assets[asset].step
         for provider_ref in self.backstops:
@@ -718,8 +730,43 @@ class Exchange:
             account.debit(self.settle, value)
             provider.credit(self.settle, value)
             provider_ref.used[asset] = provider_ref.used.get(asset, ZERO) + quantity * price
+            fee = self._charge_backstop_fee(account, value)
             self._record(account, BACKSTOP, mmr_before, f"{reason}; {provider.id} repaid the borrow at mark",
-                         market=asset, side=Side.BID, quantity=quantity, price=price)
+                         market=asset, side=Side.BID, quantity=quantity, price=price, fee=fee)
+
+    def _backstop_buys_collateral(self, account: SubAccount, reason: str) -> None:
+        """A settlement-asset borrow at the backstop: each provider buys collateral at mark, up to
+        its capacity for the asset and what it holds of it, and the proceeds repay the borrow."""
+        settle = self.settle
+        step = self.profile.assets[settle].step
+        for provider_ref in self.backstops:
+            need = settlement_borrow_to_cover(account)
+            if need <= 0:
+                break
+            if provider_ref.account == account.id:
+                continue
+            provider = self.accounts[provider_ref.account]
+            budget = min(need, provider_ref.room(settle), provider.available(settle))
+            for asset, quantity, price in backstop_collateral(account, budget):
+                mmr_before = totals(account).mmr
+                value = floor_to(quantity * price, step)
+                account.debit(asset, quantity)
+                provider.credit(asset, quantity)
+                provider.debit(settle, value)
+                account.credit(settle, value)
+                provider_ref.used[settle] = provider_ref.used.get(settle, ZERO) + value
+                fee = self._charge_backstop_fee(account, value)
+                self._repay_from_available(account, settle)
+                self._record(account, BACKSTOP, mmr_before,
+                             f"{reason}; {provider.id} bought {asset} at mark to repay the {settle} borrow",
+                             market=asset, side=Side.ASK, quantity=quantity, price=price, fee=fee)
+
+    def _charge_backstop_fee(self, account: SubAccount, notional: Decimal) -> Decimal:
+        fee = backstop_fee(account, notional, self.profile.liquidation.fee_rate)
+        if fee:
+            account.debit(self.settle, fee)
+            self._fund(self.settle, fee)
+        return fee
 
     def _settle_after_close(self, account: SubAccount) -> None:
         """Positions and borrows are gone (or could not be placed anywhere): settle what is left."""
@@ -728,10 +775,12 @@ class Exchange:
         self.reconcile(account)
         for asset in list(account.borrows):
             self._repay_from_available(account, asset)
-        for asset in list(account.borrows):
-            self._write_off(account, asset, mmr_before)
+        if may_write_off(account):
+            for asset in list(account.borrows):
+                self._write_off(account, asset, mmr_before)
         t = totals(account)
-        if t.net_equity > 0 and self.profile.liquidation.backstop_residual_to_fund and not account.positions:
+        if (t.net_equity > 0 and self.profile.liquidation.backstop_residual_to_fund and not account.positions
+                and not account.borrows):
             moved = []
             for asset, bal in account.balances.items():
                 if bal.available > 0:
@@ -746,6 +795,12 @@ class Exchange:
             self._finish(account, mmr_before, "nothing left to liquidate" + (
                 f"; the account owes the fund {fmt(-account.unsettled_equity)} {self.settle}" if state == "bankruptcy" else ""),
                 stage=state)
+        elif account.borrows and not account.positions:
+            waiting = self.liquidations[account.id]
+            waiting.book_failures = 0
+            if not waiting.waiting:
+                waiting.waiting = True
+                self._record(account, "waiting", mmr_before, waiting_reason(account))
 
     def _write_off(self, account: SubAccount, asset: str, mmr_before: Decimal) -> None:
         """F7: a borrow nobody can repay; lenders are paid its value at mark by the fund."""

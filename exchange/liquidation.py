@@ -23,9 +23,15 @@ The stages and the rules where the record is open:
   proceeds of selling collateral for USDC; a borrow of another asset is bought back with USDC
   (after selling collateral for USDC when the account lacks it) and repaid.
 * **Stage 2, backstop**, when MMR reaches ``auto_close_mmr`` (MF <= AccountMMF/2 by default) or
-  the book could not absorb the previous loop's orders within the price band: every remaining
+  the book has failed ``BOOK_FAILURES_TO_BACKSTOP`` (2) loops running: orders that did not fill
+  in full, or nothing to sell into within the price band. One bad read is not enough: a market
+  maker between its cancel and its new quotes leaves the book empty for an instant, and
+  handing a whole account to the backstop on that would sell far more than needed. Every remaining
   position and borrow moves to the configured backstop providers at mark, within each one's
-  capacity, in the order they were configured. A positive residual equity then goes to the
+  capacity, in the order they were configured. A borrow of another asset: the provider delivers
+  the asset and is paid its value at mark in the settlement asset. A borrow of the settlement
+  asset: the provider buys the account's collateral at mark, largest haircut first, and the
+  proceeds repay it (``backstop_collateral``). A positive residual equity then goes to the
   liquidity fund (spec 11.3 default, ``BackstopLiquidityFundProceeds``).
 * **Stage 3, ADL**, when the backstop's capacity is exhausted: opposite-side positions are closed
   against the remainder at mark, highest score first: ``PnL% x effective leverage`` for profitable
@@ -34,8 +40,11 @@ The stages and the rules where the record is open:
   position notional over the account's net equity. Ties go by account id.
 * **Bankruptcy**: equity below zero once nothing is left to close stays as negative unsettled
   equity (the fund pays the shortfall, later deposits repay it); a borrow nobody could cover is
-  written off and its lenders are paid its USD value at mark by the fund (spec F7).
-* The liquidation fee is charged on every liquidation fill: on the book, at the backstop, in ADL.
+  written off and its lenders are paid its USD value at mark by the fund (spec F7), but only
+  when the account is bankrupt or has nothing left to sell (``may_write_off``). A solvent
+  account that still holds collateral stays liquidating and goes back to the book each loop.
+* The liquidation fee is charged on every liquidation fill: on the book, at the backstop (borrow
+  deliveries and collateral purchases included), in ADL.
   On a backstop or ADL transfer it is capped at the equity the account has left (a transfer at
   mark does not move equity, so an uncapped fee would itself leave a debt to the fund); on the
   book the account still has equity (MMR is under the auto-close level), so it is charged in
@@ -69,7 +78,7 @@ class LiquidationStep:
     """One row of a sub-account's liquidation history."""
 
     time_ms: int
-    stage: str  # "start", "book", "conversion", "backstop", "adl", "bankruptcy", "healthy"
+    stage: str  # "start", "book", "conversion", "backstop", "adl", "fund", "waiting", "bankruptcy", "healthy", "closed"
     market: str | None
     side: str | None
     quantity: Decimal
@@ -144,10 +153,15 @@ def why_liquidated(account: SubAccount) -> str:
     )
 
 
+BOOK_FAILURES_TO_BACKSTOP = 2
+
+
 def plan_step(
-    account: SubAccount, books: Mapping[str, tuple[Levels, Levels]], params: LiquidationParams, book_failed: bool
+    account: SubAccount, books: Mapping[str, tuple[Levels, Levels]], params: LiquidationParams, book_failures: int
 ) -> Plan:
-    """The next loop for a liquidating account, at its marks and the given book view."""
+    """The next loop for a liquidating account, at its marks and the given book view, after
+    ``book_failures`` loops in a row in which the book failed. A ``BOOK`` plan without orders
+    (nothing within the band now) is itself a failed loop."""
     t = totals(account)
     if t.maintenance == 0 or t.mmr < params.end_mmr:
         return Plan("healthy", t.mmr, f"MMR {fmt_pct(t.mmr)} is below the end target {fmt_pct(params.end_mmr)}")
@@ -155,11 +169,15 @@ def plan_step(
         return Plan(
             BACKSTOP, t.mmr, f"MMR {fmt_pct(t.mmr)} reached the auto-close level {fmt_pct(params.auto_close_mmr)}"
         )
-    if book_failed:
-        return Plan(BACKSTOP, t.mmr, "the book could not absorb the last liquidation orders within its price band")
+    if book_failures >= BOOK_FAILURES_TO_BACKSTOP:
+        return Plan(BACKSTOP, t.mmr, f"the book failed {book_failures} loops running: it cannot absorb the rest "
+                                     "within its price band")
     candidates = [c for c in _candidates(account, books, params, t) if c.quantity > 0]
     if not candidates:
-        return Plan(BACKSTOP, t.mmr, "no book can take the remaining exposure")
+        if book_failures + 1 >= BOOK_FAILURES_TO_BACKSTOP:
+            return Plan(BACKSTOP, t.mmr, f"nothing to trade against within the price band for "
+                                         f"{book_failures + 1} loops running")
+        return Plan(BOOK, t.mmr, "nothing to trade against within the price band now: trying again next loop")
     candidates.sort(key=lambda c: (-c.rank, c.symbol))
     orders: list[LiquidationOrder] = []
     net_equity, maintenance = t.net_equity, t.maintenance
@@ -309,7 +327,9 @@ def _borrow_candidate(
     return _Candidate(asset, cap, market.step_size, cost, orders)
 
 
-def _largest_haircut_collateral(account: SubAccount) -> tuple[str, str] | None:
+def _collateral_by_haircut(account: SubAccount) -> list[tuple[str, str]]:
+    """(asset, spot market) of what the account could sell for the settlement asset, the
+    largest haircut (lowest weight) first; ties by asset."""
     settle = account.profile.settlement_asset
     choices = []
     for asset, bal in account.balances.items():
@@ -320,10 +340,76 @@ def _largest_haircut_collateral(account: SubAccount) -> tuple[str, str] | None:
             continue
         weight, _ = collateral_value(account, asset, bal.available, account.price(asset))
         choices.append((weight, asset, market))
-    if not choices:
-        return None
-    _, asset, market = min(choices)
-    return asset, market
+    return [(asset, market) for _, asset, market in sorted(choices)]
+
+
+def _largest_haircut_collateral(account: SubAccount) -> tuple[str, str] | None:
+    choices = _collateral_by_haircut(account)
+    return choices[0] if choices else None
+
+
+def backstop_collateral(account: SubAccount, value: Decimal) -> list[tuple[str, Decimal, Decimal]]:
+    """What a backstop provider buys at mark so the account can repay ``value`` of a borrow in
+    the settlement asset: (asset, quantity, mark), largest haircut first, each quantity rounded
+    up to its asset's step (the provider pays the value rounded down), as far as the account
+    holds any. This is how a settlement-asset borrow "moves to the backstop at mark" (11.3): the
+    provider takes collateral worth the debt and pays the debt's asset for it."""
+    wanted = []
+    left = value
+    for asset, _ in _collateral_by_haircut(account):
+        if left <= 0:
+            break
+        price = account.price(asset)
+        if price <= 0:
+            continue
+        quantity = min(account.available(asset), ceil_to(left / price, account.profile.assets[asset].step))
+        wanted.append((asset, quantity, price))
+        left -= quantity * price
+    return wanted
+
+
+def gross_of_fee(net: Decimal, rate: Decimal, step: Decimal) -> Decimal:
+    """The sale that leaves ``net`` after a liquidation fee at ``rate``, rounded up to ``step``."""
+    return ceil_to(net / (1 - rate), step)
+
+
+def settlement_borrow_to_cover(account: SubAccount) -> Decimal:
+    """What backstop providers must pay for collateral so the account can repay its
+    settlement-asset borrow after the liquidation fee on the sale: what it owes beyond what it
+    holds, grossed up by the fee rate."""
+    profile = account.profile
+    settle = profile.settlement_asset
+    need = account.borrows.get(settle, ZERO) - max(account.available(settle), ZERO)
+    if need <= 0:
+        return ZERO
+    return gross_of_fee(need, profile.liquidation.fee_rate, profile.assets[settle].step)
+
+
+def may_write_off(account: SubAccount) -> bool:
+    """Whether a borrow the backstop did not take may be written off (spec 9.4, F7).
+
+    Only a bankrupt account (net equity <= 0 at mark) or one with no collateral left to sell:
+    a solvent account that still holds collateral stays in liquidation and goes back to the
+    book each loop until liquidity returns. Writing its borrow off would have the fund pay its
+    lenders while the account kept collateral worth more than it owes.
+    """
+    return totals(account).net_equity <= 0 or not _collateral_by_haircut(account)
+
+
+def backstop_fee(account: SubAccount, notional: Decimal, rate: Decimal) -> Decimal:
+    """The liquidation fee on an off-book transfer at mark, in the settlement asset: rounded up,
+    but capped at the equity the account has left (a transfer at mark does not move equity, so
+    an uncapped fee would itself leave a debt to the fund)."""
+    step = account.profile.assets[account.profile.settlement_asset].step
+    return min(ceil_to(notional * rate, step), max(floor_to(totals(account).net_equity, step), ZERO))
+
+
+def waiting_reason(account: SubAccount) -> str:
+    """Why a liquidation with borrows left is neither finished nor written off."""
+    owed = ", ".join(f"{fmt(q)} {asset}" for asset, q in sorted(account.borrows.items()))
+    held = ", ".join(f"{fmt(account.available(asset))} {asset}" for asset, _ in _collateral_by_haircut(account))
+    return (f"nobody took the borrow ({owed}); the account still holds {held} at net equity "
+            f"{fmt(totals(account).net_equity, 2)}, so it is not written off: back to the book next loop")
 
 
 def _quantity_to_target(c: _Candidate, net_equity: Decimal, maintenance: Decimal, target: Decimal) -> Decimal:

@@ -9,7 +9,7 @@ import pytest
 from actors.agents import MarketMaker, NoiseTrader, ScriptedTrader
 from actors.faults import Fault, FaultScript
 from actors.paths import Constant, Linear, RandomWalk, Shifted, Steps
-from actors.protocol import CancelAll, LoanRequest, PlaceOrder
+from actors.protocol import CancelAll, LoanRequest, PlaceOrder, Withdraw
 from actors.determinism import stream
 from actors.system import RunFailed, System
 from exchange.ledger import Settings
@@ -325,3 +325,61 @@ def test_real_time_mode_runs_the_clock_at_a_rate():
     result = system.run(3, realtime_rate=100)
     assert time.perf_counter() - start >= 0.03
     assert [e["price"] for e in result.events if e["event"] == "price" and e["symbol"] == "BTC"][-1] == D(101000)
+
+
+# -- a borrower whose buyer is away -------------------------------------------------------
+
+
+def test_a_solvent_borrower_is_not_written_off_while_the_book_is_empty():
+    """The engine test's borrower through the actors: 100 SOL, 6,000 USDC borrowed and
+    withdrawn, SOL falls to 66 at t=2s (MMR 111.11%) with no bid and no backstop. The loop finds
+    no book for SOL and the backstop round finds nobody: the borrow must not be written off (the
+    fund would pay the lender while B kept its SOL). B waits with its 100 SOL; when the maker
+    bids at t=6s the next loop converts SOL on the book, the borrow shrinks, B is healthy."""
+    system = System(PROFILE, seed=5)
+    system.set_path("SOL", Steps(((0, D(100)), (2_000, D(66)))))
+    system.add_account("lender", deposits={"USDC": D(100_000)})
+    system.add_account("b", deposits={"SOL": D(100)})
+    system.add_account("mm", deposits={"USDC": D(100_000)})
+    system.add_agent(ScriptedTrader(system, "lender", "lender", [(0, LoanRequest("l", "lend", "USDC", D(100_000)))]))
+    system.add_agent(ScriptedTrader(system, "b", "b", [
+        (500, LoanRequest("b1", "borrow", "USDC", D(6000))),
+        (1_000, Withdraw("w1", "USDC", D(6000))),
+    ]))
+    system.add_agent(ScriptedTrader(system, "mm", "mm", [(6_000, limit("bid", "mm", "SOL_USDC", Side.BID, "50", "65.9"))]))
+    result = system.run(9)
+    stages = [s.stage for s in result.history["b"]]
+    assert stages == ["start", "waiting", "conversion", "healthy"]
+    assert not events_of(result, "lenders_compensated")
+    account = result.summary["accounts"]["b"]
+    assert D(5600) < D(account["borrows"]["USDC"]) < D(6000)
+    assert D(account["balances"]["SOL"]) < D(100)
+
+
+def test_a_usdc_borrow_goes_to_the_backstop_through_messages():
+    """The same borrower, 1% liquidation fee, a provider with 50,000 USDC of borrow capacity.
+    Borrowing at t=0.5s pays the entry fee for the 3,599.5 s left of the hour:
+    6,000 x 0.009 x 3,599.5 / 3,600 / 8,760 = 0.0061635 -> 0.006164 up. The provider buys
+    6,000.006164 / 0.99 = 6,060.612287 (up) of SOL at 66: 91.8274589 (up, to the 1e-8 step);
+    the fee 60.606123 goes to the fund, 6,000.006164 repays the borrow, the 8.1725411 SOL left
+    go to the fund as residual equity. Every transfer crosses the wire as a message."""
+    system = System(load_profile("backpack-2025-10"), seed=5)
+    system.set_path("SOL", Steps(((0, D(100)), (2_000, D(66)))))
+    system.add_account("lender", deposits={"USDC": D(100_000)})
+    system.add_account("b", deposits={"SOL": D(100)})
+    system.add_account("blp", deposits={"USDC": D(100_000)})
+    system.add_backstop("blp", {"USDC": D(50_000)})
+    system.add_agent(ScriptedTrader(system, "lender", "lender", [(0, LoanRequest("l", "lend", "USDC", D(100_000)))]))
+    system.add_agent(ScriptedTrader(system, "b", "b", [
+        (500, LoanRequest("b1", "borrow", "USDC", D(6000))),
+        (1_000, Withdraw("w1", "USDC", D(6000))),
+    ]))
+    result = system.run(5)
+    history = result.history["b"]
+    assert [s.stage for s in history] == ["start", "backstop", "fund", "closed"]
+    assert (history[1].quantity, history[1].price, history[1].fee) == (D("91.8274589"), D(66), D("60.606123"))
+    accounts = result.summary["accounts"]
+    assert accounts["b"]["borrows"] == {} and accounts["b"]["balances"] == {}
+    assert D(accounts["blp"]["balances"]["SOL"]) == D("91.8274589")
+    assert D(accounts["blp"]["balances"]["USDC"]) == D(100_000) - D("6060.612287")
+    assert result.summary["fund"] == {"USDC": D("60.606123"), "SOL": D("8.1725411")}

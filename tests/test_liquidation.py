@@ -85,6 +85,26 @@ def test_partial_liquidation_leaves_a_balance():
     assert ex.invariant_violations() == []
 
 
+def test_one_empty_book_read_is_not_enough_for_the_backstop():
+    """The first example, but the market maker's bid is missing at the t=1s loop (between its
+    cancel and its new quote): that loop sells nothing and tries again. The bid is back for
+    t=2s, and the same steps as in the first example follow one second later, although a
+    backstop with room for the whole position is configured. Before, the single empty read sent
+    the whole position to the backstop at MMR 150.75%."""
+    ex = ten_x_long(backstop=D(10_000_000))
+    ex.cancel_all("mm", [BTC])
+    ex.set_price("BTC", D(90450))
+    ex.advance_to(1000)
+    assert rows(ex) == [(1000, "start", D(0), None, D(0))]
+    assert ex.order("mm", BTC, Side.BID, D(5), D(90440)).accepted
+    ex.advance_to(3000)
+    assert rows(ex, stage="book") == [
+        (2000, "book", D("0.1"), D(90440), D("4.522")),
+        (3000, "book", D("0.09"), D(90440), D("4.0698")),
+    ]
+    assert "backstop" not in [s.stage for s in ex.liquidation_history["trader"]]
+
+
 def test_the_price_keeps_falling_and_erodes_the_account_to_zero():
     """Continuing the first example from its healthy end (0.62941 BTC, equity 379.53602 at
     90,450), the mark falls 100 a second, the bid follows 10 under it.
@@ -376,4 +396,74 @@ def test_f7_lenders_are_made_whole_in_usd_when_a_borrower_goes_bankrupt():
     assert a.borrows == {} and a.available("USDC") == 0
     assert a.unsettled_equity == D("-70040.036") and ex.fund["USDC"] == D("-70040.036")
     assert ex.liquidation_history["a"][-1].stage == "bankruptcy"
+    assert ex.invariant_violations() == []
+
+
+def usdc_borrower(profile_name: str) -> Exchange:
+    """B deposits 100 SOL (SOL at 100), borrows 6,000 USDC from the lender's 100,000 and
+    withdraws it. The entry fee at 6% utilization: 0.12 x 0.06 / 0.8 = 0.9% APR for an hour,
+    6,000 x 0.009 / 8760 = 0.006164 -> 0.006165 up. SOL falls to 66: collateral
+    100 x 66 x 0.95 = 6,270, net equity 269.993835 against maintenance 0.05 x 6,000.006165 =
+    300.00030825: MMR 111.11%. Nobody bids for SOL."""
+    ex = Exchange(load_profile(profile_name))
+    ex.set_price("SOL", D(100))
+    for name in ("lender", "mm", "b", "blp"):
+        ex.add_account(name)
+    ex.deposit("lender", "USDC", D(100_000))
+    ex.lend("lender", "USDC", D(100_000))
+    ex.deposit("b", "SOL", D(100))
+    assert isinstance(ex.borrow("b", "USDC", D(6000)), Grant)
+    assert ex.withdraw("b", "USDC", D(6000)) == D(6000)
+    ex.set_price("SOL", D(66))
+    assert margin.totals(ex.accounts["b"]).net_equity == D("269.993835")
+    return ex
+
+
+def test_a_solvent_borrower_without_a_buyer_waits_instead_of_being_written_off():
+    """No bid and no backstop: the t=1s loop finds nothing to sell into and tries again, the
+    t=2s loop turns to the backstop and finds nobody. The borrow is not written off while B
+    holds 100 SOL and equity is positive; the history says it waits. Once the market maker bids 65.9 (after the t=3s
+    loop), the t=4s loop sells 4.75 SOL (the plan sizes the sale at the impact band's floor, as in F6):
+    4.75 x 65.9 = 313.025 less the 0.1% taker fee 0.313025 repays 312.711975, leaving
+    5,687.29419; equity 95.25 x 66 x 0.95 - 5,687.29419 = 284.88081, MMR 99.82%: healthy."""
+    ex = usdc_borrower("backpack")
+    b = ex.accounts["b"]
+    ex.advance_to(3000)
+    assert [s.stage for s in ex.liquidation_history["b"]] == ["start", "waiting"]
+    assert "still holds 100 SOL" in ex.liquidation_history["b"][1].reason
+    assert b.borrows == {"USDC": D("6000.006165")} and b.available("SOL") == D(100)
+    assert ex.accounts["lender"].available("USDC") == 0 and ex.fund == {}
+    ex.deposit("mm", "USDC", D(100_000))
+    assert ex.order("mm", "SOL_USDC", Side.BID, D(50), D("65.9")).accepted
+    ex.advance_to(5000)
+    assert rows(ex, "b") == [
+        (1000, "start", D(0), None, D(0)),
+        (2000, "waiting", D(0), None, D(0)),
+        (4000, "conversion", D("4.75"), D("65.9"), D("0.313025")),
+        (5000, "healthy", D(0), None, D(0)),
+    ]
+    assert b.borrows == {"USDC": D("5687.294190")} and margin.totals(b).net_equity == D("284.88081")
+    assert ex.invariant_violations() == []
+
+
+def test_a_usdc_borrow_moves_to_the_backstop_by_a_collateral_purchase_at_mark():
+    """With the 1% liquidation fee and a provider ready to take 50,000 USDC of borrows: the book
+    has no bid for two loops (t=1s, t=2s), so the provider buys SOL at mark 66 for what B owes grossed up by the fee:
+    6,000.006165 / 0.99 = 6,060.612288 (up), i.e. 6,060.612288 / 66 = 91.82745891 SOL (up).
+    The fee 60.606123 (1%, up) goes to the fund and 6,000.006165 repays the borrow exactly; the
+    8.17254109 SOL left are residual equity, which goes to the fund (spec 11.3 default)."""
+    ex = usdc_borrower("backpack-2025-10")
+    ex.deposit("blp", "USDC", D(100_000))
+    ex.add_backstop("blp", {"USDC": D(50_000)})
+    ex.advance_to(2000)
+    b, blp = ex.accounts["b"], ex.accounts["blp"]
+    assert rows(ex, "b") == [
+        (1000, "start", D(0), None, D(0)),
+        (2000, "backstop", D("91.82745891"), D(66), D("60.606123")),
+        (2000, "fund", D(0), None, D(0)),
+        (2000, "closed", D(0), None, D(0)),
+    ]
+    assert b.borrows == {} and b.available("SOL") == 0 and b.unsettled_equity == 0
+    assert blp.available("SOL") == D("91.82745891") and blp.available("USDC") == D(100_000) - D("6060.612288")
+    assert ex.fund == {"USDC": D("60.606123"), "SOL": D("8.17254109")}
     assert ex.invariant_violations() == []
