@@ -344,7 +344,7 @@ def _parse(data: Mapping[str, Any], source: str, folder: Path) -> Scenario:
     latency, rules = _latency(top)
     prices: dict[str, PathSpec] = {}
     premiums: dict[str, PathSpec] = {}
-    for symbol, table in top.tables("prices"):
+    for symbol, table in top.tables("prices", required=False):
         if symbol in profile.assets:
             prices[symbol] = _path(table, folder)
         elif symbol in profile.markets and profile.markets[symbol].is_perp:
@@ -664,8 +664,8 @@ def _expectation(r: Reader, profile: Profile, known: set[str], orders: set[str])
         if kind in ("balance", "borrow", "lend"):
             params["asset"] = r.string("asset", choices=tuple(profile.assets))
         if kind == "liquidation_stage":
-            params["stage"] = r.string("stage", choices=("start", "book", "conversion", "backstop", "adl", "bankruptcy",
-                                                         "healthy", "closed", "fund"))
+            params["stage"] = r.string("stage", choices=("start", "book", "conversion", "backstop", "adl", "waiting",
+                                                         "bankruptcy", "healthy", "closed", "fund"))
         if kind in ("liquidated", "liquidation_stage"):
             params["min"] = r.integer("at_least", required=False, default=1, minimum=0)
     if kind not in ("refused", "accepted", "liquidated", "not_liquidated", "liquidation_stage"):
@@ -673,6 +673,8 @@ def _expectation(r: Reader, profile: Profile, known: set[str], orders: set[str])
         params["max"] = r.optional_decimal("max")
         if params["min"] is None and params["max"] is None:
             raise r.error("min", None, "a min, a max, or both")
+        if params["min"] is not None and params["max"] is not None and params["min"] > params["max"]:
+            raise r.error("max", params["max"], f"at least min ({params['min']}), or the expectation can never pass")
     if kind in ("net_equity", "imr", "mmr", "position", "balance", "borrow", "lend", "unsettled_equity"):
         params["at_ms"] = _ms(r, "at", minimum=Decimal(0)) if r.has("at") else None
     expectation = Expectation(kind, params, r.path)
