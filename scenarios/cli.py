@@ -1,18 +1,37 @@
-"""The ``marginsim`` command line."""
+"""The ``marginsim`` command line: run, list, explain, demo, position.
+
+Exit status: 0 when a run's expectations all hold, 1 when one fails (or the run stopped early:
+an actor crashed, an invariant broke, it stalled), 2 when the input is bad (the message names
+the file, the line, the field and what is allowed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from actors.events import read_log
 from exchange import margin
 from exchange.decimals import fmt, fmt_pct
 from exchange.ledger import Settings, SubAccount
+from exchange.liquidation import describe_step
 from exchange.orders import Fill, Side
 from exchange.profile import available_profiles, load_profile
 from exchange.validation import InputError
+from scenarios import explain, loader, runner
+
+
+HISTORY_LINES = 12  # liquidation steps printed per sub-account after a run
 
 
 def _version() -> str:
@@ -35,28 +54,70 @@ def _decimal(text: str) -> Decimal:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="marginsim",
-        description="Simulate Backpack Exchange's unified cross-margin system.",
+        description="Simulate Backpack Exchange's unified cross-margin system: run scenarios, explain what "
+        "happened, watch it live.",
+        epilog="Shipped scenarios: `marginsim list`. Scenario format: scenarios/FORMAT.md.",
     )
     parser.add_argument("--version", action="version", version=f"marginsim {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    run = commands.add_parser(
+        "run", help="run a scenario and check its expectations",
+        description="Run a scenario file (or a shipped scenario by name) on the actor runtime, print a summary "
+        "per sub-account and market, the expectations with pass/fail, and the run's fingerprint. Exit 0 when "
+        "every expectation holds, 1 when one fails, 2 on a bad file.",
+    )
+    run.add_argument("scenario", metavar="FILE", help="a scenario .toml file or a shipped scenario's name")
+    _run_options(run)
+    run.add_argument("--json", action="store_true", help="print the summary as one JSON document (keys in README)")
+    run.add_argument("--log", type=Path, metavar="EVENTS.jsonl", help="write the event log (canonical JSON lines)")
+    run.add_argument("--report", type=Path, metavar="DIR", help="write charts (PNG) and an HTML page into DIR")
+
+    commands.add_parser("list", help="the scenarios that ship with marginsim", description="One line per shipped scenario.")
+
+    explainer = commands.add_parser(
+        "explain", help="why an order was refused, how an account was liquidated",
+        description="Read an event log written by `marginsim run --log` and answer in plain words with the "
+        "numbers. Without --account or --order: every refusal and liquidation, one line each.",
+    )
+    explainer.add_argument("log", type=Path, metavar="LOG", help="an events .jsonl file")
+    explainer.add_argument("--account", metavar="ID", help="explain this sub-account's liquidations and refusals")
+    explainer.add_argument("--order", metavar="ID", help="explain this order")
+
+    demo = commands.add_parser(
+        "demo", help="watch a scenario live in the terminal",
+        description="Run a scenario at a readable clock rate with a live dashboard: prices, books, each "
+        "sub-account's equity and IMR/MMR, fills, refusals and liquidation steps. It is the same run as "
+        "`marginsim run` with the same seed (same fingerprint), only paced. Keys (in a terminal): space pause, "
+        "s step one second, + / - speed, q skip to the end (the rest runs unseen at full speed, then the results).",
+    )
+    demo.add_argument("scenario", metavar="NAME", help="a shipped scenario's name or a scenario file")
+    _run_options(demo)
+    demo.add_argument("--rate", type=float, default=5.0, help="virtual seconds per real second (default %(default)s)")
+
     position = commands.add_parser(
-        "position",
-        help="margin numbers of one perp position on USDC collateral",
-        description=(
-            "Open one perp position on a fresh sub-account holding only USDC and print its "
-            "margin: net equity, IMF/MMF, IMR/MMR, available equity and the estimated "
-            "liquidation price. Fees and funding are left out."
-        ),
+        "position", help="margin numbers of one perp position on USDC collateral",
+        description="Open one perp position on a fresh sub-account holding only USDC and print its margin: net "
+        "equity, IMF/MMF, IMR/MMR, available equity and the estimated liquidation price. Fees and funding are "
+        "left out.",
     )
     position.add_argument("--market", default="BTC_USDC_PERP", help="perp market (default %(default)s)")
     position.add_argument("--collateral", type=_decimal, default=Decimal(10000), help="USDC deposited (default %(default)s)")
-    position.add_argument("--size", type=_decimal, default=Decimal(1), help="signed position size in base units; negative for a short (default %(default)s)")
+    position.add_argument("--size", type=_decimal, default=Decimal(1),
+                          help="signed position size in base units; negative for a short (default %(default)s)")
     position.add_argument("--entry", type=_decimal, default=Decimal(100000), help="entry price (default %(default)s)")
     position.add_argument("--mark", type=_decimal, help="mark price (default: the entry price)")
     position.add_argument("--leverage", type=_decimal, help="sub-account leverage limit (default: the profile's)")
-    position.add_argument("--profile", default="backpack", help="venue profile: " + ", ".join(available_profiles()) + " or a .toml path")
+    position.add_argument("--profile", default="backpack",
+                          help="venue profile: " + ", ".join(available_profiles()) + " or a .toml path")
     return parser
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, help="the run's seed (default: the scenario's)")
+    parser.add_argument("--until", type=float, metavar="T", help="stop at T seconds of virtual time (default: its duration)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a scenario field, e.g. --set accounts[0].leverage_limit=20 (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,14 +126,181 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    handlers = {"run": _run, "list": _list, "explain": _explain, "demo": _demo, "position": _position}
     try:
-        if args.command == "position":
-            return _position(args)
+        return handlers[args.command](args)
     except InputError as exc:
         print(f"marginsim: {exc}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command}")
-    return 2
+    except KeyboardInterrupt:
+        print("marginsim: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    scenario = loader.load(args.scenario, args.overrides)
+    if args.report is not None:
+        _check_report_dependencies()
+    err = Console(stderr=True)
+    show_progress = err.is_terminal and not args.json
+    until_ms = scenario.duration_ms if args.until is None else round(args.until * 1000)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[t]}"), TimeElapsedColumn(),
+                  console=err, disable=not show_progress, transient=True) as progress:
+        task = progress.add_task(f"running {scenario.name}", total=until_ms, t="")
+
+        def advance(now_ms: int) -> None:
+            progress.update(task, completed=now_ms, t=f"t={now_ms / 1000:,.0f}s of {until_ms / 1000:,.0f}s")
+
+        outcome = runner.run(scenario, seed=args.seed, until_s=args.until, log_path=args.log, progress=advance)
+    if args.report is not None and outcome.result is not None:
+        from scenarios.report import write_report
+
+        page = write_report(outcome, args.report)
+        if not args.json:
+            err.print(f"report: {page}")
+    if args.json:
+        print(json.dumps(summary_document(outcome), indent=2, sort_keys=True))
+    else:
+        out = Console()
+        print_summary(outcome, out if out.is_terminal else Console(width=160))
+    return 0 if outcome.passed else 1
+
+
+def _check_report_dependencies() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError("--report", "--report", "matplotlib is not installed",
+                         "install the charts extra: pip install 'marginsim[report]'") from None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: Decimals as plain strings (``inf`` for an infinite ratio), containers kept."""
+    if isinstance(value, Decimal):
+        return fmt(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def summary_document(outcome: runner.ScenarioRun) -> dict[str, Any]:
+    """The `--json` document; its keys are documented in README and stay stable."""
+    result, failure = outcome.result, outcome.failure
+    document: dict[str, Any] = {
+        "scenario": outcome.scenario.name,
+        "description": outcome.scenario.description,
+        "seed": outcome.seed,
+        "until": outcome.until_ms / 1000,
+        "passed": outcome.passed,
+        "failure": None if failure is None else {"kind": failure.kind, "message": str(failure)},
+        "fingerprint": result.fingerprint if result else None,
+        "events": result.event_count if result else 0,
+        "accounts": {},
+        "markets": {},
+        "fund": {},
+        "expectations": [{"description": o.description, "passed": o.passed, "detail": o.detail} for o in outcome.outcomes],
+    }
+    if result is not None:
+        for account, row in result.summary["accounts"].items():
+            document["accounts"][account] = {
+                key: _plain(row[key]) for key in ("net_equity", "imr", "mmr", "available", "balances", "positions",
+                                                   "borrows", "lends", "unsettled_equity", "liquidations")
+            }
+        for market, row in result.summary["markets"].items():
+            document["markets"][market] = {key: _plain(row[key]) for key in ("trades", "volume", "funding_paid")}
+        document["fund"] = _plain(result.summary["fund"])
+    return document
+
+
+def _holdings(values: Mapping[str, Decimal]) -> str:
+    return ", ".join(f"{fmt(q)} {s}" for s, q in values.items()) or "-"
+
+
+def print_summary(outcome: runner.ScenarioRun, console: Console) -> None:
+    scenario, result = outcome.scenario, outcome.result
+    console.print(f"[bold]{scenario.name}[/bold] — {scenario.description}")
+    console.print(f"seed {outcome.seed}, {outcome.until_ms / 1000:g}s of virtual time, profile {scenario.profile.name}")
+    if outcome.failure is not None:
+        console.print(f"[bold red]the run stopped early ({outcome.failure.kind}):[/bold red] {outcome.failure}")
+        return
+    assert result is not None
+    accounts = Table(title="sub-accounts", title_justify="left")
+    for column in ("account", "net equity", "IMR", "MMR", "positions", "borrows", "lends", "liquidations"):
+        accounts.add_column(column, justify="right" if column not in ("account", "positions", "borrows", "lends") else "left")
+    for account, row in result.summary["accounts"].items():
+        accounts.add_row(account, fmt(row["net_equity"], 2), fmt_pct(row["imr"]), fmt_pct(row["mmr"]),
+                         _holdings(row["positions"]), _holdings(row["borrows"]), _holdings(row["lends"]),
+                         str(row["liquidations"]))
+    console.print(accounts)
+    markets = Table(title="markets", title_justify="left")
+    for column in ("market", "trades", "volume (USDC)", "funding paid"):
+        markets.add_column(column, justify="left" if column == "market" else "right")
+    for market, row in result.summary["markets"].items():
+        if row["trades"] or row["funding_paid"]:
+            markets.add_row(market, str(row["trades"]), fmt(row["volume"], 2), fmt(row["funding_paid"], 6))
+    console.print(markets)
+    fund = result.summary["fund"]
+    if any(fund.values()):
+        console.print("liquidity fund: " + _holdings(fund))
+    for account, steps in result.history.items():
+        console.print(f"[bold]liquidation history of {account}[/bold]")
+        for step in steps[:HISTORY_LINES]:
+            console.print("  " + describe_step(step), highlight=False)
+        if len(steps) > HISTORY_LINES:
+            console.print(f"  ... {len(steps) - HISTORY_LINES} more steps (all of them: `marginsim explain` on a --log)")
+    if outcome.outcomes:
+        console.print("[bold]expectations[/bold]")
+        for o in outcome.outcomes:
+            mark = "[green]PASS[/green]" if o.passed else "[red]FAIL[/red]"
+            console.print(f"  {mark} {o.description}: {o.detail}")
+    verdict = "[green]all expectations hold[/green]" if outcome.passed else "[red]an expectation failed[/red]"
+    console.print(f"{verdict}; fingerprint {result.fingerprint}")
+
+
+# -- list, explain, demo ------------------------------------------------------------------------
+
+
+def _list(args: argparse.Namespace) -> int:
+    for name, path in loader.shipped().items():
+        scenario = loader.load(str(path))
+        print(f"{name:<28} {scenario.description}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    if not args.log.is_file():
+        raise InputError(str(args.log), "LOG", "no such file", "an events .jsonl file written by `marginsim run --log`")
+    try:
+        events = read_log(args.log)
+    except (ValueError, KeyError) as exc:
+        raise InputError(str(args.log), "LOG", str(exc), "canonical JSON lines written by `marginsim run --log`") from None
+    lines: list[str] = []
+    if args.order:
+        lines += explain.explain_order(events, args.order)
+    if args.account:
+        lines += explain.explain_account(events, args.account)
+    if not (args.order or args.account):
+        lines = explain.overview(events)
+    print("\n".join(lines))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from scenarios.demo import run_demo
+
+    if args.rate <= 0:
+        raise InputError("--rate", "--rate", args.rate, "a positive number of virtual seconds per real second")
+    scenario = loader.load(args.scenario, args.overrides)
+    outcome = run_demo(scenario, seed=args.seed, rate=args.rate, until_s=args.until)
+    return 0 if outcome.passed else 1
+
+
+# -- position -------------------------------------------------------------------------------------
 
 
 def _position(args: argparse.Namespace) -> int:
@@ -80,7 +308,8 @@ def _position(args: argparse.Namespace) -> int:
     market = profile.markets.get(args.market)
     if market is None or not market.is_perp:
         perps = ", ".join(m.symbol for m in profile.perp_markets())
-        print(f"marginsim: --market {args.market} is not a perp market of {profile.name}; choose one of {perps}", file=sys.stderr)
+        print(f"marginsim: --market {args.market} is not a perp market of {profile.name}; choose one of {perps}",
+              file=sys.stderr)
         return 2
     if args.size == 0 or args.size % market.step_size != 0:
         print(f"marginsim: --size must be a non-zero multiple of {market.step_size}", file=sys.stderr)
@@ -97,7 +326,8 @@ def _position(args: argparse.Namespace) -> int:
     side = Side.BID if args.size > 0 else Side.ASK
     quantity = abs(args.size)
     account.apply_fill(
-        Fill(0, market.symbol, "example", account.id, side, args.entry, quantity, quantity * args.entry, Decimal(0), market.quote, False),
+        Fill(0, market.symbol, "example", account.id, side, args.entry, quantity, quantity * args.entry, Decimal(0),
+             market.quote, False),
         market,
     )
     summary = margin.summarize(account)
@@ -111,7 +341,7 @@ def _position(args: argparse.Namespace) -> int:
         f"  position notional      {fmt(risk.position_notional, 2)}",
         f"  unrealized PnL         {fmt(summary.pnl_unrealized, 2)}",
         f"  net equity             {fmt(summary.net_equity, 2)}",
-        f"  IMF                    {fmt(risk.imf, 8)}   (set by {_imf_source(risk.imf_source)})",
+        f"  IMF                    {fmt(risk.imf, 8)}   (set by {explain.IMF_SOURCES[risk.imf_source]})",
         f"  MMF                    {fmt(risk.mmf, 8)}",
         f"  locked (initial)       {fmt(summary.net_equity_locked, 2)}",
         f"  available equity       {fmt(summary.net_equity_available, 2)}",
@@ -123,14 +353,6 @@ def _position(args: argparse.Namespace) -> int:
     ]
     print("\n".join(lines))
     return 0
-
-
-def _imf_source(source: str) -> str:
-    return {
-        "base": "the market's base IMF, its maximum leverage",
-        "size": "the position's size: the sqrt term is above the base",
-        "leverage_limit": "the sub-account's leverage limit",
-    }[source]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,169 @@
+"""Answers from an event log, in plain words with the numbers.
+
+``explain_order``: why an order was refused (IMR before and after, available equity, the
+largest size that would have passed, which bound set the IMF), or what became of it.
+``explain_account``: how and why a sub-account was liquidated, step by step (MMR at each step,
+what was sold at what price, what remained), and the orders it had refused.
+``overview``: every refusal and every liquidation in the log, one line each.
+
+It reads the canonical JSON lines a run writes (``marginsim run --log``); numbers come back as
+strings and are read as exact decimals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from exchange.decimals import fmt, fmt_pct
+
+Event = dict[str, Any]
+
+IMF_SOURCES = {
+    "base": "the market's base IMF (its maximum leverage)",
+    "size": "the position's size (the square-root term is above the base)",
+    "leverage_limit": "the sub-account's leverage limit",
+}
+
+
+def number(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, Decimal):
+        return value
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+def _t(event: Event) -> str:
+    return f"t={int(event['t']) / 1000:.3f}s"
+
+
+def _pct(value: object) -> str:
+    n = number(value)
+    return "-" if n is None else fmt_pct(n)
+
+
+def _num(value: object, places: int | None = None) -> str:
+    n = number(value)
+    return "-" if n is None else fmt(n, places)
+
+
+def explain_order(events: Sequence[Event], order_id: str) -> list[str]:
+    mine = [e for e in events if e.get("order_id") == order_id and e["actor"].startswith("account:")]
+    if not mine:
+        return [f"No order {order_id} in this log."]
+    account = mine[0]["actor"].split(":", 1)[1]
+    lines = []
+    for event in mine:
+        kind = event["event"]
+        what = f"{event.get('side')} {_num(event.get('quantity'))} {event.get('market')}" + (
+            f" at {_num(event.get('price'))}" if event.get("price") not in (None, "None") else " at market")
+        if kind == "order_rejected":
+            lines.append(f"Order {order_id} ({what}) from sub-account {account} was refused at {_t(event)}: "
+                         f"{event['code']}.")
+            lines.extend(_why_refused(event))
+        elif kind == "order_placed":
+            lines.append(f"Order {order_id} ({what}) from sub-account {account} was accepted at {_t(event)}"
+                         + (f"; IMR after it rests: {_pct(event['imr_after'])}." if event.get("imr_after") is not None
+                            else " (it could only reduce risk: no margin check)."))
+        elif kind == "fill":
+            role = "maker" if str(event.get("maker")).lower() == "true" else "taker"
+            lines.append(f"  {_t(event)} filled {_num(event['quantity'])} at {_num(event['price'])} as {role}, "
+                         f"fee {_num(event['fee'])} {event.get('fee_asset', '')}; position now {_num(event.get('position'))}.")
+        elif kind == "order_closed":
+            reason = f" ({event['reason']})" if event.get("reason") not in (None, "None") else ""
+            lines.append(f"  {_t(event)} it ended {event['status']}{reason} with {_num(event['executed'])} executed.")
+    return lines
+
+
+def _why_refused(event: Event) -> list[str]:
+    code = event.get("code")
+    if code == "INSUFFICIENT_MARGIN":
+        lines = [
+            f"  Checked on the marks the sub-account had heard, it would have taken IMR from "
+            f"{_pct(event.get('imr_before'))} to {_pct(event.get('imr_after'))}: available equity "
+            f"{_num(event.get('available_before'), 2)} -> {_num(event.get('available_after'), 2)} USDC, and orders "
+            "that add risk must keep it at or above zero (IMR at most 100%)."
+        ]
+        if event.get("max_quantity") is not None:
+            lines.append(f"  The largest {event.get('side')} that would have passed: {_num(event['max_quantity'])}.")
+        if event.get("imf_source") is not None:
+            lines.append(f"  Its initial margin fraction would have been {_num(event.get('imf_after'), 8)}, set by "
+                         f"{IMF_SOURCES.get(str(event['imf_source']), event['imf_source'])}.")
+        return lines
+    if code == "INSUFFICIENT_FUNDS":
+        return [f"  It needed {_num(event.get('needed'))} {event.get('asset')} and {_num(event.get('available'))} was "
+                "available (autoBorrow would borrow the rest, autoLendRedeem would redeem a lend)."]
+    return [f"  {event.get('message', '')}"]
+
+
+def explain_account(events: Sequence[Event], account: str) -> list[str]:
+    address = f"account:{account}"
+    if not any(e["actor"] == address or e.get("account") == account for e in events):
+        return [f"No sub-account {account} in this log."]
+    lines: list[str] = []
+    positions: dict[str, Decimal] = {}
+    steps = 0
+    for event in events:
+        kind = event["event"]
+        if event["actor"] == address and kind == "fill":
+            positions[event["market"]] = number(event.get("position")) or Decimal(0)
+        elif event["actor"] == address and kind == "order_rejected":
+            lines.append(f"{_t(event)} order {event['order_id']} refused ({event['code']}): "
+                         f"{event.get('message', '')}")
+        elif kind == "liquidation_step" and event.get("account") == account:
+            steps += 1
+            lines.append(_describe_step(event, positions))
+    if not steps:
+        lines.append(f"Sub-account {account} was never liquidated.")
+    return lines
+
+
+def _describe_step(event: Event, positions: dict[str, Decimal]) -> str:
+    stage = event["stage"]
+    mmr = f"MMR {_pct(event.get('mmr_before'))} -> {_pct(event.get('mmr_after'))}"
+    if stage == "start":
+        return f"{_t(event)} liquidation started. {event['reason']}."
+    if stage in ("healthy", "closed", "bankruptcy") and not event.get("market"):
+        return f"{_t(event)} liquidation ended ({stage}): {event['reason']}."
+    if stage == "fund":
+        return f"{_t(event)} {event['reason']}."
+    if stage == "waiting":
+        return f"{_t(event)} waiting for liquidity ({mmr}): {event['reason']}."
+    market = event.get("market")
+    verb = {"Ask": "sold", "Bid": "bought back"}.get(str(event.get("side")), "moved")
+    how = {
+        "book": "on the book",
+        "conversion": "on the book (collateral conversion)",
+        "backstop": "to a backstop provider at mark",
+        "adl": "by auto-deleveraging at mark",
+        "bankruptcy": "written off",
+    }.get(stage, stage)
+    left = positions.get(str(market))
+    remaining = f"; {fmt(left)} left" if left is not None and stage in ("book", "backstop", "adl") else ""
+    fee = f", fee {_num(event.get('fee'))}" if number(event.get("fee")) else ""
+    return (f"{_t(event)} {verb} {_num(event.get('quantity'))} {market} at {_num(event.get('price'))} {how}{fee}: "
+            f"{mmr}{remaining}. ({event['reason']})")
+
+
+def overview(events: Iterable[Event]) -> list[str]:
+    refusals, liquidated = [], {}
+    for event in events:
+        if event["event"] == "order_rejected":
+            refusals.append(f"  {_t(event)} {event['actor'].split(':', 1)[1]}: order {event['order_id']} refused "
+                            f"({event['code']})")
+        elif event["event"] == "liquidation_step":
+            liquidated.setdefault(event["account"], []).append(event["stage"])
+    lines = ["Refused orders:" if refusals else "No order was refused."] + refusals
+    if liquidated:
+        lines.append("Liquidated sub-accounts:")
+        for account, stages in liquidated.items():
+            lines.append(f"  {account}: " + ", ".join(f"{stages.count(s)} {s}" for s in dict.fromkeys(stages)))
+    else:
+        lines.append("No sub-account was liquidated.")
+    lines.append("Ask about one with --account ID or --order ID.")
+    return lines

@@ -1,0 +1,215 @@
+"""The scenario loader's refusals and the marginsim command line."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from exchange.validation import InputError
+from scenarios import loader
+from scenarios.cli import main
+
+D = Decimal
+LIBRARY = loader.library_dir()
+
+REFUSAL = """\
+[scenario]
+name = "refusal"
+description = "a funded account is refused, then places the largest size that passes"
+duration = 3
+
+[prices.BTC]
+kind = "constant"
+price = 100000
+
+[[accounts]]
+id = "maker"
+deposits = { USDC = 1000000 }
+
+[[accounts]]
+id = "alice"
+deposits = { USDC = 10000 }
+markets = ["BTC_USDC_PERP"]
+
+[[actions]]
+at = 1
+account = "alice"
+type = "order"
+id = "too-big"
+market = "BTC_USDC_PERP"
+side = "buy"
+quantity = 1.5
+price = 100000
+
+[[expect]]
+kind = "refused"
+order = "too-big"
+code = "INSUFFICIENT_MARGIN"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- bad files --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "old, new, field, line, allowed",
+    [
+        ('deposits = { USDC = 10000 }', 'deposits = { USDC = -5 }', "accounts[1].deposits.USDC", 16, "> 0"),
+        ('deposits = { USDC = 10000 }', 'deposits = { USDX = 5 }', "accounts[1].deposits.USDX", 16, "an asset"),
+        ('side = "buy"', 'side = "long"', "actions[0].side", 25, "one of `buy`"),
+        ('duration = 3', 'duration = "soon"', "scenario.duration", 4, "a decimal number"),
+        ('account = "alice"', 'account = "alicia"', "actions[0].account", 21, "the id of an account"),
+        ('order = "too-big"', 'order = "too-small"', "expect[0].order", 31, "the id of an order action"),
+        ('markets = ["BTC_USDC_PERP"]', 'markets = ["BTC_PERP"]', "accounts[1].markets[0]", 17, "a market of the profile"),
+    ],
+)
+def test_a_bad_scenario_names_file_line_field_and_what_is_allowed(tmp_path, old, new, field, line, allowed):
+    path = write(tmp_path, REFUSAL.replace(old, new, 1))
+    with pytest.raises(InputError) as info:
+        loader.load(str(path))
+    err = info.value
+    assert (err.source, err.field, err.line) == (str(path), field, line)
+    assert allowed in err.allowed
+    assert f"{path}:{line}: field `{field}`" in str(err)
+
+
+def test_an_expectation_that_can_never_pass_is_refused(tmp_path):
+    path = write(tmp_path, REFUSAL + '\n[[expect]]\nkind = "net_equity"\naccount = "alice"\nmin = 5\nmax = 1\n')
+    with pytest.raises(InputError, match="at least min") as info:
+        loader.load(str(path))
+    assert info.value.field == "expect[1].max"
+
+
+def test_prices_may_be_left_out(tmp_path):
+    """Assets a scenario does not mention keep their constant default price."""
+    start = REFUSAL.index("[prices.BTC]")
+    path = write(tmp_path, REFUSAL[:start] + REFUSAL[REFUSAL.index("[[accounts]]"):])
+    prices = loader.load(str(path)).prices
+    assert (prices["BTC"].kind, prices["BTC"].price, prices["SOL"].price) == ("constant", D(100000), D(150))
+
+
+def test_unknown_keys_get_a_did_you_mean(tmp_path):
+    path = write(tmp_path, REFUSAL.replace("leverage_limit", "x").replace('markets = ["BTC_USDC_PERP"]',
+                                                                          'markts = ["BTC_USDC_PERP"]'))
+    with pytest.raises(InputError, match=r"did you mean `markets`\?") as info:
+        loader.load(str(path))
+    assert info.value.field == "accounts[1].markts" and info.value.line == 17
+    typo = write(tmp_path, REFUSAL.replace('side = "buy"', 'side = "buy"\npost_onyl = true'), "t.toml")
+    with pytest.raises(InputError, match=r"did you mean `post_only`\?"):
+        loader.load(str(typo))
+
+
+def test_toml_syntax_errors_give_the_line(tmp_path):
+    path = write(tmp_path, REFUSAL.replace("price = 100000\n\n[[accounts]]", "price = 100000 x\n\n[[accounts]]", 1))
+    with pytest.raises(InputError) as info:
+        loader.load(str(path))
+    assert info.value.line == 8 and "valid TOML" in str(info.value)
+
+
+def test_unknown_scenario_name_suggests_a_shipped_one():
+    with pytest.raises(InputError, match="did you mean `partial-liquidation`"):
+        loader.load("partial-liquidatoin")
+
+
+def test_set_overrides_are_validated_too(tmp_path):
+    path = write(tmp_path, REFUSAL)
+    scenario = loader.load(str(path), ["accounts[1].leverage_limit=20", "scenario.seed=7"])
+    assert scenario.accounts[1].leverage_limit == 20 and scenario.seed == 7
+    with pytest.raises(InputError) as info:
+        loader.load(str(path), ["accounts[1].leverage_limit=500"])
+    assert info.value.field == "accounts[1].leverage_limit" and "<= 50" in info.value.allowed
+
+
+def test_a_bad_file_runs_nothing_and_exits_2(tmp_path, capsys):
+    path = write(tmp_path, REFUSAL.replace("duration = 3", "duration = -3"))
+    log = tmp_path / "events.jsonl"
+    assert main(["run", str(path), "--log", str(log)]) == 2
+    assert "scenario.duration" in capsys.readouterr().err
+    assert not log.exists()
+
+
+# -- run, json, explain -------------------------------------------------------------------
+
+
+def test_run_exit_status_follows_the_expectations(tmp_path, capsys):
+    path = write(tmp_path, REFUSAL)
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS order too-big refused with INSUFFICIENT_MARGIN" in out and "fingerprint" in out
+    failing = write(tmp_path, REFUSAL.replace("quantity = 1.5", "quantity = 0.5"), "f.toml")
+    assert main(["run", str(failing)]) == 1
+    assert "FAIL order too-big refused" in capsys.readouterr().out
+
+
+JSON_KEYS = {"scenario", "description", "seed", "until", "passed", "failure", "fingerprint", "events", "accounts",
+             "markets", "fund", "expectations"}
+ACCOUNT_KEYS = {"net_equity", "imr", "mmr", "available", "balances", "positions", "borrows", "lends",
+                "unsettled_equity", "liquidations"}
+
+
+def test_json_summary_has_the_documented_keys(tmp_path, capsys):
+    assert main(["run", "partial-liquidation", "--json", "--seed", "3"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert set(document) == JSON_KEYS
+    assert set(document["accounts"]["trader"]) == ACCOUNT_KEYS
+    assert set(document["markets"]["BTC_USDC_PERP"]) == {"trades", "volume", "funding_paid"}
+    assert document["seed"] == 3 and document["passed"] is True and len(document["fingerprint"]) == 64
+    assert document["expectations"][0] == {"description": "order open-long accepted", "passed": True,
+                                           "detail": "accepted"}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for key in JSON_KEYS | ACCOUNT_KEYS:
+        assert f"`{key}`" in readme, key
+
+
+def test_explain_a_refusal(tmp_path, capsys):
+    log = tmp_path / "events.jsonl"
+    assert main(["run", str(write(tmp_path, REFUSAL)), "--log", str(log)]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(log), "--order", "too-big"]) == 0
+    out = capsys.readouterr().out
+    assert "Order too-big (Bid 1.5 BTC_USDC_PERP at 100000) from sub-account alice was refused at t=1.000s: " \
+           "INSUFFICIENT_MARGIN." in out
+    assert "IMR from 0% to 150%: available equity 10000 -> -5000 USDC" in out
+    assert "The largest Bid that would have passed: 1." in out
+    assert "set by the sub-account's leverage limit" in out
+
+
+def test_explain_a_liquidation(tmp_path, capsys):
+    log = tmp_path / "events.jsonl"
+    assert main(["run", "partial-liquidation", "--log", str(log)]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(log)]) == 0
+    assert "trader: 1 start, 5 book, 1 healthy" in capsys.readouterr().out
+    assert main(["explain", str(log), "--account", "trader"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("t=6.000s liquidation started. MMR 150.75%: net equity 400 against maintenance "
+                               "margin 603 (1 BTC_USDC_PERP at 90450 needs 603, PnL -9550)")
+    assert lines[1].startswith("t=6.000s sold 0.1 BTC_USDC_PERP at 90440 on the book, fee 4.522: "
+                               "MMR 150.75% -> 137.57%; 0.9 left.")
+    assert lines[-1].startswith("t=11.000s liquidation ended (healthy)")
+
+
+def test_the_event_log_file_is_the_fingerprinted_log(tmp_path, capsys):
+    import hashlib
+
+    log = tmp_path / "events.jsonl"
+    assert main(["run", "partial-liquidation", "--log", str(log), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert hashlib.sha256(log.read_bytes()).hexdigest() == document["fingerprint"]
+
+
+def test_list_names_every_shipped_scenario(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in loader.shipped():
+        assert name in out
+    assert "partial-liquidation" in out
