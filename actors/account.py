@@ -82,6 +82,7 @@ from exchange.liquidation import (
     BOOK,
     LiquidationOrder,
     LiquidationStep,
+    average_fill_price,
     backstop_collateral,
     backstop_fee,
     may_write_off,
@@ -795,7 +796,8 @@ class SubAccountActor(Actor):
             fee = sum((f.liquidation_fee + (f.fee if f.fee_asset == self.settle else f.fee * f.price) for f in fills),
                       ZERO)
             stage = BOOK if self.profile.markets[order.market].is_perp else "conversion"
-            run.steps.append(LiquidationStep(now_ms(), stage, order.market, str(order.side), filled, notional / filled,
+            average = average_fill_price(notional, filled, self.profile.markets[order.market].tick_size)
+            run.steps.append(LiquidationStep(now_ms(), stage, order.market, str(order.side), filled, average,
                                              fee, run.mmr_before, totals(self.account).mmr, wanted.reason))
         if not run.orders:
             self._finish_step()

@@ -39,6 +39,7 @@ from exchange.liquidation import (
     LiquidationOrder,
     LiquidationStep,
     adl_queue,
+    average_fill_price,
     backstop_collateral,
     backstop_fee,
     may_write_off,
@@ -622,9 +623,10 @@ class Exchange:
                 notional = sum((f.quote_quantity for f in mine), ZERO)
                 fee = sum((f.liquidation_fee + (f.fee if f.fee_asset == self.settle else f.fee * f.price) for f in mine),
                           ZERO)
-                stage = BOOK if self.profile.markets[wanted.market].is_perp else "conversion"
-                self._record(account, stage, mmr_before, wanted.reason, market=wanted.market, side=wanted.side,
-                             quantity=filled, price=notional / filled, fee=fee)
+                market = self.profile.markets[wanted.market]
+                self._record(account, BOOK if market.is_perp else "conversion", mmr_before, wanted.reason,
+                             market=wanted.market, side=wanted.side, quantity=filled,
+                             price=average_fill_price(notional, filled, market.tick_size), fee=fee)
         state.book_failures = state.book_failures + 1 if failed else 0
 
     def _off_book_trade(self, symbol: str, account: SubAccount, counterparty: SubAccount, quantity: Decimal,

@@ -396,6 +396,12 @@ def may_write_off(account: SubAccount) -> bool:
     return totals(account).net_equity <= 0 or not _collateral_by_haircut(account)
 
 
+def average_fill_price(notional: Decimal, quantity: Decimal, tick: Decimal) -> Decimal:
+    """A book step's volume-weighted price for its history row, to a hundredth of the tick: a
+    figure to read (the fills themselves carry the exact amounts)."""
+    return (notional / quantity).quantize(tick / 100)
+
+
 def backstop_fee(account: SubAccount, notional: Decimal, rate: Decimal) -> Decimal:
     """The liquidation fee on an off-book transfer at mark, in the settlement asset: rounded up,
     but capped at the equity the account has left (a transfer at mark does not move equity, so
