@@ -283,11 +283,13 @@ class SubAccountActor(Actor):
         self._notify(owner, OrderPlaced(order))
 
     def _refuse_order(self, order: Order, rejection: Rejection, owner: str | None) -> None:
-        self.log.info(
-            "order_rejected", order_id=order.order_id, market=order.market, side=order.side,
-            quantity=order.quantity, price=order.price, code=rejection.code, reason=rejection.reason,
-            message=rejection.message, **rejection.details,
-        )
+        # The refusal's numbers may repeat the order's own fields (a band refusal names the
+        # market and the price); the order's values are the same and are kept.
+        self.log.info("order_rejected", **{
+            **rejection.details, "order_id": order.order_id, "market": order.market, "side": order.side,
+            "quantity": order.quantity, "price": order.price, "code": rejection.code, "reason": rejection.reason,
+            "message": rejection.message,
+        })
         self._notify(owner, OrderRefused(order, rejection))
 
     def on_cancel_order(self, sender: str, message: CancelOrder) -> None:

@@ -383,3 +383,21 @@ def test_a_usdc_borrow_goes_to_the_backstop_through_messages():
     assert D(accounts["blp"]["balances"]["SOL"]) == D("91.8274589")
     assert D(accounts["blp"]["balances"]["USDC"]) == D(100_000) - D("6060.612287")
     assert result.summary["fund"] == {"USDC": D("60.606123"), "SOL": D("8.1725411")}
+
+
+def test_an_order_outside_the_price_band_is_refused_by_the_book_with_its_numbers():
+    """Found by the fuzzer: the book's band refusal names the market and the price, as the
+    order does, and logging both crashed the sub-account. A bid at 200,000 with the last
+    active price at 100,000 is outside the band; the refusal reaches the trader and the log
+    keeps the band's limits."""
+    system = System(PROFILE, seed=1)
+    system.set_path("BTC", Constant(D(100000)))
+    system.add_account("alice", deposits={"USDC": D(10000)}, markets=[BTC])
+    trader = system.add_agent(ScriptedTrader(system, "alice", "alice", [
+        (1_000, limit("far", "alice", BTC, Side.BID, "0.001", "200000", post_only=True)),
+    ]))
+    result = system.run(2)
+    (refused,) = events_of(result, "order_rejected", order_id="far")
+    assert refused["code"] == ErrorCode.INVALID_PRICE and refused["price"] == D(200000)
+    assert refused["max_price"] < D(200000) and refused["last_active_price"] == D(100000)
+    assert trader.refused["far"].code is ErrorCode.INVALID_PRICE
