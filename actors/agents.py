@@ -81,11 +81,13 @@ class Agent(Actor):
         self._n += 1
         return f"{self.name}-{self._n}"
 
-    def place(self, market: str, side: Side, quantity: Decimal | None, price: Decimal | None = None, **flags: Any) -> None:
+    def place(self, market: str, side: Side, quantity: Decimal | None, price: Decimal | None = None, **flags: Any) -> str:
+        """Send an order; returns its id."""
         order_type = OrderType.LIMIT if price is not None else OrderType.MARKET
         order = Order(self.next_id(), self.account_id, market, side, order_type, quantity, price, **flags)
         self.live[order.order_id] = order
         self.send(self.target, PlaceOrder(order))
+        return order.order_id
 
     def reference(self, market: Market) -> Decimal | None:
         """The price this agent quotes around: a perp's mark, or the spot base's index."""
@@ -124,7 +126,8 @@ class Agent(Actor):
 class MarketMaker(Agent):
     """Post-only quotes: ``levels`` per side, the first ``spread_bps``/2 from the reference
     price, then every ``spacing_bps``; ``size`` base units per level; refreshed every
-    ``refresh_ms``."""
+    ``refresh_ms`` (cancel all, then quote again) unless no reference price moved and every
+    quote still rests: a maker does not churn a book nothing has touched."""
 
     def __init__(self, system: System, name: str, account_id: str, markets: Sequence[str], *, size: Decimal | dict[str, Decimal],
                  spread_bps: Decimal = Decimal(10), levels: int = 5, spacing_bps: Decimal = Decimal(5),
@@ -137,6 +140,8 @@ class MarketMaker(Agent):
         self.spacing = spacing_bps * BPS
         self.refresh_ms = refresh_ms
         self._waiting = False
+        # The last round of quotes: the references it used, the fills so far, its order ids.
+        self._round: tuple[tuple[Decimal | None, ...], int, tuple[str, ...]] | None = None
 
     def start(self) -> None:
         symbols = tuple(dict.fromkeys(m.symbol if m.is_perp else m.base for m in self.markets))
@@ -144,6 +149,8 @@ class MarketMaker(Agent):
         self.send(SCHEDULER, Schedule("agent", 0, self.refresh_ms))
 
     def on_tick(self, sender: str, message: Tick) -> None:
+        if self._untouched():
+            return
         if self.live:
             self._waiting = True
             self.send(self.target, CancelAll())
@@ -166,7 +173,23 @@ class MarketMaker(Agent):
         size = self.size[market.symbol] if isinstance(self.size, dict) else self.size
         return max(floor_to(size, market.step_size), market.min_quantity)
 
+    def _references(self) -> tuple[Decimal | None, ...]:
+        return tuple(self.reference(market) for market in self.markets)
+
+    def _untouched(self) -> bool:
+        """No reference moved, nothing filled, and every quote of the last round was answered
+        and, if accepted, still rests."""
+        if self._round is None:
+            return False
+        references, fills, ids = self._round
+        if references != self._references() or fills != len(self.fills):
+            return False
+        if any(oid not in self.placed and oid not in self.refused for oid in ids):
+            return False
+        return set(self.live) == {oid for oid in ids if oid in self.placed}
+
     def _quote(self) -> None:
+        ids: list[str] = []
         for market in self.markets:
             ref = self.reference(market)
             if ref is None:
@@ -177,8 +200,9 @@ class MarketMaker(Agent):
                 bid = floor_to(ref * (1 - offset), market.tick_size)
                 ask = ceil_to(ref * (1 + offset), market.tick_size)
                 if bid > 0:
-                    self.place(market.symbol, Side.BID, size, bid, post_only=True)
-                self.place(market.symbol, Side.ASK, size, ask, post_only=True)
+                    ids.append(self.place(market.symbol, Side.BID, size, bid, post_only=True))
+                ids.append(self.place(market.symbol, Side.ASK, size, ask, post_only=True))
+        self._round = (self._references(), len(self.fills), tuple(ids))
 
 
 class NoiseTrader(Agent):
