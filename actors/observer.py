@@ -12,7 +12,8 @@ the wire, after a handled message, every ``every`` events (0: only at the end). 
 * **no negative balance** without a borrow of that asset or a USDC cover under way;
 * **liquidation is timely**: an account at MMR >= 100% on its own marks is liquidating within
   ``grace_ms`` (default: two liquidation loops plus the slowest link);
-* **liquidation acts only on accounts that need it**: no book step starts below MMR 100%;
+* **liquidation acts only on accounts that need it**: no liquidation starts, and no book step
+  is taken, below MMR 100% (the account's own MMR, not the liquidator's last report);
 * **the pre-trade check is honest**: a perp order's logged IMR after acceptance is the account's
   true IMR once it rests (checked right after the message, whatever ``every`` is);
 * **funding is paid on held positions**: each payment matches the position the market holds;
@@ -101,10 +102,11 @@ class Observer:
             self._external(event["asset"], event["quantity"])
         elif kind == "withdrawal":
             self._external(event["asset"], -event["quantity"])
-        elif kind == "liquidation_step" and event["stage"] == "book" and event["mmr_before"] < 1:
+        elif kind == "liquidation_step" and event["stage"] in ("start", "book") and event["mmr_before"] < 1:
+            what = "put into liquidation" if event["stage"] == "start" else "sold down on the book"
             self._problem = (
                 "liquidation acts only on accounts that need it",
-                f"{event['account']} was sold down on the book at MMR {fmt(event['mmr_before'], 4)} (< 100%)",
+                f"{event['account']} was {what} at MMR {fmt(event['mmr_before'], 4)} (< 100%)",
             )
         elif kind == "order_placed" and event["imr_after"] is not None and event["market"].endswith("_PERP"):
             self._claims[actor.split(":", 1)[1]] = (event["imr_after"], event)

@@ -54,11 +54,13 @@ SETUP = "setup"
 class RunFailed(Exception):
     """The run stopped early: an actor crashed, an invariant broke, or it stalled."""
 
-    def __init__(self, kind: str, message: str, seed: int, time_ms: int, cause: BaseException | None = None) -> None:
+    def __init__(self, kind: str, message: str, seed: int, time_ms: int, cause: BaseException | None = None,
+                 fingerprint: str = "") -> None:
         self.kind = kind  # "crash", "invariant", "stall"
         self.seed = seed
         self.time_ms = time_ms
         self.cause = cause
+        self.fingerprint = fingerprint  # of the event log up to the stop: a replay gives the same
         super().__init__(f"run stopped ({kind}) at t={time_ms / 1000:.3f}s, seed {seed}: {message}")
 
 
@@ -217,21 +219,22 @@ class System:
             assert isinstance(crash, ActorCrashed)
             if isinstance(crash.cause, InvariantViolation):
                 raise self._failed_invariant(crash.cause) from None
-            raise RunFailed("crash", str(crash), self.seed, round(trio.current_time() * 1000), crash) from None
+            raise RunFailed("crash", str(crash), self.seed, round(trio.current_time() * 1000), crash,
+                            self.log.close()) from None
         except* InvariantViolation as group:
             violation = group.exceptions[0]
             assert isinstance(violation, InvariantViolation)
             raise self._failed_invariant(violation) from None
         except* Stalled as group:
-            raise RunFailed("stall", str(group.exceptions[0]), self.seed, round(trio.current_time() * 1000)) from None
+            raise RunFailed("stall", str(group.exceptions[0]), self.seed, round(trio.current_time() * 1000),
+                            fingerprint=self.log.close()) from None
         finally:
             fingerprint = self.log.close()
         return RunResult(self.seed, until_ms, fingerprint, self.log.events, self.log.count, self.summary(),
                          self.liquidator.history)
 
     def _failed_invariant(self, violation: InvariantViolation) -> RunFailed:
-        self.log.close()
-        return RunFailed("invariant", str(violation), self.seed, violation.time_ms, violation)
+        return RunFailed("invariant", str(violation), self.seed, violation.time_ms, violation, self.log.close())
 
     def _start(self, nursery: trio.Nursery) -> None:
         """Spawn every actor in a fixed order, then set up prices, subscriptions and calendar."""

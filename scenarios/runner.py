@@ -137,7 +137,7 @@ def run(
     if scenario.liveness:
         problems = system.liveness_violations()
         if problems:
-            failure = RunFailed("liveness", "; ".join(problems), seed, until_ms)
+            failure = RunFailed("liveness", "; ".join(problems), seed, until_ms, fingerprint=result.fingerprint)
             return ScenarioRun(scenario, seed, until_ms, result, failure, ())
     outcomes = tuple(judge(e, result, scripts) for e in scenario.expectations)
     return ScenarioRun(scenario, seed, until_ms, result, None, outcomes)
