@@ -1,4 +1,4 @@
-"""The ``marginsim`` command line: run, list, explain, demo, position.
+"""The ``marginsim`` command line: run, list, explain, demo, fuzz, position.
 
 Exit status: 0 when a run's expectations all hold, 1 when one fails (or the run stopped early:
 an actor crashed, an invariant broke, it stalled), 2 when the input is bad (the message names
@@ -28,7 +28,7 @@ from exchange.liquidation import describe_step
 from exchange.orders import Fill, Side
 from exchange.profile import available_profiles, load_profile
 from exchange.validation import InputError
-from scenarios import explain, loader, runner
+from scenarios import explain, fuzz, loader, runner
 
 
 HISTORY_LINES = 12  # liquidation steps printed per sub-account after a run
@@ -95,6 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(demo)
     demo.add_argument("--rate", type=float, default=5.0, help="virtual seconds per real second (default %(default)s)")
 
+    fuzzer = commands.add_parser(
+        "fuzz", help="hunt race conditions: random scenarios with seeded faults, checked live",
+        description="Generate random valid scenarios (10 sub-accounts, two perps and a spot market, a market "
+        "maker, noise traders, gamblers near their leverage cap, gaps and wicks in prices) with swarm-drawn "
+        "faults (reordered, held and delayed links, a stale feed, a lagging liquidator). Each run is checked by "
+        "the invariant observer and, after the faults stop, for liveness. Failures are saved with the command "
+        "that replays them and a shrunk version. Exit 0 when every run passes, 1 otherwise.",
+    )
+    fuzzer.add_argument("--runs", type=_positive_int, default=100, help="how many seeds (default %(default)s)")
+    fuzzer.add_argument("--seed", type=int, default=0, help="the first seed; runs take the next ones (default 0)")
+    fuzzer.add_argument("--time-budget", type=float, metavar="SECONDS",
+                        help="start no new run after this many seconds of wall time")
+    fuzzer.add_argument("--jobs", type=_positive_int, default=1,
+                        help="worker processes (default %(default)s; at most the cores you have)")
+    fuzzer.add_argument("--out", type=Path, default=Path("fuzz-failures"), metavar="DIR",
+                        help="where failing scenarios go (default %(default)s)")
+    fuzzer.add_argument("--no-shrink", action="store_true", help="save failures without shrinking them")
+
     position = commands.add_parser(
         "position", help="margin numbers of one perp position on USDC collateral",
         description="Open one perp position on a fresh sub-account holding only USDC and print its margin: net "
@@ -113,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="the run's seed (default: the scenario's)")
     parser.add_argument("--until", type=float, metavar="T", help="stop at T seconds of virtual time (default: its duration)")
@@ -126,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"run": _run, "list": _list, "explain": _explain, "demo": _demo, "position": _position}
+    handlers = {"run": _run, "list": _list, "explain": _explain, "demo": _demo, "fuzz": _fuzz, "position": _position}
     try:
         return handlers[args.command](args)
     except InputError as exc:
@@ -198,7 +226,7 @@ def summary_document(outcome: runner.ScenarioRun) -> dict[str, Any]:
         "until": outcome.until_ms / 1000,
         "passed": outcome.passed,
         "failure": None if failure is None else {"kind": failure.kind, "message": str(failure)},
-        "fingerprint": result.fingerprint if result else None,
+        "fingerprint": result.fingerprint if result else failure.fingerprint if failure else None,
         "events": result.event_count if result else 0,
         "accounts": {},
         "markets": {},
@@ -225,8 +253,10 @@ def print_summary(outcome: runner.ScenarioRun, console: Console) -> None:
     scenario, result = outcome.scenario, outcome.result
     console.print(f"[bold]{scenario.name}[/bold] — {scenario.description}")
     console.print(f"seed {outcome.seed}, {outcome.until_ms / 1000:g}s of virtual time, profile {scenario.profile.name}")
-    if outcome.failure is not None:
-        console.print(f"[bold red]the run stopped early ({outcome.failure.kind}):[/bold red] {outcome.failure}")
+    if outcome.failure is not None and result is None:
+        console.print(f"[bold red]the run stopped early ({outcome.failure.kind}):[/bold red] {outcome.failure}",
+                      highlight=False)
+        console.print(f"fingerprint {outcome.failure.fingerprint} (of the event log up to the stop)")
         return
     assert result is not None
     accounts = Table(title="sub-accounts", title_justify="left")
@@ -258,7 +288,12 @@ def print_summary(outcome: runner.ScenarioRun, console: Console) -> None:
         for o in outcome.outcomes:
             mark = "[green]PASS[/green]" if o.passed else "[red]FAIL[/red]"
             console.print(f"  {mark} {o.description}: {o.detail}")
-    verdict = "[green]all expectations hold[/green]" if outcome.passed else "[red]an expectation failed[/red]"
+    if outcome.failure is not None:  # the end-of-run liveness check
+        console.print(f"[bold red]the run failed its {outcome.failure.kind} check:[/bold red] {outcome.failure}",
+                      highlight=False)
+        verdict = "[red]failed[/red]"
+    else:
+        verdict = "[green]all expectations hold[/green]" if outcome.passed else "[red]an expectation failed[/red]"
     console.print(f"{verdict}; fingerprint {result.fingerprint}")
 
 
@@ -298,6 +333,48 @@ def _demo(args: argparse.Namespace) -> int:
     scenario = loader.load(args.scenario, args.overrides)
     outcome = run_demo(scenario, seed=args.seed, rate=args.rate, until_s=args.until)
     return 0 if outcome.passed else 1
+
+
+# -- fuzz -----------------------------------------------------------------------------------------
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise InputError("--time-budget", "--time-budget", args.time_budget, "a positive number of seconds")
+    err = Console(stderr=True)
+    seeds = range(args.seed, args.seed + args.runs)
+    failed = 0
+    with Progress(TextColumn("fuzzing"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+                  TextColumn("{task.fields[failed]}"), TimeElapsedColumn(), console=err,
+                  disable=not err.is_terminal) as progress:
+        task = progress.add_task("fuzz", total=args.runs, failed="no failure")
+
+        def advance(outcome: fuzz.FuzzOutcome) -> None:
+            nonlocal failed
+            failed += not outcome.passed
+            progress.update(task, advance=1, failed=f"{failed} failed" if failed else "no failure")
+
+        result = fuzz.campaign(seeds, jobs=args.jobs, time_budget=args.time_budget, progress=advance)
+    out = Console() if Console().is_terminal else Console(width=160)
+    table = Table(title="fuzz campaign", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("runs", f"{len(result.outcomes)} (seeds {args.seed}..{args.seed + len(result.outcomes) - 1})")
+    table.add_row("passed", str(len(result.outcomes) - len(result.failures)))
+    for label, count in result.by_invariant().items():
+        table.add_row(f"failed: {label}", str(count))
+    events = sum(o.events for o in result.outcomes)
+    table.add_row("events per run", f"{events / max(len(result.outcomes), 1):,.0f}")
+    table.add_row("wall time", f"{result.seconds:.1f} s")
+    table.add_row("seeds/s", f"{result.seeds_per_second:.2f}")
+    table.add_row("seeds/s per job", f"{result.seeds_per_second / args.jobs:.2f} ({args.jobs} job(s))")
+    out.print(table)
+    shrunk: set[str] = set()
+    for outcome in result.failures:
+        shrink_it = not args.no_shrink and outcome.label not in shrunk  # one shrink per invariant
+        shrunk.add(outcome.label)
+        out.print("\n".join(fuzz.save_failure(outcome, args.out, shrink_it=shrink_it)), highlight=False)
+    return 1 if result.failures else 0
 
 
 # -- position -------------------------------------------------------------------------------------
