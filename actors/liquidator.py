@@ -63,6 +63,8 @@ class _Case:
     stage: str = "starting"  # "starting", "running", "backstop"
     waiting: bool = True  # a message to the account is unanswered
     book_failures: int = 0  # loops in a row in which the book failed
+    book_loops: int = 0  # loops on the book since the start or the last backstop round
+    started_ms: int = 0
 
 
 class LiquidatorActor(Actor):
@@ -111,7 +113,7 @@ class LiquidatorActor(Actor):
         for account, report in self.reports.items():
             if account not in self.cases and report.maintenance > 0 and report.mmr >= 1 and not report.liquidating:
                 self._loop += 1
-                self.cases[account] = _Case(self._loop)
+                self.cases[account] = _Case(self._loop, started_ms=now_ms())
                 self.send(account_address(account), StartLiquidation(self._loop))
         self._request_loops()
 
@@ -132,7 +134,8 @@ class LiquidatorActor(Actor):
         for account, case in self.cases.items():
             if case.stage == "running" and not case.waiting:
                 case.waiting = True
-                self.send(account_address(account), LiquidationLoop(case.loop, view, case.book_failures))
+                self.send(account_address(account),
+                          LiquidationLoop(case.loop, view, case.book_failures, case.book_loops))
 
     # -- what the accounts report -----------------------------------------------------------
     def on_liquidation_report(self, sender: str, message: LiquidationReport) -> None:
@@ -152,8 +155,11 @@ class LiquidatorActor(Actor):
             case.stage, case.waiting = "running", False
             self._request_loops()  # the first loop runs at once, as part of the start
         elif outcome == "stepped":
-            # A backstop round reports no failure: the book is tried again afterwards.
-            case.book_failures = case.book_failures + 1 if message.book_failed else 0
+            if case.stage == BACKSTOP:  # whatever stage 2 left goes back to the book, counted afresh
+                case.book_failures = case.book_loops = 0
+            else:
+                case.book_failures = case.book_failures + 1 if message.book_failed else 0
+                case.book_loops += 1
             case.stage, case.waiting = "running", False
         elif outcome == BACKSTOP:
             case.stage = BACKSTOP

@@ -416,6 +416,7 @@ class LiquidationLoop:
     loop: int
     depth: Mapping[str, tuple[Levels, Levels]]
     book_failures: int  # loops in a row in which the book failed
+    book_loops: int  # loops on the book since the start or the last backstop round
 
 
 @attrs.frozen

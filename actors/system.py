@@ -123,6 +123,7 @@ class System:
         self.network.register(SETUP)
         slowest = max([latency.ms + latency.jitter_ms] + [r.ms + r.jitter_ms for r in (latency_rules or {}).values()])
         grace = grace_ms if grace_ms is not None else 2 * profile.liquidation.loop_interval_ms + 4 * slowest + 1000
+        self.grace_ms = grace
         self.observer = Observer(self, check_every, grace, faults_until_ms) if check_every is not None else None
         if self.observer is not None:
             self.log.listener = self.observer.on_event
@@ -308,13 +309,17 @@ class System:
                 lines.append(f"  {account_id} waits for {actor.liquidation.outstanding} liquidation answer(s)")
         return "\n".join(lines)
 
-    def liveness_violations(self) -> list[str]:
+    def liveness_violations(self, now_ms: int) -> list[str]:
         """After a quiet end (faults lifted, prices still): is everything resolved?
 
-        Every sub-account at MMR >= 100% has been brought back, handed over or closed; no
-        request or liquidation is still waiting; every order has ended or rests on its book
-        exactly as its sub-account believes.
+        Every sub-account at MMR >= 100% has been brought back, handed over or closed, unless its
+        liquidation is younger than the bound every liquidation must end within
+        (``max_book_loops`` loops on the book, three more for the start, the backstop round and
+        settling, and the grace); no request is still waiting; every order has ended or rests
+        on its book exactly as its sub-account believes.
         """
+        params = self.profile.liquidation
+        bound_ms = (params.max_book_loops + 3) * params.loop_interval_ms + self.grace_ms
         problems = []
         for hook in self.network.hooks:
             if hook.held:
@@ -325,10 +330,14 @@ class System:
                 resting.setdefault(account_id, set()).update(market.book.open_orders(account_id))
         for account_id, actor in self.accounts.items():
             account = actor.account
+            case = self.liquidator.cases.get(account_id)
+            if case is not None and now_ms - case.started_ms <= bound_ms:
+                continue  # a liquidation still within its bound
             t = margin.totals(account)
             if t.maintenance > 0 and t.mmr >= 1:
                 problems.append(f"{account_id} is still at MMR {t.mmr:.4f} >= 100%"
-                                + (" mid-liquidation" if account.liquidating else " and not liquidating"))
+                                + (f" in a liquidation started at t={case.started_ms / 1000:g}s" if case is not None
+                                   else " and not liquidating"))
             if actor.awaiting or actor.deferred or actor.liquidation is not None:
                 problems.append(f"{account_id} still waits: {len(actor.awaiting)} pool answer(s), "
                                 f"{len(actor.deferred)} deferred message(s), liquidation "

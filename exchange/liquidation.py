@@ -33,6 +33,11 @@ The stages and the rules where the record is open:
   asset: the provider buys the account's collateral at mark, largest haircut first, and the
   proceeds repay it (``backstop_collateral``). A positive residual equity then goes to the
   liquidity fund (spec 11.3 default, ``BackstopLiquidityFundProceeds``).
+* **Termination**: a liquidation gets ``max_book_loops`` (30) loops on the book; if MMR is still
+  over the target, the rest goes to stage 2. Without a bound a liquidation can hover under the
+  auto-close level for ever: where the fee rate exceeds a market's MMF, perp steps raise MMR
+  while borrow conversions lower it (the fuzzer found one at 156-207% for 15 loops). After a
+  backstop round that leaves a borrow waiting, the count starts again.
 * **Stage 3, ADL**, when the backstop's capacity is exhausted: opposite-side positions are closed
   against the remainder at mark, highest score first: ``PnL% x effective leverage`` for profitable
   positions (``PnL% / leverage`` otherwise, so losing and low-leverage positions go last);
@@ -157,11 +162,16 @@ BOOK_FAILURES_TO_BACKSTOP = 2
 
 
 def plan_step(
-    account: SubAccount, books: Mapping[str, tuple[Levels, Levels]], params: LiquidationParams, book_failures: int
+    account: SubAccount,
+    books: Mapping[str, tuple[Levels, Levels]],
+    params: LiquidationParams,
+    book_failures: int,
+    book_loops: int,
 ) -> Plan:
     """The next loop for a liquidating account, at its marks and the given book view, after
-    ``book_failures`` loops in a row in which the book failed. A ``BOOK`` plan without orders
-    (nothing within the band now) is itself a failed loop."""
+    ``book_loops`` loops on the book (since the start or the last backstop round), the last
+    ``book_failures`` of which failed. A ``BOOK`` plan without orders (nothing within the band
+    now) is itself a failed loop."""
     t = totals(account)
     if t.maintenance == 0 or t.mmr < params.end_mmr:
         return Plan("healthy", t.mmr, f"MMR {fmt_pct(t.mmr)} is below the end target {fmt_pct(params.end_mmr)}")
@@ -169,6 +179,9 @@ def plan_step(
         return Plan(
             BACKSTOP, t.mmr, f"MMR {fmt_pct(t.mmr)} reached the auto-close level {fmt_pct(params.auto_close_mmr)}"
         )
+    if book_loops >= params.max_book_loops:
+        return Plan(BACKSTOP, t.mmr, f"{book_loops} loops on the book have not brought MMR under "
+                                     f"{fmt_pct(params.end_mmr)}")
     if book_failures >= BOOK_FAILURES_TO_BACKSTOP:
         return Plan(BACKSTOP, t.mmr, f"the book failed {book_failures} loops running: it cannot absorb the rest "
                                      "within its price band")

@@ -173,6 +173,7 @@ class LiquidationParams:
     end_mmr: Decimal
     auto_close_mmr: Decimal
     backstop_residual_to_fund: bool = True
+    max_book_loops: int = 30  # loops on the book before the rest goes to stage 2 (termination)
 
 
 @attrs.frozen
@@ -271,6 +272,7 @@ def parse_profile(data: Mapping[str, Any], source: str) -> Profile:
         end_mmr=liq.decimal("end_mmr", positive=True, maximum=ONE),
         auto_close_mmr=liq.decimal("auto_close_mmr", minimum=ONE),
         backstop_residual_to_fund=liq.boolean("backstop_residual_to_fund"),
+        max_book_loops=liq.integer("max_book_loops", minimum=1),
     )
     liq.done()
 

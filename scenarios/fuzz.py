@@ -93,7 +93,9 @@ def generate(seed: int, settings: FuzzSettings = FuzzSettings()) -> dict[str, An
         "profile_overrides": {
             "interest_interval": 15,
             "markets": {perp: {"funding_interval": 20} for perp in PERPS},
-            "liquidation": {"fee_rate": rng.choice([D(0), D("0.01")])},
+            # A tighter termination bound than the venue's 30 loops, so that a liquidation that
+            # starts while faults are on must end within the quiet phase.
+            "liquidation": {"fee_rate": rng.choice([D(0), D("0.01")]), "max_book_loops": 8},
         },
         "prices": {
             "BTC": _walk(rng, D(100000), D("0.1"), active_s),

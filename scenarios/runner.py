@@ -135,7 +135,7 @@ def run(
     except RunFailed as failure:
         return ScenarioRun(scenario, seed, until_ms, None, failure, ())
     if scenario.liveness:
-        problems = system.liveness_violations()
+        problems = system.liveness_violations(until_ms)
         if problems:
             failure = RunFailed("liveness", "; ".join(problems), seed, until_ms, fingerprint=result.fingerprint)
             return ScenarioRun(scenario, seed, until_ms, result, failure, ())

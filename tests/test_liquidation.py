@@ -105,6 +105,29 @@ def test_one_empty_book_read_is_not_enough_for_the_backstop():
     assert "backstop" not in [s.stage for s in ex.liquidation_history["trader"]]
 
 
+def test_a_liquidation_ends_within_its_loop_bound():
+    """The first example with ``max_book_loops = 3``: the three 10% steps of t=1..3s leave MMR
+    at 114.17% (as there), so the t=4s loop hands the remaining 0.729 BTC to the backstop at
+    mark 90,450 instead of a fourth step, and the liquidation is over."""
+    ex = Exchange(load_profile("backpack", overrides={"liquidation": {"max_book_loops": 3}}))
+    ex.set_price("BTC", D(100000))
+    for name, usdc in (("mm", 10_000_000), ("blp", 1_000_000), ("trader", 10_000)):
+        ex.add_account(name, settings=Settings(leverage_limit=D(10)))
+        ex.deposit(name, "USDC", D(usdc))
+    ex.add_backstop("blp", {BTC: D(10_000_000)})
+    assert ex.order("mm", BTC, Side.ASK, D(1), D(100000)).accepted
+    assert ex.order("trader", BTC, Side.BID, D(1), D(100000)).accepted
+    quote_bid(ex, D(90450))
+    ex.advance_to(4000)
+    assert [row[:3] for row in rows(ex)] == [
+        (1000, "start", D(0)), (1000, "book", D("0.1")), (2000, "book", D("0.09")), (3000, "book", D("0.081")),
+        (4000, "backstop", D("0.729")), (4000, "fund", D(0)), (4000, "closed", D(0)),
+    ]
+    backstop = ex.liquidation_history["trader"][4]
+    assert backstop.price == D(90450) and backstop.reason.startswith("3 loops on the book have not brought MMR")
+    assert "trader" not in ex.liquidations and ex.invariant_violations() == []
+
+
 def test_the_price_keeps_falling_and_erodes_the_account_to_zero():
     """Continuing the first example from its healthy end (0.62941 BTC, equity 379.53602 at
     90,450), the mark falls 100 a second, the bid follows 10 under it.
