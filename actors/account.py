@@ -193,6 +193,9 @@ class SubAccountActor(Actor):
         self.realizing = False
         self.liquidation: _LiquidationRun | None = None
         self.waiting_for_liquidity = False  # its history says so; cleared when a step fills again
+        # Since when MMR >= 100% without a liquidation running, as of its last health report:
+        # exact between the observer's sparse checks, which judge timeliness on it.
+        self.unhealthy_since_ms: int | None = None
         self._seq = 0
         self._last_report: tuple[Any, ...] | None = None
         self._last_mmr = ZERO
@@ -716,6 +719,11 @@ class SubAccountActor(Actor):
         whenever its positions or borrows change (ADL ranks on these reports)."""
         account = self.account
         t = totals(account)
+        if needs_liquidation(t) and not account.liquidating:
+            if self.unhealthy_since_ms is None:
+                self.unhealthy_since_ms = now_ms()
+        else:
+            self.unhealthy_since_ms = None
         shape = (
             tuple((s, p.quantity) for s, p in account.positions.items()),
             tuple(account.borrows.items()),

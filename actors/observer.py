@@ -83,7 +83,6 @@ class Observer:
         self.external: dict[str, Decimal] = {}
         self.checks = 0
         self._next_check = every
-        self._unhealthy_since: dict[str, int] = {}
         self._snapshots: dict[str, Any] = {}
         self._touched: dict[str, None] = {}
         self._problem: tuple[str, str] | None = None
@@ -238,7 +237,10 @@ class Observer:
         return problems
 
     def _timeliness(self) -> list[str]:
-        """Judged once per virtual instant: it is a rule about time, and most events share one."""
+        """Judged once per virtual instant (a rule about time; most events share one), from when
+        each account's own health reports first found it unhealthy and not liquidating: exact
+        however sparse the checks (sampling here alone once took a brief recovery between two
+        checks for one long unhealthy spell)."""
         problems: list[str] = []
         now = now_ms()
         if now == self._timed_at:
@@ -246,14 +248,14 @@ class Observer:
         self._timed_at = now
         for account_id, actor in self.system.accounts.items():
             account = actor.account
+            reported = actor.unhealthy_since_ms
+            if reported is None or account.liquidating:
+                continue
             t = totals(account)
-            if t.maintenance > 0 and t.mmr >= 1 and not account.liquidating:
-                since = self._unhealthy_since.setdefault(account_id, max(now, self.faults_until_ms))
-                if now - since > self.grace_ms:
-                    problems.append(f"{account_id} has been at MMR {fmt(t.mmr, 4)} >= 100% since "
-                                    f"t={since / 1000:.3f}s and is not being liquidated")
-            else:
-                self._unhealthy_since.pop(account_id, None)
+            since = max(reported, self.faults_until_ms)
+            if t.maintenance > 0 and t.mmr >= 1 and now - since > self.grace_ms:
+                problems.append(f"{account_id} has been at MMR {fmt(t.mmr, 4)} >= 100% since "
+                                f"t={since / 1000:.3f}s and is not being liquidated")
         return problems
 
     def _contamination(self, accounts: dict[str, Any]) -> list[str]:

@@ -401,3 +401,20 @@ def test_an_order_outside_the_price_band_is_refused_by_the_book_with_its_numbers
     assert refused["code"] == ErrorCode.INVALID_PRICE and refused["price"] == D(200000)
     assert refused["max_price"] < D(200000) and refused["last_active_price"] == D(100000)
     assert trader.refused["far"].code is ErrorCode.INVALID_PRICE
+
+
+@pytest.mark.parametrize("every", [1, 200])
+def test_an_account_left_unliquidated_breaks_timeliness_however_sparse_the_checks(every):
+    """The liquidator's messages to the trader are held from t=4s: at t=5s the trader is at MMR
+    150.75% and nothing starts its liquidation. The grace is two loops plus a second (3 s), so
+    the first check after t=8s fails (at the next event, t=10s, or at the end with sparse
+    checks), naming t=5s, when the trader's own health report found it unhealthy, however
+    often the observer checks."""
+    system, _ = long_then_drop([Fault("hold", "liquidator", "account:trader", 4_000, 20_000)])
+    system.observer.every = every
+    with pytest.raises(RunFailed) as info:
+        system.run(12)
+    text = str(info.value)
+    assert "invariant 'liquidation is timely'" in text
+    assert "trader has been at MMR 1.5075 >= 100% since t=5.000s and is not being liquidated" in text
+    assert info.value.time_ms == (10_000 if every == 1 else 12_000)
