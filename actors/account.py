@@ -261,14 +261,20 @@ class SubAccountActor(Actor):
         if isinstance(result, Rejection):
             self._refuse_order(order, result, owner)
             return
-        if result.redeem or result.borrow:
-            assert result.lock_asset is not None
+        self._fund_and_submit(result, owner)
+
+    def _fund_and_submit(self, accepted: Accepted, owner: str | None) -> None:
+        """Submit an accepted order, after the pool redeems or lends what a spot order needs
+        (a liquidation's buy-back may have to redeem the account's own lend first)."""
+        if accepted.redeem or accepted.borrow:
+            assert accepted.lock_asset is not None
             self._ask_pool(
-                result.lock_asset, _Pending("order", owner, order),
-                redeem=result.redeem, borrow=result.borrow, purpose="order",
+                accepted.lock_asset, _Pending("order", owner, accepted.order),
+                redeem=accepted.redeem, borrow=accepted.borrow, purpose="order",
+                liquidation=accepted.order.origin is not Origin.USER,
             )
             return
-        self._submit(result, owner)
+        self._submit(accepted, owner)
 
     def _submit(self, accepted: Accepted, owner: str | None) -> None:
         order = accepted.order
@@ -519,10 +525,11 @@ class SubAccountActor(Actor):
         kind = pending.kind
         if kind == "order":
             order = pending.payload
+            refused: Rejection | None = None
             if message.rejection is not None:
                 reason = ExpiryReason.INSUFFICIENT_BORROWABLE_QUANTITY if message.rejection.code in (
                     ErrorCode.INSUFFICIENT_SUPPLY, ErrorCode.BORROW_LIMIT) else message.rejection.reason
-                self._refuse_order(order, attrs.evolve(message.rejection, reason=reason), pending.sender)
+                refused = attrs.evolve(message.rejection, reason=reason)
             else:
                 # Checked again: fills or prices may have moved while the pool answered.
                 result = check_order(self.account, order)
@@ -531,7 +538,11 @@ class SubAccountActor(Actor):
                 else:
                     refused = result if isinstance(result, Rejection) else Rejection(
                         ErrorCode.INSUFFICIENT_FUNDS, "funds moved while the pool answered", {}, ExpiryReason.INSUFFICIENT_FUNDS)
-                    self._refuse_order(order, refused, pending.sender)
+            if refused is not None:
+                self._refuse_order(order, refused, pending.sender)
+                run = self.liquidation
+                if run is not None and order.order_id in run.orders:
+                    self._liquidation_order_ended(order)
         elif kind in ("withdraw", "transfer"):
             if message.rejection is not None:
                 self.send(pending.sender, RequestRefused(pending.payload.request_id, message.rejection))
@@ -788,7 +799,7 @@ class SubAccountActor(Actor):
                 continue
             run.orders[order.order_id] = wanted
             run.fills[order.order_id] = []
-            self._submit(result, None)
+            self._fund_and_submit(result, None)
         if not run.orders:
             self._finish_step()
 

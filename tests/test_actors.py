@@ -418,3 +418,33 @@ def test_an_account_left_unliquidated_breaks_timeliness_however_sparse_the_check
     assert "invariant 'liquidation is timely'" in text
     assert "trader has been at MMR 1.5075 >= 100% since t=5.000s and is not being liquidated" in text
     assert info.value.time_ms == (10_000 if every == 1 else 12_000)
+
+
+def test_a_liquidation_buy_back_redeems_the_accounts_own_lend_first():
+    """Found by the fuzzer (seed 726). T auto-lends its USDC, borrows 15 SOL and sells them at
+    100 into the maker's bid: 2,500 USDC less the fee, all lent. SOL steps to 155 at t=5s:
+    liability 15 x 155 = 2,325 against about 2,498.5 USDC, equity ~173 against maintenance
+    0.10 x 2,325 = 232.5: MMR ~134%, a book liquidation. Its buy-back of SOL needs USDC the
+    account has lent: the order must wait for the redeem, not lock funds it does not hold
+    (which left USDC available negative)."""
+    system = System(PROFILE, seed=3)
+    system.set_path("SOL", Steps(((0, D(100)), (5_000, D(155)))))
+    system.add_account("maker", deposits={"USDC": D(1_000_000), "SOL": D(1000)})
+    system.add_account("lender", deposits={"SOL": D(1000)})
+    system.add_account("t", deposits={"USDC": D(1000)}, settings=Settings(leverage_limit=D(10), auto_lend=True))
+    system.add_agent(ScriptedTrader(system, "lender", "lender", [(0, LoanRequest("l", "lend", "SOL", D(1000)))]))
+    system.add_agent(ScriptedTrader(system, "maker", "maker", [
+        (800, limit("mb", "maker", "SOL_USDC", Side.BID, "15", "100")),
+        (5_200, limit("ma", "maker", "SOL_USDC", Side.ASK, "20", "155.5")),
+    ]))
+    system.add_agent(ScriptedTrader(system, "t", "t", [
+        (500, LoanRequest("b", "borrow", "SOL", D(15))),
+        (1_000, market_order("s", "t", "SOL_USDC", Side.ASK, "15")),
+    ]))
+    result = system.run(9)
+    stages = [s.stage for s in result.history["t"]]
+    assert stages[0] == "start" and "conversion" in stages
+    redeems = events_of(result, "redeem", actor="account:t")
+    buy_back = next(e for e in events_of(result, "order_placed", actor="account:t") if e["origin"] == "LIQUIDATION_AUTOCLOSE")
+    assert redeems and redeems[0]["seq"] < buy_back["seq"]  # the lend is redeemed, then the order goes out
+    assert D(result.summary["accounts"]["t"]["borrows"]["SOL"]) < D(15)
