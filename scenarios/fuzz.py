@@ -37,6 +37,7 @@ from typing import Any
 
 import attrs
 
+from actors.determinism import stream
 from exchange.decimals import fmt
 from scenarios import loader, runner
 
@@ -78,7 +79,7 @@ class FuzzOutcome:
 
 def generate(seed: int, settings: FuzzSettings = FuzzSettings()) -> dict[str, Any]:
     """A random but valid scenario (as the TOML table it will be written as)."""
-    rng = random.Random(f"fuzz:{seed}")
+    rng = stream(seed, "fuzz-scenario")
     active_s = settings.duration_s - settings.liveness_s
     data: dict[str, Any] = {
         "scenario": {
@@ -170,9 +171,9 @@ def _walk(rng: random.Random, start: Decimal, tick: Decimal, active_s: int) -> d
         else:
             move = drift + volatility * D(rng.randint(-100, 100)) / 100
             roll = rng.random()
-            if roll < 0.1:
+            if roll < 0.15:
                 move += D(rng.choice([-1, 1])) * D(rng.randint(3, 12)) / 100
-                if roll < 0.05:
+                if roll < 0.1:
                     wick = price
             price = max(tick, (price * (1 + move)).quantize(tick))
         points.append([t, price])
@@ -204,11 +205,10 @@ def _faults(rng: random.Random, traders: list[str], active_s: int) -> list[dict[
             start, end = window()
             faults.append({"kind": "delay", "from": "feed", "to": f"account:{name}", "start": start, "end": end,
                            "ms": rng.choice([500, 2000, 5000])})
-    if rng.random() < 0.5:  # a lagging liquidator
+    if rng.random() < 0.5:  # a lagging liquidator: its decisions arrive after the prices moved on
         start, end = window()
-        ms = rng.choice([500, 2000, 4000])
-        faults.append({"kind": "delay", "from": "liquidator", "to": "*", "start": start, "end": end, "ms": ms})
-        faults.append({"kind": "delay", "from": "scheduler", "to": "liquidator", "start": start, "end": end, "ms": ms})
+        faults.append({"kind": "delay", "from": "liquidator", "to": "*", "start": start, "end": end,
+                       "ms": rng.choice([1000, 2000, 4000])})
     if rng.random() < 0.5:  # traders' messages held, then all at once
         start, end = window()
         faults.append({"kind": "hold", "from": "agent:*", "to": "account:*", "start": start, "end": end})
