@@ -773,8 +773,7 @@ class SubAccountActor(Actor):
         account = self.account
         if not account.liquidating or self.liquidation is not None:
             return
-        plan = plan_step(account, message.depth, self.profile.liquidation, message.book_failures,
-                         message.book_loops)
+        plan = plan_step(account, message.depth, self.profile.liquidation, message.progress)
         if plan.stage == "healthy":
             account.liquidating = self.waiting_for_liquidity = False
             self.log.info("liquidation_ended", outcome="healthy", mmr=plan.mmr)

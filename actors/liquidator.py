@@ -48,6 +48,7 @@ from exchange.liquidation import (
     AdlCandidate,
     BackstopProvider,
     LiquidationStep,
+    Progress,
     adl_queue,
     gross_of_fee,
 )
@@ -62,8 +63,7 @@ class _Case:
     loop: int
     stage: str = "starting"  # "starting", "running", "backstop"
     waiting: bool = True  # a message to the account is unanswered
-    book_failures: int = 0  # loops in a row in which the book failed
-    book_loops: int = 0  # loops on the book since the start or the last backstop round
+    progress: Progress = attrs.field(factory=Progress)
     started_ms: int = 0
 
 
@@ -135,7 +135,7 @@ class LiquidatorActor(Actor):
             if case.stage == "running" and not case.waiting:
                 case.waiting = True
                 self.send(account_address(account),
-                          LiquidationLoop(case.loop, view, case.book_failures, case.book_loops))
+                          LiquidationLoop(case.loop, view, case.progress))
 
     # -- what the accounts report -----------------------------------------------------------
     def on_liquidation_report(self, sender: str, message: LiquidationReport) -> None:
@@ -156,10 +156,9 @@ class LiquidatorActor(Actor):
             self._request_loops()  # the first loop runs at once, as part of the start
         elif outcome == "stepped":
             if case.stage == BACKSTOP:  # whatever stage 2 left goes back to the book, counted afresh
-                case.book_failures = case.book_loops = 0
+                case.progress = case.progress.after_backstop()
             else:
-                case.book_failures = case.book_failures + 1 if message.book_failed else 0
-                case.book_loops += 1
+                case.progress = case.progress.after_book_loop(message.book_failed)
             case.stage, case.waiting = "running", False
         elif outcome == BACKSTOP:
             case.stage = BACKSTOP

@@ -19,7 +19,7 @@ import attrs
 
 from exchange.decimals import ZERO
 from exchange.lending import Grant
-from exchange.liquidation import Levels, LiquidationStep
+from exchange.liquidation import Levels, LiquidationStep, Progress
 from exchange.orders import Fill, Order, OrderUpdate, Rejection
 from exchange.profile import Market
 
@@ -415,8 +415,7 @@ class StartLiquidation:
 class LiquidationLoop:
     loop: int
     depth: Mapping[str, tuple[Levels, Levels]]
-    book_failures: int  # loops in a row in which the book failed
-    book_loops: int  # loops on the book since the start or the last backstop round
+    progress: Progress
 
 
 @attrs.frozen

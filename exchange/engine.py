@@ -38,6 +38,7 @@ from exchange.liquidation import (
     BackstopProvider,
     LiquidationOrder,
     LiquidationStep,
+    Progress,
     adl_queue,
     average_fill_price,
     backstop_collateral,
@@ -85,8 +86,7 @@ class OrderOutcome:
 @attrs.define
 class _Liquidation:
     started_ms: int
-    book_failures: int = 0  # loops in a row in which the book failed (see plan_step)
-    book_loops: int = 0  # loops on the book since the start or the last backstop round
+    progress: Progress = attrs.field(factory=Progress)
     waiting: bool = False  # recorded that it waits for liquidity, until a step fills again
 
 
@@ -597,13 +597,13 @@ class Exchange:
     def _liquidate(self, account: SubAccount) -> None:
         state = self.liquidations[account.id]
         depth = {symbol: book.depth(50) for symbol, book in self.books.items()}
-        plan = plan_step(account, depth, self.profile.liquidation, state.book_failures, state.book_loops)
+        plan = plan_step(account, depth, self.profile.liquidation, state.progress)
         if plan.stage == "healthy":
             self._finish(account, plan.mmr, plan.reason)
         elif plan.stage == BOOK:
             self._book_step(account, plan.orders, state)
         else:
-            state.book_failures = state.book_loops = 0  # whatever stage 2 leaves goes back to the book
+            state.progress = state.progress.after_backstop()  # whatever stage 2 leaves goes back to the book
             self._backstop_and_adl(account, plan.reason)
 
     def _book_step(self, account: SubAccount, orders: Sequence[LiquidationOrder], state: _Liquidation) -> None:
@@ -629,8 +629,7 @@ class Exchange:
                 self._record(account, BOOK if market.is_perp else "conversion", mmr_before, wanted.reason,
                              market=wanted.market, side=wanted.side, quantity=filled,
                              price=average_fill_price(notional, filled, market.tick_size), fee=fee)
-        state.book_failures = state.book_failures + 1 if failed else 0
-        state.book_loops += 1
+        state.progress = state.progress.after_book_loop(failed)
 
     def _off_book_trade(self, symbol: str, account: SubAccount, counterparty: SubAccount, quantity: Decimal,
                         price: Decimal, origin: Origin) -> Decimal:

@@ -161,35 +161,51 @@ def why_liquidated(account: SubAccount) -> str:
 BOOK_FAILURES_TO_BACKSTOP = 2
 
 
+@attrs.frozen
+class Progress:
+    """How a liquidation has gone so far: what the next loop's plan depends on besides the
+    account and the books."""
+
+    book_loops: int = 0  # loops on the book since the start or the last backstop round
+    book_failures: int = 0  # the last of those in a row in which the book failed
+    backstop_tried: bool = False  # a backstop round ran and could not take everything
+
+    def after_book_loop(self, failed: bool) -> Progress:
+        return Progress(self.book_loops + 1, self.book_failures + 1 if failed else 0, self.backstop_tried)
+
+    def after_backstop(self) -> Progress:
+        return Progress(backstop_tried=True)
+
+
 def plan_step(
-    account: SubAccount,
-    books: Mapping[str, tuple[Levels, Levels]],
-    params: LiquidationParams,
-    book_failures: int,
-    book_loops: int,
+    account: SubAccount, books: Mapping[str, tuple[Levels, Levels]], params: LiquidationParams, progress: Progress
 ) -> Plan:
-    """The next loop for a liquidating account, at its marks and the given book view, after
-    ``book_loops`` loops on the book (since the start or the last backstop round), the last
-    ``book_failures`` of which failed. A ``BOOK`` plan without orders (nothing within the band
-    now) is itself a failed loop."""
+    """The next loop for a liquidating account, at its marks and the given book view. A ``BOOK``
+    plan without orders (nothing within the band now) is itself a failed loop.
+
+    Once a backstop round has left something (a borrow no provider covers), the book is all
+    there is: the auto-close level and failed loops no longer send it back to stage 2, only
+    ``max_book_loops`` more loops do (the providers are asked again)."""
     t = totals(account)
     if t.maintenance == 0 or t.mmr < params.end_mmr:
         return Plan("healthy", t.mmr, f"MMR {fmt_pct(t.mmr)} is below the end target {fmt_pct(params.end_mmr)}")
-    if t.mmr >= params.auto_close_mmr:
-        return Plan(
-            BACKSTOP, t.mmr, f"MMR {fmt_pct(t.mmr)} reached the auto-close level {fmt_pct(params.auto_close_mmr)}"
-        )
-    if book_loops >= params.max_book_loops:
-        return Plan(BACKSTOP, t.mmr, f"{book_loops} loops on the book have not brought MMR under "
+    if progress.book_loops >= params.max_book_loops:
+        return Plan(BACKSTOP, t.mmr, f"{progress.book_loops} loops on the book have not brought MMR under "
                                      f"{fmt_pct(params.end_mmr)}")
-    if book_failures >= BOOK_FAILURES_TO_BACKSTOP:
-        return Plan(BACKSTOP, t.mmr, f"the book failed {book_failures} loops running: it cannot absorb the rest "
-                                     "within its price band")
+    failures = progress.book_failures
+    if not progress.backstop_tried:
+        if t.mmr >= params.auto_close_mmr:
+            return Plan(
+                BACKSTOP, t.mmr, f"MMR {fmt_pct(t.mmr)} reached the auto-close level {fmt_pct(params.auto_close_mmr)}"
+            )
+        if failures >= BOOK_FAILURES_TO_BACKSTOP:
+            return Plan(BACKSTOP, t.mmr, f"the book failed {failures} loops running: it cannot absorb the rest "
+                                         "within its price band")
     candidates = [c for c in _candidates(account, books, params, t) if c.quantity > 0]
     if not candidates:
-        if book_failures + 1 >= BOOK_FAILURES_TO_BACKSTOP:
+        if failures + 1 >= BOOK_FAILURES_TO_BACKSTOP and not progress.backstop_tried:
             return Plan(BACKSTOP, t.mmr, f"nothing to trade against within the price band for "
-                                         f"{book_failures + 1} loops running")
+                                         f"{failures + 1} loops running")
         return Plan(BOOK, t.mmr, "nothing to trade against within the price band now: trying again next loop")
     candidates.sort(key=lambda c: (-c.rank, c.symbol))
     orders: list[LiquidationOrder] = []

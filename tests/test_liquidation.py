@@ -469,6 +469,24 @@ def test_a_solvent_borrower_without_a_buyer_waits_instead_of_being_written_off()
     assert ex.invariant_violations() == []
 
 
+def test_past_auto_close_with_nobody_to_take_the_borrow_the_book_is_still_tried():
+    """Found by the fuzzer (seed 4819). B's SOL falls to 63.5: equity 100 x 63.5 x 0.95 -
+    6,000.006165 = 32.493835 against maintenance 300: MMR 923%, past auto-close, so the t=1s
+    loop goes to stage 2, where nobody takes a USDC borrow. Before, every later loop went
+    to stage 2 again (MMR was still past 200%) and the book was never tried; now, with the
+    backstop tried, the maker's bid at 63.4 (after the t=1s loop) is used from t=2s."""
+    ex = usdc_borrower("backpack")
+    ex.set_price("SOL", D("63.5"))
+    ex.advance_to(1000)
+    assert [s.stage for s in ex.liquidation_history["b"]] == ["start", "waiting"]
+    ex.deposit("mm", "USDC", D(100_000))
+    assert ex.order("mm", "SOL_USDC", Side.BID, D(100), D("63.4")).accepted
+    ex.advance_to(3000)
+    steps = ex.liquidation_history["b"]
+    assert [(s.time_ms, s.stage) for s in steps[2:4]] == [(2000, "conversion"), (3000, "conversion")]
+    assert steps[2].price == D("63.4") and ex.accounts["b"].borrows["USDC"] < D("6000.006165")
+
+
 def test_a_usdc_borrow_moves_to_the_backstop_by_a_collateral_purchase_at_mark():
     """With the 1% liquidation fee and a provider ready to take 50,000 USDC of borrows: the book
     has no bid for two loops (t=1s, t=2s), so the provider buys SOL at mark 66 for what B owes grossed up by the fee:
