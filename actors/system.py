@@ -9,7 +9,9 @@
 
 A run is named by (setup, seed). ``run`` drives ``trio.run`` under deterministic scheduling
 with ``MockClock(autojump_threshold=0)`` (virtual time jumps whenever every task waits), or, with
-``realtime_rate``, a clock running that many virtual seconds per real second (demos).
+``realtime_rate``, a clock running that many virtual seconds per real second (wake-up latency
+then decides the order of events due close together: such a run is not reproducible; the
+terminal demo paces an autojump run instead).
 Supervision: an actor that raises ends the run with ``RunFailed`` naming the actor, the
 message and the cause; a run where work is pending but nothing is logged for ``stall_ms`` of
 virtual time ends with a diagnosis; the observer's first violation ends it too.
@@ -170,19 +172,13 @@ class System:
         if self.observer is not None:
             self.observer.after_message()
 
-    def run(
-        self, until_s: float, *, realtime_rate: float | None = None, clock: trio.testing.MockClock | None = None
-    ) -> RunResult:
-        """Run to ``until_s`` virtual seconds; raises ``RunFailed`` if the run cannot finish.
-
-        ``clock`` lets a caller keep a handle on a real-time clock (the demo pauses by setting
-        its rate to 0)."""
-        if clock is None:
-            clock = (
-                trio.testing.MockClock(autojump_threshold=0)
-                if realtime_rate is None
-                else trio.testing.MockClock(rate=realtime_rate)
-            )
+    def run(self, until_s: float, *, realtime_rate: float | None = None) -> RunResult:
+        """Run to ``until_s`` virtual seconds; raises ``RunFailed`` if the run cannot finish."""
+        clock = (
+            trio.testing.MockClock(autojump_threshold=0)
+            if realtime_rate is None
+            else trio.testing.MockClock(rate=realtime_rate)
+        )
         # The actors' state lives for the whole run: keep it out of the collector's scans and
         # collect the young generation less often (measured: 44 -> 30 us per account and price
         # tick with 10,000 accounts). The collector never decides anything in a run. No full
