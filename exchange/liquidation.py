@@ -168,7 +168,7 @@ class Progress:
 
     book_loops: int = 0  # loops on the book since the start or the last backstop round
     book_failures: int = 0  # the last of those in a row in which the book failed
-    backstop_tried: bool = False  # a backstop round ran and could not take everything
+    backstop_tried: bool = False  # a backstop round ran (and the account is still liquidating)
 
     def after_book_loop(self, failed: bool) -> Progress:
         return Progress(self.book_loops + 1, self.book_failures + 1 if failed else 0, self.backstop_tried)
@@ -183,9 +183,11 @@ def plan_step(
     """The next loop for a liquidating account, at its marks and the given book view. A ``BOOK``
     plan without orders (nothing within the band now) is itself a failed loop.
 
-    Once a backstop round has left something (a borrow no provider covers), the book is all
-    there is: the auto-close level and failed loops no longer send it back to stage 2, only
-    ``max_book_loops`` more loops do (the providers are asked again)."""
+    Once a backstop round has left only borrows (no provider covers them, and ADL cannot take
+    a borrow), the book is all there is: the auto-close level and failed loops no longer send
+    the account back to stage 2, only ``max_book_loops`` more loops do (the providers are asked
+    again). A position left over (ADL planned on reports that were stale) goes back to stage 2
+    as before, to be deleveraged on fresher ones."""
     t = totals(account)
     if t.maintenance == 0 or t.mmr < params.end_mmr:
         return Plan("healthy", t.mmr, f"MMR {fmt_pct(t.mmr)} is below the end target {fmt_pct(params.end_mmr)}")
@@ -193,7 +195,8 @@ def plan_step(
         return Plan(BACKSTOP, t.mmr, f"{progress.book_loops} loops on the book have not brought MMR under "
                                      f"{fmt_pct(params.end_mmr)}")
     failures = progress.book_failures
-    if not progress.backstop_tried:
+    book_only = progress.backstop_tried and not account.positions
+    if not book_only:
         if t.mmr >= params.auto_close_mmr:
             return Plan(
                 BACKSTOP, t.mmr, f"MMR {fmt_pct(t.mmr)} reached the auto-close level {fmt_pct(params.auto_close_mmr)}"
@@ -203,7 +206,7 @@ def plan_step(
                                          "within its price band")
     candidates = [c for c in _candidates(account, books, params, t) if c.quantity > 0]
     if not candidates:
-        if failures + 1 >= BOOK_FAILURES_TO_BACKSTOP and not progress.backstop_tried:
+        if failures + 1 >= BOOK_FAILURES_TO_BACKSTOP and not book_only:
             return Plan(BACKSTOP, t.mmr, f"nothing to trade against within the price band for "
                                          f"{failures + 1} loops running")
         return Plan(BOOK, t.mmr, "nothing to trade against within the price band now: trying again next loop")

@@ -231,11 +231,14 @@ def _is_table(value: object) -> bool:
 
 
 def _table(data: Mapping[str, Any], path: list[str], lines: list[str]) -> None:
+    def section(value: object) -> bool:  # top-level tables are sections, like [scenario]
+        return _is_table(value) or (not path and isinstance(value, Mapping))
+
     for key, value in data.items():
-        if not _is_table(value) and not (isinstance(value, list) and value and isinstance(value[0], Mapping)):
+        if not section(value) and not (isinstance(value, list) and value and isinstance(value[0], Mapping)):
             lines.append(f"{_key(key)} = {_value(value)}")
     for key, value in data.items():
-        if _is_table(value):
+        if section(value):
             lines.append("")
             lines.append(f"[{'.'.join(_key(k) for k in [*path, key])}]")
             _table(value, [*path, key], lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -106,3 +107,12 @@ def test_the_fuzz_command_prints_its_campaign(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fuzz", "--runs", "0"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent / "regressions").glob("fuzz-*.toml")),
+                         ids=lambda p: p.stem)
+def test_saved_fuzz_failures_stay_fixed(path):
+    """Shrunk scenarios of failures campaigns found; each says in its header what broke."""
+    scenario = loader.load(str(path))
+    run = fuzz.replay(path, scenario.seed)
+    assert run.passed, run.failure
