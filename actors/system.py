@@ -46,7 +46,7 @@ from exchange import margin
 from exchange.book import OrderBook
 from exchange.decimals import ZERO
 from exchange.ledger import Settings, SubAccount
-from exchange.lending import HOUR_MS, LendingPool
+from exchange.lending import LendingPool
 from exchange.liquidation import BackstopProvider, LiquidationStep
 from exchange.profile import Profile
 

@@ -640,7 +640,6 @@ class Exchange:
         change equity, so without the cap the fee itself would leave a debt to the fund.
         """
         market = self.profile.markets[symbol]
-        step = self.profile.assets[market.quote].step
         closing = Side.ASK if account.positions[symbol].quantity > 0 else Side.BID
         fee = backstop_fee(account, quantity * price, self.profile.liquidation.fee_rate)
         book = self.books[symbol]

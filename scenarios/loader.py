@@ -32,7 +32,7 @@ from actors.protocol import (
 )
 from exchange.orders import Order, OrderType, SelfTradePrevention, Side, TimeInForce
 from exchange.profile import Profile, available_profiles, load_profile
-from exchange.validation import InputError, Reader, deep_merge, did_you_mean
+from exchange.validation import InputError, Reader, did_you_mean
 
 SIDES = {"buy": Side.BID, "bid": Side.BID, "sell": Side.ASK, "ask": Side.ASK}
 ACTION_TYPES = ("order", "cancel", "cancel_all", "deposit", "withdraw", "transfer", "settings", "lend", "redeem",
