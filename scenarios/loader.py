@@ -102,6 +102,15 @@ class ActionSpec:
     label: str
 
 
+def _count(low: int, high: int | None) -> str:
+    """A count's bounds in words: ``at least 5``, ``exactly 5``, ``between 2 and 4``."""
+    if high is None:
+        return f"at least {low}"
+    if high == low:
+        return f"exactly {low}"
+    return f"at most {high}" if low == 0 else f"between {low} and {high}"
+
+
 @attrs.frozen
 class Expectation:
     kind: str
@@ -115,13 +124,14 @@ class Expectation:
         if kind == "accepted":
             return f"order {p['order']} accepted"
         if kind == "refused":
-            return f"order {p['order']} refused" + (f" with {p['code']}" if p.get("code") else "")
+            largest = f", the largest size that passes {p['max_quantity']}" if p.get("max_quantity") is not None else ""
+            return f"order {p['order']} refused" + (f" with {p['code']}" if p.get("code") else "") + largest
         if kind == "liquidated":
-            return f"{p['account']} liquidated at least {p['min']} time(s)"
+            return f"{p['account']} liquidated {_count(p['min'], p['max'])} time(s)"
         if kind == "not_liquidated":
             return f"{p['account']} never liquidated"
         if kind == "liquidation_stage":
-            return f"{p['account']} has at least {p['min']} '{p['stage']}' liquidation step(s)"
+            return f"{p['account']} has {_count(p['min'], p['max'])} '{p['stage']}' liquidation step(s)"
         subject = {
             "fund": f"liquidity fund {p.get('asset')}",
             "funding_paid": f"funding paid on {p.get('market')}",
@@ -651,6 +661,7 @@ def _expectation(r: Reader, profile: Profile, known: set[str], orders: set[str])
         params["order"] = order
         if kind == "refused":
             params["code"] = r.string("code", required=False, default=None)
+            params["max_quantity"] = r.optional_decimal("max_quantity")
     elif kind in ("fund", "funding_paid", "trades"):
         if kind == "fund":
             params["asset"] = r.string("asset", required=False, default=profile.settlement_asset,
@@ -667,7 +678,12 @@ def _expectation(r: Reader, profile: Profile, known: set[str], orders: set[str])
             params["stage"] = r.string("stage", choices=("start", "book", "conversion", "backstop", "adl", "waiting",
                                                          "bankruptcy", "healthy", "closed", "fund"))
         if kind in ("liquidated", "liquidation_stage"):
-            params["min"] = r.integer("at_least", required=False, default=1, minimum=0)
+            # Alone, ``at_most`` counts from 0 (``at_most = 0``: never that stage); alone, at_least is 1.
+            params["max"] = r.integer("at_most", required=False, default=None, minimum=0)
+            params["min"] = r.integer("at_least", required=False, default=1 if params["max"] is None else 0, minimum=0)
+            if params["max"] is not None and params["max"] < params["min"]:
+                raise r.error("at_most", params["max"], f"at least at_least ({params['min']}), or the expectation "
+                                                         "can never pass")
     if kind not in ("refused", "accepted", "liquidated", "not_liquidated", "liquidation_stage"):
         params["min"] = r.optional_decimal("min")
         params["max"] = r.optional_decimal("max")

@@ -158,7 +158,8 @@ def judge(expectation: Expectation, result: RunResult, scripts: dict[str, Script
         steps = [s for s in result.history.get(p["account"], []) if s.stage == stage]
         if kind == "not_liquidated":
             return Outcome(describe, not steps, f"{len(steps)} liquidation(s)")
-        return Outcome(describe, len(steps) >= p["min"], f"{len(steps)} {stage} step(s)")
+        ok = p["min"] <= len(steps) and (p["max"] is None or len(steps) <= p["max"])
+        return Outcome(describe, ok, f"{len(steps)} {stage} step(s)")
     value = _value(kind, p, result)
     if value is None:
         return Outcome(describe, False, "no sample at or after that time" if p.get("at_ms") is not None else "no value")
@@ -174,7 +175,12 @@ def _order_outcome(describe: str, kind: str, p: dict[str, Any], scripts: dict[st
             if kind == "accepted":
                 return Outcome(describe, False, f"refused: {rejection.code} {rejection.message}")
             ok = p.get("code") is None or rejection.code.value == p["code"]
-            return Outcome(describe, ok, f"refused with {rejection.code}: {rejection.message}")
+            detail = f"refused with {rejection.code}: {rejection.message}"
+            largest = rejection.details.get("max_quantity")
+            if p.get("max_quantity") is not None and largest != p["max_quantity"]:
+                ok = False
+                detail += f" (its largest size that passes is {'not given' if largest is None else fmt(largest)})"
+            return Outcome(describe, ok, detail)
         if order in script.placed:
             return Outcome(describe, kind == "accepted", "accepted")
     return Outcome(describe, False, "the order never got an answer")

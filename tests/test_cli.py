@@ -89,6 +89,13 @@ def test_an_expectation_that_can_never_pass_is_refused(tmp_path):
     assert info.value.field == "expect[1].max"
 
 
+def test_a_count_that_can_never_pass_is_refused(tmp_path):
+    path = write(tmp_path, REFUSAL + '\n[[expect]]\nkind = "liquidated"\naccount = "alice"\nat_least = 2\nat_most = 1\n')
+    with pytest.raises(InputError, match="at least at_least") as info:
+        loader.load(str(path))
+    assert info.value.field == "expect[1].at_most"
+
+
 def test_prices_may_be_left_out(tmp_path):
     """Assets a scenario does not mention keep their constant default price."""
     start = REFUSAL.index("[prices.BTC]")
@@ -150,6 +157,30 @@ def test_run_exit_status_follows_the_expectations(tmp_path, capsys):
     assert "FAIL order too-big refused" in capsys.readouterr().out
 
 
+def test_refused_can_pin_the_largest_size_that_passes(tmp_path, capsys):
+    """alice has 10,000 USDC at the default 10x: IMF_eff = max(0.01333333, 1/10) = 0.1, so the
+    largest bid at the 100,000 mark is 10,000 / (100,000 x 0.1) = 1 BTC (nothing fills: no fee)."""
+    expect = 'code = "INSUFFICIENT_MARGIN"\n'
+    right = write(tmp_path, REFUSAL.replace(expect, expect + "max_quantity = 1\n"), "right.toml")
+    assert main(["run", str(right)]) == 0
+    assert "PASS order too-big refused with INSUFFICIENT_MARGIN, the largest size that passes 1" in capsys.readouterr().out
+    wrong = write(tmp_path, REFUSAL.replace(expect, expect + "max_quantity = 0.9\n"), "wrong.toml")
+    assert main(["run", str(wrong)]) == 1
+    assert "(its largest size that passes is 1)" in capsys.readouterr().out
+
+
+def test_counted_expectations_have_an_upper_bound(tmp_path, capsys):
+    """alice is never liquidated: ``at_most = 0`` alone holds, ``at_least = 1`` does not."""
+    never = write(tmp_path, REFUSAL + '\n[[expect]]\nkind = "liquidation_stage"\naccount = "alice"\nstage = "book"\n'
+                  'at_most = 0\n', "never.toml")
+    assert main(["run", str(never)]) == 0
+    assert "PASS alice has exactly 0 'book' liquidation step(s): 0 book step(s)" in capsys.readouterr().out
+    once = write(tmp_path, REFUSAL + '\n[[expect]]\nkind = "liquidated"\naccount = "alice"\nat_most = 3\n'
+                 'at_least = 1\n', "once.toml")
+    assert main(["run", str(once)]) == 1
+    assert "FAIL alice liquidated between 1 and 3 time(s): 0 start step(s)" in capsys.readouterr().out
+
+
 JSON_KEYS = {"scenario", "description", "seed", "until", "passed", "failure", "fingerprint", "events", "accounts",
              "markets", "fund", "expectations"}
 ACCOUNT_KEYS = {"net_equity", "imr", "mmr", "available", "balances", "positions", "borrows", "lends",
@@ -161,7 +192,6 @@ def test_json_summary_has_the_documented_keys(tmp_path, capsys):
     document = json.loads(capsys.readouterr().out)
     assert set(document) == JSON_KEYS
     assert set(document["accounts"]["trader"]) == ACCOUNT_KEYS
-    assert set(document["markets"]["BTC_USDC_PERP"]) == {"trades", "volume", "funding_paid"}
     assert document["seed"] == 3 and document["passed"] is True and len(document["fingerprint"]) == 64
     assert document["expectations"][0] == {"description": "order open-long accepted", "passed": True,
                                            "detail": "accepted"}
