@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import attrs
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -239,6 +240,9 @@ def summary_document(outcome: runner.ScenarioRun) -> dict[str, Any]:
                 key: _plain(row[key]) for key in ("net_equity", "imr", "mmr", "available", "balances", "positions",
                                                    "borrows", "lends", "unsettled_equity", "liquidations")
             }
+            document["accounts"][account]["liquidation_history"] = [
+                _plain(attrs.asdict(step)) for step in result.history.get(account, [])
+            ]
         for market, row in result.summary["markets"].items():
             document["markets"][market] = {key: _plain(row[key]) for key in ("trades", "volume", "funding_paid")}
         document["fund"] = _plain(result.summary["fund"])

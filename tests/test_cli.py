@@ -184,7 +184,8 @@ def test_counted_expectations_have_an_upper_bound(tmp_path, capsys):
 JSON_KEYS = {"scenario", "description", "seed", "until", "passed", "failure", "fingerprint", "events", "accounts",
              "markets", "fund", "expectations"}
 ACCOUNT_KEYS = {"net_equity", "imr", "mmr", "available", "balances", "positions", "borrows", "lends",
-                "unsettled_equity", "liquidations"}
+                "unsettled_equity", "liquidations", "liquidation_history"}
+STEP_KEYS = {"time_ms", "stage", "market", "side", "quantity", "price", "fee", "mmr_before", "mmr_after", "reason"}
 
 
 def test_json_summary_has_the_documented_keys(tmp_path, capsys):
@@ -192,11 +193,18 @@ def test_json_summary_has_the_documented_keys(tmp_path, capsys):
     document = json.loads(capsys.readouterr().out)
     assert set(document) == JSON_KEYS
     assert set(document["accounts"]["trader"]) == ACCOUNT_KEYS
+    history = document["accounts"]["trader"]["liquidation_history"]
+    assert set(history[0]) == STEP_KEYS and document["accounts"]["maker"]["liquidation_history"] == []
+    # partial-liquidation's trigger and first book step, derived in its file's header.
+    assert (history[0]["stage"], history[0]["mmr_before"], history[0]["time_ms"]) == ("start", "1.50750075375", 6000)
+    assert [(s["stage"], s["side"], s["quantity"], s["price"]) for s in history[1:3]] == [
+        ("book", "Ask", "0.1", "90440"), ("book", "Ask", "0.09", "90440")]
+    assert set(document["markets"]["BTC_USDC_PERP"]) == {"trades", "volume", "funding_paid"}
     assert document["seed"] == 3 and document["passed"] is True and len(document["fingerprint"]) == 64
     assert document["expectations"][0] == {"description": "order open-long accepted", "passed": True,
                                            "detail": "accepted"}
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    for key in JSON_KEYS | ACCOUNT_KEYS:
+    for key in JSON_KEYS | ACCOUNT_KEYS | STEP_KEYS:
         assert f"`{key}`" in readme, key
 
 
