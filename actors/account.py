@@ -118,7 +118,7 @@ REPORT_FROM_MMR = Decimal("0.5")  # below this, report only when positions or bo
 class _Pending:
     """A pool request in flight and what to do with the answer."""
 
-    kind: str  # "order", "withdraw", "transfer", "loan", "settlement", "auto", "liquidation"
+    kind: str  # "order", "withdraw", "transfer", "loan", "settlement", "auto", "liquidation", "redeem_lent"
     sender: str | None = None
     payload: Any = None
     locked: tuple[str, Decimal] | None = None  # funds locked for a lend or repay
@@ -187,6 +187,9 @@ class SubAccountActor(Actor):
         self.deferred: list[tuple[str, Any]] = []
         self.awaiting: dict[str, _Pending] = {}
         self.busy_assets: dict[str, None] = {}  # assets with an automatic pool request in flight
+        self.lends_redeeming = 0  # a liquidation's redeems of lent collateral in flight
+        self.loop_on_hold: LiquidationLoop | None = None  # the loop that waits for them
+        self.lends_unredeemable: set[str] = set()  # membership only: what a pool refused to return
         self.reconciling: str | None = None  # what the current USDC cover waits for
         self.borrow_refused = False
         self.conversions_tried = False
@@ -562,6 +565,13 @@ class SubAccountActor(Actor):
                 self.borrow_refused = True
         elif kind == "auto":
             self.busy_assets.pop(pending.payload, None)
+        elif kind == "redeem_lent":
+            self.lends_redeeming -= 1
+            if message.rejection is not None:
+                self.lends_unredeemable.add(pending.payload)
+            loop, self.loop_on_hold = self.loop_on_hold, None
+            if loop is not None:
+                self.on_liquidation_loop(LIQUIDATOR, loop)
         elif kind == "liquidation":
             self.busy_assets.pop(pending.payload, None)
             run = self.liquidation
@@ -761,6 +771,7 @@ class SubAccountActor(Actor):
                                                     f"MMR is {fmt(t.mmr, 4)} here: the report was stale"))
             return
         account.liquidating = True
+        self.lends_unredeemable.clear()
         self.log.info("liquidating", mmr=t.mmr)
         why = why_liquidated(account)
         for market in self._markets_with_orders():
@@ -772,6 +783,9 @@ class SubAccountActor(Actor):
     def on_liquidation_loop(self, sender: str, message: LiquidationLoop) -> None:
         account = self.account
         if not account.liquidating or self.liquidation is not None:
+            return
+        if self._redeeming_lends():
+            self.loop_on_hold = message
             return
         plan = plan_step(account, message.depth, self.profile.liquidation, message.progress)
         if plan.stage == "healthy":
@@ -801,6 +815,20 @@ class SubAccountActor(Actor):
             self._fund_and_submit(result, None)
         if not run.orders:
             self._finish_step()
+
+    def _redeeming_lends(self) -> bool:
+        """Whether lent collateral is on its way back: it comes back before a loop plans anything
+        (spec 9.4), because it backs the margin and must be there to sell; without it a backstop
+        round would write off a borrow while the account kept its lend. The loop is held until
+        the pools answer. What a pool refuses to return (utilization) stays lent for the rest of
+        this liquidation: the lend-side ADL of 9.4 is not modelled."""
+        if not self.lends_redeeming:
+            for asset, lent in self.account.lends.items():
+                if lent > 0 and asset not in self.lends_unredeemable:
+                    self.lends_redeeming += 1
+                    self._ask_pool(asset, _Pending("redeem_lent", payload=asset), redeem=lent, purpose="liquidation",
+                                   liquidation=True)
+        return self.lends_redeeming > 0
 
     def _liquidation_order_ended(self, order: Order) -> None:
         run = self.liquidation

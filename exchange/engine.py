@@ -460,7 +460,7 @@ class Exchange:
             if account.settings.auto_repay_borrows:
                 for asset in list(account.borrows):
                     self._repay_from_available(account, asset)
-            if account.settings.auto_lend:
+            if account.settings.auto_lend and not account.liquidating:  # what liquidation redeems stays redeemed
                 for asset in list(account.balances):
                     self._lend_available(account, asset)
         finally:
@@ -596,6 +596,7 @@ class Exchange:
 
     def _liquidate(self, account: SubAccount) -> None:
         state = self.liquidations[account.id]
+        self._redeem_lends(account)
         depth = {symbol: book.depth(50) for symbol, book in self.books.items()}
         plan = plan_step(account, depth, self.profile.liquidation, state.progress)
         if plan.stage == "healthy":
@@ -605,6 +606,16 @@ class Exchange:
         else:
             state.progress = state.progress.after_backstop()  # whatever stage 2 leaves goes back to the book
             self._backstop_and_adl(account, plan.reason)
+
+    def _redeem_lends(self, account: SubAccount) -> None:
+        """A liquidating account's lends come back before each loop (spec 9.4): lent collateral
+        backs its margin, so it must be there to sell. What a pool cannot return now stays lent
+        (its lend-side ADL is not modelled)."""
+        for asset, lent in list(account.lends.items()):
+            if lent > 0:
+                grant = self.pools[asset].redeem(account.id, lent, liquidation=True)
+                if isinstance(grant, Grant):
+                    self._apply_grant(account, grant)
 
     def _book_step(self, account: SubAccount, orders: Sequence[LiquidationOrder], state: _Liquidation) -> None:
         failed = not orders

@@ -17,6 +17,9 @@ The stages and the rules where the record is open:
   the fill's shortfall against the mark plus fees. Cheap-to-unwind, margin-hungry exposures go
   first; a step that loses nothing ranks first of all. Ties go by symbol. The loop stops as soon
   as MMR is below the target; the sub-account keeps whatever equity is left.
+* **Lent collateral** backs the margin at its normal weight, so it is redeemed before a loop
+  plans anything (spec 9.4) and is then sold like any other collateral. A lend the pool cannot
+  return now (utilization) stays lent: the lend-side ADL of 9.4 is not modelled.
 * **Borrows** are unwound by collateral conversion: the collateral with the **largest haircut
   (lowest weight) is sold first**, because it is the collateral the margin model already values
   least, so selling it costs the account the least margin. A USDC borrow is repaid with the

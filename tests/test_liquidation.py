@@ -226,7 +226,8 @@ def test_backstop_capacity_exhausted_then_adl_of_the_best_ranked_short():
     assert ex.invariant_violations() == []
 
 
-def test_a_spot_margin_borrow_is_liquidated_by_collateral_conversion():
+@pytest.mark.parametrize("lent", [False, True], ids=["held", "lent"])
+def test_a_spot_margin_borrow_is_liquidated_by_collateral_conversion(lent):
     """F6's account: 1,000 USDC buys 20 SOL at 100 with autoBorrow. The borrow of 1,000 pays an
     entry fee for the first hour at the rate its own utilization (1%) sets: 0.12 x 0.01/0.8 =
     0.15% APR -> 1,000 x 0.0015/8760 = 0.000171 -> 0.000172 up; 20 SOL arrive less the 0.02 fee.
@@ -239,6 +240,9 @@ def test_a_spot_margin_borrow_is_liquidated_by_collateral_conversion():
     smallest q with (50.0000086 - 0.05q) / (43.954828 + 2.64505y) < 1 needs y = 1.14 SOL. The
     sale brings 62.643 - 0.062643 = 62.580357 USDC, which repays the borrow to 937.419815:
     equity 18.84 x 55 x 0.95 - 937.419815 = 46.970185, MMR 99.79%, healthy.
+
+    Lent, the SOL backs the margin at the same weight (spec 9.3), and the liquidation redeems
+    it before it plans (9.4): the same steps follow, and nothing stays lent.
     """
     ex = Exchange(load_profile("backpack"))
     ex.set_price("SOL", D(100))
@@ -251,6 +255,8 @@ def test_a_spot_margin_borrow_is_liquidated_by_collateral_conversion():
     assert ex.order("trader", "SOL_USDC", Side.BID, D(20), D(100), auto_borrow=True).accepted
     trader = ex.accounts["trader"]
     assert trader.borrows == {"USDC": D("1000.000172")} and trader.available("SOL") == D("19.98")
+    if lent:
+        assert isinstance(ex.lend("trader", "SOL", D("19.98")), Grant)
     ex.set_price("SOL", D(55))
     assert ex.order("mm", "SOL_USDC", Side.BID, D(50), D("54.95")).accepted
     assert margin.totals(trader).net_equity == D("43.954828")
@@ -262,6 +268,7 @@ def test_a_spot_margin_borrow_is_liquidated_by_collateral_conversion():
     ]
     assert "borrow of 1000.000172 USDC at 1 needs 50" in ex.liquidation_history["trader"][0].reason
     assert trader.borrows == {"USDC": D("937.419815")} and trader.available("SOL") == D("18.84")
+    assert not trader.lends.get("SOL")
     assert margin.totals(trader).net_equity == D("46.970185")
     assert ex.invariant_violations() == []
 
