@@ -543,6 +543,8 @@ class SubAccountActor(Actor):
                         ErrorCode.INSUFFICIENT_FUNDS, "funds moved while the pool answered", {}, ExpiryReason.INSUFFICIENT_FUNDS)
             if refused is not None:
                 self._refuse_order(order, refused, pending.sender)
+                if self.reconciling == order.order_id:  # a conversion the pool would not fund
+                    self.reconciling = None
                 run = self.liquidation
                 if run is not None and order.order_id in run.orders:
                     self._liquidation_order_ended(order)
@@ -693,11 +695,12 @@ class SubAccountActor(Actor):
             self.conversions_tried = True
             conversion = plan.conversions[0]  # one at a time; the next step plans again
             order = Order(self._next_id("c"), account.id, conversion.market, Side.ASK, OrderType.MARKET,
-                          conversion.quantity, time_in_force=TimeInForce.IOC, origin=Origin.COLLATERAL_CONVERSION)
+                          conversion.quantity, time_in_force=TimeInForce.IOC, auto_lend_redeem=True,
+                          origin=Origin.COLLATERAL_CONVERSION)
             result = check_order(account, order)
             if isinstance(result, Accepted):
                 self.reconciling = order.order_id
-                self._submit(result, None)
+                self._fund_and_submit(result, None)  # a lent collateral is redeemed first
                 return
         short = settlement_shortfall(account)
         account.cover_from_fund(short)

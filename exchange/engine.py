@@ -485,9 +485,10 @@ class Exchange:
             return
         for conversion in plan.conversions:
             order = Order(self.next_order_id(account.id), account.id, conversion.market, Side.ASK, OrderType.MARKET,
-                          conversion.quantity, time_in_force=TimeInForce.IOC, origin=Origin.COLLATERAL_CONVERSION)
+                          conversion.quantity, time_in_force=TimeInForce.IOC, auto_lend_redeem=True,
+                          origin=Origin.COLLATERAL_CONVERSION)
             result = check_order(account, order)
-            if isinstance(result, Accepted):
+            if isinstance(result, Accepted) and self._fund_order(account, result) is None:
                 account.reserve(result.order, result.lock_asset, result.lock_amount)
                 match = self.books[conversion.market].submit(result.order)
                 self._apply_match(match.fills, match.updates)

@@ -10,8 +10,9 @@ with what is left.
 Choices: collateral is converted largest haircut first (lowest collateral weight at its
 current size; ties by symbol) because that is the collateral the margin model already values
 least; a conversion is sized at the mark less the taker fee and the impact band, so that one
-sale covers the shortfall even at the band's worst price; only available balances are sold
-(locked funds belong to open orders). A shortfall nothing can cover is paid by the liquidity
+sale covers the shortfall even at the band's worst price; available and lent balances are sold
+(lent collateral backs the margin like held collateral, and the conversion order redeems it
+with ``autoLendRedeem``); locked funds belong to open orders and are not. A shortfall nothing can cover is paid by the liquidity
 fund and becomes negative unsettled equity, which later deposits repay (spec 11.6).
 """
 
@@ -81,22 +82,28 @@ def plan_reconciliation(account: SubAccount, *, borrow_allowed: bool = True) -> 
     return ReconciliationPlan(shortfall, redeem, borrow, tuple(conversions), short)
 
 
+def _held(account: SubAccount, asset: str) -> Decimal:
+    """What of ``asset`` a conversion may sell: the available balance and the lend."""
+    return max(account.available(asset), ZERO) + account.lends.get(asset, ZERO)
+
+
 def _sellable(account: SubAccount, asset: str, step: Decimal) -> Decimal:
-    available = account.available(asset)
-    return available - available % step if available > 0 else ZERO
+    held = _held(account, asset)
+    return held - held % step
 
 
 def _convertible(account: SubAccount) -> list[tuple[str, str, Decimal]]:
     """(asset, its settlement-asset spot market, collateral weight), largest haircut first."""
     settle = account.profile.settlement_asset
     found = []
-    for asset, bal in account.balances.items():
-        if asset == settle or bal.available <= 0:
+    for asset in dict.fromkeys([*account.balances, *account.lends]):
+        held = _held(account, asset)
+        if asset == settle or held <= 0:
             continue
         market = spot_market_for(account, asset)
         if market is None:
             continue
-        weight, _ = collateral_value(account, asset, bal.available, account.price(asset))
+        weight, _ = collateral_value(account, asset, held, account.price(asset))
         found.append((asset, market, weight))
     return sorted(found, key=lambda row: (row[2], row[0]))
 

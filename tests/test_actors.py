@@ -448,3 +448,36 @@ def test_a_liquidation_buy_back_redeems_the_accounts_own_lend_first():
     buy_back = next(e for e in events_of(result, "order_placed", actor="account:t") if e["origin"] == "LIQUIDATION_AUTOCLOSE")
     assert redeems and redeems[0]["seq"] < buy_back["seq"]  # the lend is redeemed, then the order goes out
     assert D(result.summary["accounts"]["t"]["borrows"]["SOL"]) < D(15)
+
+
+def test_a_usdc_shortfall_converts_lent_collateral_after_redeeming_it():
+    """L (1,000 USDC and 100 SOL, both auto-lent; no autoBorrowSettlements) buys 1 BTC perp at
+    100,000 (fee 50) and BTC falls to 97,000 at t=5s: the loss of 3,000 realized at t=10s takes
+    its USDC below zero. The USDC lend is redeemed (950 of it is left), then SOL is sold into the
+    maker's bid at 99. Its SOL is all lent: the conversion must redeem it first, not reserve SOL
+    the account does not hold, and the fund must pay nothing.
+
+    The sale is sized to cover 2,050 at the impact band's floor after the 0.1% taker fee:
+    2,050 / (100 x 0.999 x 0.97) = 21.155 -> 21.16 SOL. It fills at 99: 2,094.84 less the fee
+    2.09484 is 2,092.74516, and the 42.74516 over the shortfall is auto-lent again."""
+    system = System(PROFILE, seed=3)
+    system.set_path("BTC", Steps(((0, D(100000)), (5_000, D(97000)))))
+    system.set_path("SOL", Constant(D(100)))
+    system.add_account("maker", deposits={"USDC": D(1_000_000), "SOL": D(1000)}, markets=[BTC, "SOL_USDC"])
+    system.add_account("l", deposits={"USDC": D(1000), "SOL": D(100)}, markets=[BTC, "SOL_USDC"],
+                       settings=Settings(leverage_limit=D(20), auto_lend=True, auto_borrow_settlements=False))
+    system.add_agent(ScriptedTrader(system, "maker", "maker", [
+        (500, limit("ma", "maker", BTC, Side.ASK, "1", "100000")),
+        (500, limit("mb", "maker", "SOL_USDC", Side.BID, "100", "99")),
+    ]))
+    system.add_agent(ScriptedTrader(system, "l", "l", [(1_000, limit("lb", "l", BTC, Side.BID, "1", "100000"))]))
+    result = system.run(15)
+    conversion = next(e for e in events_of(result, "order_placed", actor="account:l")
+                      if e["origin"] == "COLLATERAL_CONVERSION")
+    sol_redeems = events_of(result, "redeem", actor="account:l", asset="SOL")
+    assert [e["quantity"] for e in sol_redeems] == [D("21.16")] and sol_redeems[0]["seq"] < conversion["seq"]
+    assert events_of(result, "fill", actor="account:l", order_id=conversion["order_id"])
+    assert not events_of(result, "fund_cover", actor="account:l")
+    final = result.summary["accounts"]["l"]
+    assert D(final["balances"].get("USDC", 0)) >= 0 and D(final["unsettled_equity"]) == 0
+    assert final["lends"] == {"SOL": D("78.84"), "USDC": D("42.74516")} and not final["balances"]

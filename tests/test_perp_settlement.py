@@ -140,8 +140,9 @@ def test_legacy_mode_realizes_only_on_reduce():
 def test_usdc_shortfall_redeems_then_borrows_then_converts():
     """A loser with 1,000 USDC lent and SOL collateral loses 3,000 on a BTC long: the realized
     loss takes its USDC below zero; the lend is redeemed first, then USDC is borrowed
-    (autoBorrowSettlements). With that flag off, SOL is sold on SOL_USDC instead."""
-    for auto_borrow in (True, False):
+    (autoBorrowSettlements). With that flag off, SOL is sold on SOL_USDC instead, and lent SOL
+    just as well: the conversion redeems what it sells, and the fund pays nothing."""
+    for auto_borrow, sol_lent in ((True, False), (False, False), (False, True)):
         ex = perp_venue()
         ex.set_price("SOL", D(100))
         ex.add_account("lender")
@@ -154,6 +155,8 @@ def test_usdc_shortfall_redeems_then_borrows_then_converts():
         ex.deposit("loser", "USDC", D(1000))
         ex.lend("loser", "USDC", D(1000))
         ex.deposit("loser", "SOL", D(100))
+        if sol_lent:
+            ex.lend("loser", "SOL", D(100))
         trade(ex, "loser", "short", "1", "100000")  # the 50 USDC fee is itself a shortfall
         loser = ex.accounts["loser"]
         ex.set_price(BTC, D(97000))
@@ -167,8 +170,9 @@ def test_usdc_shortfall_redeems_then_borrows_then_converts():
             assert loser.balances["SOL"].available == D(100)
         else:
             assert "USDC" not in loser.borrows
-            assert loser.balances["SOL"].available < D(100)
+            assert 0 < loser.available("SOL") + loser.lends.get("SOL", D(0)) < D(100)
             assert loser.available("USDC") >= 0
+            assert loser.unsettled_equity == 0 and ex.fund.get("USDC", D(0)) == 0
         assert ex.invariant_violations() == []
 
 
