@@ -700,7 +700,7 @@ class SubAccountActor(Actor):
             result = check_order(account, order)
             if isinstance(result, Accepted):
                 self.reconciling = order.order_id
-                self._fund_and_submit(result, None)  # a lent collateral is redeemed first
+                self._fund_and_submit(result, None)  # lent collateral is redeemed first
                 return
         short = settlement_shortfall(account)
         account.cover_from_fund(short)

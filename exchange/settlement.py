@@ -12,8 +12,9 @@ current size; ties by symbol) because that is the collateral the margin model al
 least; a conversion is sized at the mark less the taker fee and the impact band, so that one
 sale covers the shortfall even at the band's worst price; available and lent balances are sold
 (lent collateral backs the margin like held collateral, and the conversion order redeems it
-with ``autoLendRedeem``); locked funds belong to open orders and are not. A shortfall nothing can cover is paid by the liquidity
-fund and becomes negative unsettled equity, which later deposits repay (spec 11.6).
+with ``autoLendRedeem``), locked ones are not (they belong to open orders). A shortfall nothing
+can cover is paid by the liquidity fund and becomes negative unsettled equity, which later
+deposits repay (spec 11.6).
 """
 
 from __future__ import annotations

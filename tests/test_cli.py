@@ -90,7 +90,8 @@ def test_an_expectation_that_can_never_pass_is_refused(tmp_path):
 
 
 def test_a_count_that_can_never_pass_is_refused(tmp_path):
-    path = write(tmp_path, REFUSAL + '\n[[expect]]\nkind = "liquidated"\naccount = "alice"\nat_least = 2\nat_most = 1\n')
+    never = '\n[[expect]]\nkind = "liquidated"\naccount = "alice"\nat_least = 2\nat_most = 1\n'
+    path = write(tmp_path, REFUSAL + never)
     with pytest.raises(InputError, match="at least at_least") as info:
         loader.load(str(path))
     assert info.value.field == "expect[1].at_most"
@@ -163,7 +164,8 @@ def test_refused_can_pin_the_largest_size_that_passes(tmp_path, capsys):
     expect = 'code = "INSUFFICIENT_MARGIN"\n'
     right = write(tmp_path, REFUSAL.replace(expect, expect + "max_quantity = 1\n"), "right.toml")
     assert main(["run", str(right)]) == 0
-    assert "PASS order too-big refused with INSUFFICIENT_MARGIN, the largest size that passes 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "PASS order too-big refused with INSUFFICIENT_MARGIN, the largest size that passes 1" in out
     wrong = write(tmp_path, REFUSAL.replace(expect, expect + "max_quantity = 0.9\n"), "wrong.toml")
     assert main(["run", str(wrong)]) == 1
     assert "(its largest size that passes is 1)" in capsys.readouterr().out
