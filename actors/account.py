@@ -187,8 +187,7 @@ class SubAccountActor(Actor):
         self.deferred: list[tuple[str, Any]] = []
         self.awaiting: dict[str, _Pending] = {}
         self.busy_assets: dict[str, None] = {}  # assets with an automatic pool request in flight
-        self.lends_redeeming = 0  # a liquidation's redeems of lent collateral in flight
-        self.loop_on_hold: LiquidationLoop | None = None  # the loop that waits for them
+        self.loop_on_hold: LiquidationLoop | None = None  # a loop that waits for lent collateral
         self.lends_unredeemable: set[str] = set()  # membership only: what a pool refused to return
         self.reconciling: str | None = None  # what the current USDC cover waits for
         self.borrow_refused = False
@@ -568,11 +567,10 @@ class SubAccountActor(Actor):
         elif kind == "auto":
             self.busy_assets.pop(pending.payload, None)
         elif kind == "redeem_lent":
-            self.lends_redeeming -= 1
             if message.rejection is not None:
                 self.lends_unredeemable.add(pending.payload)
             loop, self.loop_on_hold = self.loop_on_hold, None
-            if loop is not None:
+            if loop is not None:  # it runs now, or waits again for the pools still to answer
                 self.on_liquidation_loop(LIQUIDATOR, loop)
         elif kind == "liquidation":
             self.busy_assets.pop(pending.payload, None)
@@ -825,13 +823,15 @@ class SubAccountActor(Actor):
         round would write off a borrow while the account kept its lend. The loop is held until
         the pools answer. What a pool refuses to return (utilization) stays lent for the rest of
         this liquidation: the lend-side ADL of 9.4 is not modelled."""
-        if not self.lends_redeeming:
-            for asset, lent in self.account.lends.items():
-                if lent > 0 and asset not in self.lends_unredeemable:
-                    self.lends_redeeming += 1
-                    self._ask_pool(asset, _Pending("redeem_lent", payload=asset), redeem=lent, purpose="liquidation",
-                                   liquidation=True)
-        return self.lends_redeeming > 0
+        if any(p.kind == "redeem_lent" for p in self.awaiting.values()):
+            return True
+        asked = False
+        for asset, lent in self.account.lends.items():
+            if lent > 0 and asset not in self.lends_unredeemable:
+                asked = True
+                self._ask_pool(asset, _Pending("redeem_lent", payload=asset), redeem=lent, purpose="liquidation",
+                               liquidation=True)
+        return asked
 
     def _liquidation_order_ended(self, order: Order) -> None:
         run = self.liquidation

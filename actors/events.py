@@ -15,7 +15,7 @@ import contextvars
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
@@ -95,9 +95,6 @@ class EventLog:
             self._file.close()
             self._file = None
         return self._hash.hexdigest() if self._render else ""
-
-    def of_kind(self, *kinds: str) -> Iterator[Event]:
-        return (e for e in self.events if e["event"] in kinds)
 
     def lines(self) -> Iterable[str]:
         return (render(e) for e in self.events)

@@ -59,8 +59,3 @@ class FaultScript(Actor):
                 self.active[i] = lever(fault.sender, fault.recipient, fault.ms) if fault.kind != "hold" else lever(
                     fault.sender, fault.recipient)
                 self.log.info("fault_applied", fault=fault.describe())
-
-    def lift_all(self) -> None:
-        """End every fault now (the fuzzer's liveness phase starts from here)."""
-        for i in list(self.active):
-            self.system.network.remove(self.active.pop(i))

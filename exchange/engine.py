@@ -296,8 +296,12 @@ class Exchange:
             self._apply_grant(account, grant)
         return grant
 
-    def redeem(self, account_id: str, asset: str, quantity: Decimal) -> Grant | Rejection:
-        grant = self.pools[asset].redeem(account_id, quantity)
+    def redeem(
+        self, account_id: str, asset: str, quantity: Decimal, *, liquidation: bool = False
+    ) -> Grant | Rejection:
+        """Redeem a lend. ``liquidation`` (a liquidation or a settlement cover) may take the
+        pool's utilization past its throttle threshold, up to its maximum."""
+        grant = self.pools[asset].redeem(account_id, quantity, liquidation=liquidation)
         if isinstance(grant, Grant):
             self._apply_grant(self.accounts[account_id], grant)
         return grant
@@ -473,9 +477,7 @@ class Exchange:
         if plan is None:
             return
         if plan.redeem:
-            grant = self.pools[self.settle].redeem(account.id, plan.redeem, liquidation=True)
-            if isinstance(grant, Grant):
-                self._apply_grant(account, grant)
+            self.redeem(account.id, self.settle, plan.redeem, liquidation=True)
         if plan.borrow:
             grant = self.pools[self.settle].borrow(account.id, plan.borrow, self.now_ms, liquidation=True)
             if isinstance(grant, Grant):
@@ -614,9 +616,7 @@ class Exchange:
         (its lend-side ADL is not modelled)."""
         for asset, lent in list(account.lends.items()):
             if lent > 0:
-                grant = self.pools[asset].redeem(account.id, lent, liquidation=True)
-                if isinstance(grant, Grant):
-                    self._apply_grant(account, grant)
+                self.redeem(account.id, asset, lent, liquidation=True)
 
     def _book_step(self, account: SubAccount, orders: Sequence[LiquidationOrder], state: _Liquidation) -> None:
         failed = not orders

@@ -25,7 +25,7 @@ from decimal import Decimal
 
 import attrs
 
-from exchange.decimals import ZERO, ceil_to, floor_to
+from exchange.decimals import ZERO, floor_to
 from exchange.orders import Fill, Order, OrderUpdate, Side
 from exchange.profile import Market, Profile
 
@@ -419,8 +419,3 @@ class SubAccount:
             self._floor_for = limit
             self._floor = 1 / limit
         return self._floor
-
-
-def quote_lock_for_bid(quantity: Decimal, price: Decimal, quote_step: Decimal) -> Decimal:
-    """Quote a spot bid must lock: its whole cost at its limit price, rounded up."""
-    return ceil_to(quantity * price, quote_step)

@@ -140,10 +140,6 @@ class Order:
     origin: Origin = Origin.USER
     funds_limit: Decimal | None = None
 
-    @property
-    def is_market(self) -> bool:
-        return self.order_type is OrderType.MARKET
-
 
 @attrs.define(slots=True)
 class Fill:
