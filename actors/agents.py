@@ -13,10 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from actors.determinism import stream
-from actors.protocol import (
+from exchange.decimals import ceil_to, floor_to
+from exchange.machine import Machine
+from exchange.orders import Fill, Order, OrderType, Rejection, Side, TimeInForce
+from exchange.profile import Market, Profile
+from exchange.protocol import (
     FEED,
     SCHEDULER,
     CancelAll,
@@ -34,18 +38,19 @@ from actors.protocol import (
     Tick,
     account_address,
 )
-from actors.runtime import Actor
-from exchange.decimals import ceil_to, floor_to
-from exchange.orders import Fill, Order, OrderType, Rejection, Side, TimeInForce
-from exchange.profile import Market
 
-if TYPE_CHECKING:
-    from actors.system import System
+
+class Venue(Protocol):
+    """What an agent needs of the run it trades in: the seed its randomness derives from and
+    the venue's profile (the actor system and the direct engine both have them)."""
+
+    seed: int
+    profile: Profile
 
 BPS = Decimal("0.0001")
 
 
-class Agent(Actor):
+class Agent(Machine):
     """An agent's plumbing: its sub-account, its prices, its open orders and every reply."""
 
     handlers = {
@@ -60,8 +65,8 @@ class Agent(Actor):
         PriceSnapshot: "on_snapshot",
     }
 
-    def __init__(self, system: System, name: str, account_id: str) -> None:
-        super().__init__(system, f"agent:{name}")
+    def __init__(self, system: Venue, name: str, account_id: str) -> None:
+        super().__init__(f"agent:{name}")
         self.name = name
         self.account_id = account_id
         self.target = account_address(account_id)
@@ -129,7 +134,7 @@ class MarketMaker(Agent):
     ``refresh_ms`` (cancel all, then quote again) unless no reference price moved and every
     quote still rests: a maker does not churn a book nothing has touched."""
 
-    def __init__(self, system: System, name: str, account_id: str, markets: Sequence[str], *, size: Decimal | dict[str, Decimal],
+    def __init__(self, system: Venue, name: str, account_id: str, markets: Sequence[str], *, size: Decimal | dict[str, Decimal],
                  spread_bps: Decimal = Decimal(10), levels: int = 5, spacing_bps: Decimal = Decimal(5),
                  refresh_ms: int = 1000) -> None:
         super().__init__(system, name, account_id)
@@ -211,7 +216,7 @@ class NoiseTrader(Agent):
     sizes up to ``max_steps`` steps; some IOC or post-only, some reduce-only on perps, some spot
     orders with ``autoBorrow`` (``auto_borrow_share``)."""
 
-    def __init__(self, system: System, name: str, account_id: str, markets: Sequence[str], *, interval_ms: int = 1000,
+    def __init__(self, system: Venue, name: str, account_id: str, markets: Sequence[str], *, interval_ms: int = 1000,
                  max_steps: int | dict[str, int] = 10, market_share: float = 0.3, within_bps: int = 20,
                  reduce_only_share: float = 0.1, ioc_share: float = 0.2, auto_borrow_share: float = 0.0,
                  post_only_share: float = 0.0) -> None:
@@ -270,7 +275,7 @@ class NoiseTrader(Agent):
 class ScriptedTrader(Agent):
     """Sends ``actions`` (time_ms, message for the sub-account) at their times, in order."""
 
-    def __init__(self, system: System, name: str, account_id: str, actions: Sequence[tuple[int, object]]) -> None:
+    def __init__(self, system: Venue, name: str, account_id: str, actions: Sequence[tuple[int, object]]) -> None:
         super().__init__(system, name, account_id)
         self.actions = sorted(actions, key=lambda a: a[0])  # stable: same-time actions keep their order
 

@@ -1,34 +1,28 @@
 """The run's event log: every state change as a structured event, one canonical JSON line each.
 
-Actors log through structlog with their actor id bound (``log.info("fill", ...)``); a processor
-adds the virtual time and a sequence number and hands the event to the run's ``EventLog``
-instead of printing it. The log renders events to canonical JSON lines (sorted keys, no spaces,
-Decimals as plain normalized strings) in batches, off the hot path, and hashes the lines as it
-goes: the sha256 of the whole log is the run's fingerprint. Same scenario and seed, same bytes.
+Machines emit events (kind, actor, virtual time and the numbers behind it) as ``Log`` effects;
+the driver appends each to the run's ``EventLog``, which adds a sequence number. The log renders
+events to canonical JSON lines (sorted keys, no spaces, Decimals as plain normalized strings) in
+batches, off the hot path, and hashes the lines as it goes: the sha256 of the whole log is the
+run's fingerprint. Same scenario and seed, same bytes.
 
 Reports, charts, the live demo, ``explain`` and the invariant observer all read this one log.
 """
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import IO, Any
 
-import structlog
-import trio
-
 from exchange.decimals import fmt
 
 Event = dict[str, Any]
 
-_CURRENT: contextvars.ContextVar[EventLog] = contextvars.ContextVar("marginsim_event_log")
 _BATCH = 2048
 
 
@@ -98,38 +92,6 @@ class EventLog:
 
     def lines(self) -> Iterable[str]:
         return (render(e) for e in self.events)
-
-    def __enter__(self) -> EventLog:
-        self._token = _CURRENT.set(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _CURRENT.reset(self._token)
-
-
-def _add_time(_logger: object, _name: str, event: Event) -> Event:
-    event["t"] = round(trio.current_time() * 1000)
-    return event
-
-
-def _collect(_logger: object, _name: str, event: Event) -> Event:
-    _CURRENT.get().append(event)
-    raise structlog.DropEvent
-
-
-def configure() -> None:
-    """Route structlog to the current run's event log (idempotent; call before binding loggers)."""
-    structlog.configure(
-        processors=[_add_time, _collect],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.ReturnLoggerFactory(),
-        cache_logger_on_first_use=True,
-    )
-
-
-def logger(actor: str) -> Any:
-    """A bound logger for one actor: every event it logs carries ``actor``."""
-    return structlog.get_logger().bind(actor=actor)
 
 
 def read_log(path: Path) -> list[Event]:

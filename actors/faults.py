@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import attrs
 
 from actors.network import Hook
-from actors.protocol import SCHEDULER, Schedule, Tick
-from actors.runtime import Actor
+from exchange.machine import Machine
+from exchange.protocol import SCHEDULER, Schedule, Tick
 
 if TYPE_CHECKING:
     from actors.system import System
@@ -34,13 +34,14 @@ class Fault:
         return f"{self.sender} -> {self.recipient} {what} from {self.start_ms / 1000:g}s to {self.end_ms / 1000:g}s"
 
 
-class FaultScript(Actor):
+class FaultScript(Machine):
     """Switches each fault on at its start and off at its end."""
 
     handlers = {Tick: "on_tick"}
 
     def __init__(self, system: System, faults: Sequence[Fault]) -> None:
-        super().__init__(system, "faults")
+        super().__init__("faults")
+        self.network = system.network  # the one machine that works the network's levers
         self.faults = list(faults)
         self.active: dict[int, Hook] = {}
 
@@ -49,13 +50,13 @@ class FaultScript(Actor):
             self.send(SCHEDULER, Schedule(f"fault@{when}", when))
 
     def on_tick(self, sender: str, message: Tick) -> None:
-        network = self.system.network
+        network = self.network
         for i, fault in enumerate(self.faults):
             if fault.end_ms == message.time_ms and i in self.active:
                 network.remove(self.active.pop(i))
-                self.log.info("fault_lifted", fault=fault.describe())
+                self.emit("fault_lifted", fault=fault.describe())
             if fault.start_ms == message.time_ms:
                 lever = {"hold": network.hold, "delay": network.delay, "reorder": network.reorder}[fault.kind]
                 self.active[i] = lever(fault.sender, fault.recipient, fault.ms) if fault.kind != "hold" else lever(
                     fault.sender, fault.recipient)
-                self.log.info("fault_applied", fault=fault.describe())
+                self.emit("fault_applied", fault=fault.describe())

@@ -31,7 +31,11 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from actors.protocol import (
+from actors.runtime import now_ms
+from exchange.decimals import ZERO, fmt
+from exchange.invariants import conservation_violations, holdings_by_asset
+from exchange.margin import totals
+from exchange.protocol import (
     AssetTransfer,
     BackstopDelivery,
     BorrowWrittenOff,
@@ -45,10 +49,6 @@ from actors.protocol import (
     PoolReply,
     account_address,
 )
-from actors.runtime import now_ms
-from exchange.decimals import ZERO, fmt
-from exchange.invariants import conservation_violations, holdings_by_asset
-from exchange.margin import totals
 
 if TYPE_CHECKING:
     from actors.system import System

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import attrs
 
-from exchange.decimals import ONE, ZERO
+from exchange.decimals import ZERO
 
 YEAR_MS = Decimal(365 * 24 * 3600 * 1000)
 
@@ -114,7 +114,3 @@ def replay(path: Path) -> Steps:
     points.sort()
     return Steps(tuple(points))
 
-
-def premium_mark(index: Decimal, premium: Decimal) -> Decimal:
-    """A perp's mark from its index and a premium fraction (0.001 = 0.1% over index)."""
-    return index * (ONE + premium)

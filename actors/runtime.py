@@ -1,28 +1,34 @@
-"""The actor base class and the scheduler.
+"""The actor shell and the scheduler: a machine of exchange/ given a Trio task and a mailbox.
 
-An actor owns one piece of ``exchange/`` state and changes it only while handling a message.
-Its loop drains its mailbox without awaiting (one scheduler pass per burst, not per message),
-handles each message synchronously, and lets the run's observer look at the system between
-messages, never in the middle of one. An exception in a handler becomes an ``ActorCrashed``
-that names the actor, the message it was handling and the cause; the run stops with it.
+An actor wraps one machine (a sub-account, a market, a pool, the feed, the liquidator, an
+agent). Its loop drains its mailbox without awaiting (one scheduler pass per burst, not per
+message), hands each message to the machine with the virtual time, and carries out the effects:
+each ``Send`` becomes a message on the network kernel, each ``Log`` an event in the run's log.
+The run's observer looks at the system between messages, never in the middle of one. An
+exception in a handler becomes an ``ActorCrashed`` that names the actor, the message it was
+handling and the cause; the run stops with it.
 
-The scheduler is the one actor that sleeps: it owns the calendar and sends ``Tick`` messages
-at the virtual times actors asked for.
+Actors see the run through a narrow ``Context`` (the network, the log, the observer's hook),
+never the whole system.
+
+The scheduler is the one actor that sleeps: it keeps the calendar and sends ``Tick`` messages
+at the virtual times machines asked for.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from actors import events
-from actors.protocol import SCHEDULER, Schedule, Tick
+from exchange.calendar import Calendar
+from exchange.machine import Effect, Machine, Send
+from exchange.protocol import SCHEDULER, Schedule
 
 if TYPE_CHECKING:
-    from actors.system import System
+    from actors.events import EventLog
+    from actors.network import Network
 
 _BURST = 64  # messages handled before letting other tasks run
 
@@ -45,43 +51,50 @@ def now_ms() -> int:
     return round(trio.current_time() * 1000)
 
 
+class Context:
+    """What an actor may touch of its run: the network, the event log, and the observer's look
+    between messages."""
+
+    __slots__ = ("network", "log", "after_message")
+
+    def __init__(self, network: Network, log: EventLog, after_message: Callable[[], None]) -> None:
+        self.network = network
+        self.log = log
+        self.after_message = after_message
+
+
 class Actor:
-    """Base class: a mailbox, a bound logger, message dispatch by type."""
+    """One machine as a Trio task: its mailbox, its effects carried out as they come."""
 
-    handlers: dict[type, str] = {}  # message class -> method name, set by each subclass
-    _functions: dict[type, Callable[..., None]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # Resolved once per class (not per instance: ten thousand accounts share one table).
-        cls._functions = {message: getattr(cls, name) for message, name in cls.handlers.items()}
-
-    def __init__(self, system: System, address: str) -> None:
-        self.system = system
-        self.address = address
-        self.mailbox = system.network.register(address)
-        self.log = events.logger(address)
+    def __init__(self, context: Context, machine: Machine) -> None:
+        self.context = context
+        self.machine = machine
+        self.address = machine.address
+        self.mailbox = context.network.register(self.address)
         self.current: tuple[str, Any] | None = None
 
-    def send(self, recipient: str, message: object) -> None:
-        self.system.network.send(self.address, recipient, message)
-
-    def handle(self, sender: str, message: object) -> None:
-        function = self._functions.get(type(message))
-        if function is None:
-            raise TypeError(f"{self.address} has no handler for {type(message).__name__}")
-        function(self, sender, message)
+    def carry_out(self, effects: Iterable[Effect]) -> None:
+        """Sends go on the network from this actor's address; events go to the log, in order."""
+        send = self.context.network.send
+        append = self.context.log.append
+        address = self.address
+        for effect in effects:
+            if type(effect) is Send:
+                send(address, effect.recipient, effect.message)
+            else:
+                append(effect.event)  # type: ignore[union-attr]
 
     async def run(self) -> None:
         queue = self.mailbox.queue
-        handle = self.handle
-        after = self.system.after_message
+        handle = self.machine.handle
+        carry_out = self.carry_out
+        after = self.context.after_message
         try:
             while True:
                 burst = 0
                 while queue:
-                    self.current = queue.popleft()
-                    handle(*self.current)
+                    self.current = sender, message = queue.popleft()
+                    carry_out(handle(sender, message, round(trio.current_time() * 1000)))
                     after()
                     burst += 1
                     if burst == _BURST:
@@ -94,55 +107,38 @@ class Actor:
             raise ActorCrashed(self.address, sender, message, exc) from exc
 
 
-class Scheduler(Actor):
-    """The calendar: periodic and one-off ticks to whoever asked, at exact virtual times."""
+class Scheduler:
+    """The calendar as the one actor that sleeps: it wakes at each entry's time and sends the
+    ticks due then."""
 
-    handlers = {Schedule: "on_schedule"}
-
-    def __init__(self, system: System) -> None:
-        super().__init__(system, SCHEDULER)
-        # (time, seq, address, kind, interval, generation)
-        self._heap: list[tuple[int, int, str, str, int, int]] = []
-        self._seq = 0
-        # (address, kind) -> generation: scheduling or cancelling again retires older entries.
-        self._generation: dict[tuple[str, str], int] = {}
-
-    def add(self, address: str, kind: str, first_ms: int, interval_ms: int = 0) -> None:
-        """Set up ticks (replacing any earlier ticks of this kind for this address)."""
-        generation = self._generation.get((address, kind), 0) + 1
-        self._generation[(address, kind)] = generation
-        self._seq += 1
-        heapq.heappush(self._heap, (first_ms, self._seq, address, kind, interval_ms, generation))
-
-    def on_schedule(self, sender: str, message: Schedule) -> None:
-        if message.cancel:
-            self._generation[(sender, message.kind)] = self._generation.get((sender, message.kind), 0) + 1
-        else:
-            self.add(sender, message.kind, message.first_ms, message.interval_ms)
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.address = SCHEDULER
+        self.calendar = Calendar()
+        self.mailbox = context.network.register(SCHEDULER)
+        self.current: tuple[str, Any] | None = None
 
     async def run(self) -> None:
-        heap = self._heap
+        calendar = self.calendar
+        queue = self.mailbox.queue
+        send = self.context.network.send
         try:
             while True:
-                while self.mailbox.queue:
-                    self.current = self.mailbox.queue.popleft()
-                    self.handle(*self.current)
+                while queue:
+                    self.current = sender, message = queue.popleft()
+                    if not isinstance(message, Schedule):
+                        raise TypeError(f"{SCHEDULER} has no handler for {type(message).__name__}")
+                    calendar.on_schedule(sender, message)
                 self.current = None
-                if heap and heap[0][0] <= now_ms():
-                    due = heap[0][0]
-                    while heap and heap[0][0] == due:
-                        when, _, address, kind, interval, generation = heapq.heappop(heap)
-                        if self._generation[(address, kind)] != generation:
-                            continue
-                        self.send(address, Tick(kind, when))
-                        if interval:
-                            self._seq += 1
-                            heapq.heappush(heap, (when + interval, self._seq, address, kind, interval, generation))
-                    self.system.after_message()
+                next_ms = calendar.next_ms()
+                if next_ms is not None and next_ms <= now_ms():
+                    for address, tick in calendar.due():
+                        send(SCHEDULER, address, tick)
+                    self.context.after_message()
                     await trio.lowlevel.checkpoint()
                     continue
-                if heap:
-                    with trio.move_on_at(heap[0][0] / 1000):
+                if next_ms is not None:
+                    with trio.move_on_at(next_ms / 1000):
                         await self.mailbox.wait()
                 else:
                     await self.mailbox.wait()

@@ -30,25 +30,24 @@ import trio
 import trio.testing
 
 from actors import events
-from actors.account import SubAccountActor
-from actors.agents import Agent
 from actors.determinism import deterministic_scheduling
-from actors.feed import FeedActor
-from actors.liquidator import LiquidatorActor
-from actors.market import MarketActor
 from actors.network import ZERO_LATENCY, Latency, Network
 from actors.observer import InvariantViolation, Observer
-from actors.paths import PricePath
-from actors.pool import PoolActor
-from actors.protocol import FEED, LIQUIDATOR, Deposit, account_address, market_address, pool_address
-from actors.runtime import ActorCrashed, Scheduler
+from actors.runtime import Actor, ActorCrashed, Context, Scheduler
 from exchange import margin
 from exchange.book import OrderBook
 from exchange.decimals import ZERO
+from exchange.feed import FeedMachine, PricePath
 from exchange.ledger import Settings, SubAccount
 from exchange.lending import LendingPool
 from exchange.liquidation import BackstopProvider, LiquidationStep
+from exchange.liquidator import LiquidatorMachine
+from exchange.machine import Machine
+from exchange.market import MarketMachine
+from exchange.pool import PoolMachine
 from exchange.profile import Profile
+from exchange.protocol import FEED, LIQUIDATOR, Deposit, account_address, market_address, pool_address
+from exchange.subaccount import SubAccountMachine
 
 SETUP = "setup"
 
@@ -103,7 +102,6 @@ class System:
         faults_until_ms: int = 0,
         fingerprint: bool = True,
     ) -> None:
-        events.configure()
         self.profile = profile
         self.seed = seed
         self.network = Network(seed, latency, dict(latency_rules or {}))
@@ -112,14 +110,15 @@ class System:
         self.stall_ms = stall_ms
         self.sample_ms = sample_ms  # every account logs a health sample this often (None: never)
         self.progress = progress  # called with the virtual time, about a hundred times a run
-        self.scheduler = Scheduler(self)
-        self.feed = FeedActor(self, profile)
-        self.liquidator = LiquidatorActor(self, profile)
-        self.markets = {s: MarketActor(self, OrderBook(profile, s)) for s in profile.markets}
+        self.context = Context(self.network, self.log, self.after_message)
+        self.scheduler = Scheduler(self.context)
+        self.feed = FeedMachine(profile)
+        self.liquidator = LiquidatorMachine(profile)
+        self.markets = {s: MarketMachine(OrderBook(profile, s)) for s in profile.markets}
         settle_step = profile.assets[profile.settlement_asset].step
-        self.pools = {a: PoolActor(self, LendingPool(spec), settle_step) for a, spec in profile.assets.items()}
-        self.accounts: dict[str, SubAccountActor] = {}
-        self.agents: list[Agent] = []
+        self.pools = {a: PoolMachine(LendingPool(spec), settle_step) for a, spec in profile.assets.items()}
+        self.accounts: dict[str, SubAccountMachine] = {}
+        self.agents: list[Machine] = []
         self._deposits: list[tuple[str, str, Decimal]] = []
         self._by_owner: dict[str, list[str]] = {}
         self.network.register(SETUP)
@@ -139,13 +138,13 @@ class System:
         settings: Settings | None = None,
         deposits: Mapping[str, Decimal] | None = None,
         markets: Iterable[str] = (),
-    ) -> SubAccountActor:
+    ) -> SubAccountMachine:
         """A sub-account with deposits made at the start; ``markets`` it will trade (it hears
         their prices from the start; any other market it subscribes to when it first orders)."""
         owner = owner if owner is not None else account_id
         account = SubAccount(account_id, self.profile, owner=owner, settings=settings)
         siblings = self._by_owner.setdefault(owner, [])
-        actor = SubAccountActor(self, account, siblings, markets)
+        actor = SubAccountMachine(account, siblings, markets)
         for sibling in siblings:
             self.accounts[sibling].siblings += (account_id,)
         siblings.append(account_id)
@@ -154,7 +153,7 @@ class System:
             self._deposits.append((account_id, asset, Decimal(quantity)))
         return actor
 
-    def add_agent(self, agent: Agent) -> Agent:
+    def add_agent(self, agent: Machine) -> Machine:
         self.agents.append(agent)
         return agent
 
@@ -197,20 +196,19 @@ class System:
     async def run_async(self, until_s: float) -> RunResult:
         until_ms = round(until_s * 1000)
         try:
-            with self.log:
-                async with trio.open_nursery() as nursery:
-                    self._start(nursery)
-                    nursery.start_soon(self._watchdog)
-                    # Always running, callback or not: an extra task would change the seeded
-                    # order in which ready tasks run, and so the run itself.
-                    nursery.start_soon(self._report_progress, until_ms)
-                    await trio.sleep_until(until_ms / 1000)
-                    # Everything due at the end time happens before the run stops (the clock
-                    # does not move while this waits).
-                    await trio.testing.wait_all_tasks_blocked()
-                    nursery.cancel_scope.cancel()
-                if self.observer is not None:
-                    self.observer.check()
+            async with trio.open_nursery() as nursery:
+                self._start(nursery)
+                nursery.start_soon(self._watchdog)
+                # Always running, callback or not: an extra task would change the seeded
+                # order in which ready tasks run, and so the run itself.
+                nursery.start_soon(self._report_progress, until_ms)
+                await trio.sleep_until(until_ms / 1000)
+                # Everything due at the end time happens before the run stops (the clock
+                # does not move while this waits).
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+            if self.observer is not None:
+                self.observer.check()
         except* ActorCrashed as group:
             crash = group.exceptions[0]
             assert isinstance(crash, ActorCrashed)
@@ -236,25 +234,35 @@ class System:
     def _start(self, nursery: trio.Nursery) -> None:
         """Spawn every actor in a fixed order, then set up prices, subscriptions and calendar."""
         profile = self.profile
-        actors = [self.scheduler, self.feed, self.liquidator, *self.markets.values(), *self.pools.values(),
-                  *self.accounts.values(), *self.agents]
+        machines = [self.feed, self.liquidator, *self.markets.values(), *self.pools.values(),
+                    *self.accounts.values(), *self.agents]
+        actors = {m.address: Actor(self.context, m) for m in machines}
         nursery.start_soon(self.network.run)
-        for actor in actors:
+        nursery.start_soon(self.scheduler.run)
+        for actor in actors.values():
             nursery.start_soon(actor.run)
+        def flush(machine: Machine) -> None:
+            actors[machine.address].carry_out(machine.take())
+
         self.feed.prices = self.feed.evaluate(0)
         for symbol, price in self.feed.prices.items():
-            self.feed.log.info("price", symbol=symbol, price=price)
+            self.feed.emit("price", symbol=symbol, price=price)
+        flush(self.feed)
         for market in self.markets.values():
             market.subscribe()
+            flush(market)
         self.liquidator.subscribe()
-        for actor in self.accounts.values():
-            actor.account.marks.update(self.feed.prices)
-            actor.subscribe(s for market in actor.markets for s in actor.symbols_for(market))
+        flush(self.liquidator)
+        for machine in self.accounts.values():
+            machine.account.marks.update(self.feed.prices)
+            machine.subscribe(s for market in machine.markets for s in machine.symbols_for(market))
+            flush(machine)
         for account_id, asset, quantity in self._deposits:
             self.network.send(SETUP, account_address(account_id), Deposit(asset, quantity))
         for agent in self.agents:
-            agent.start()
-        schedule = self.scheduler.add
+            agent.start()  # type: ignore[attr-defined]
+            flush(agent)
+        schedule = self.scheduler.calendar.add
         schedule(FEED, "prices", self.price_interval_ms, self.price_interval_ms)
         for market in profile.perp_markets():
             schedule(market_address(market.symbol), "funding", market.funding_interval_ms, market.funding_interval_ms)
@@ -263,8 +271,8 @@ class System:
         loop = profile.liquidation.loop_interval_ms
         schedule(LIQUIDATOR, "liquidation", loop, loop)
         if self.sample_ms:
-            for actor in self.accounts.values():
-                schedule(actor.address, "sample", 0, self.sample_ms)
+            for machine in self.accounts.values():
+                schedule(machine.address, "sample", 0, self.sample_ms)
 
     async def _report_progress(self, until_ms: int) -> None:
         step = max(until_ms // 100, 1)

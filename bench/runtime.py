@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from actors.agents import Agent  # noqa: E402
 from actors.network import Mailbox  # noqa: E402
 from actors.paths import Constant, RandomWalk  # noqa: E402
-from actors.protocol import PlaceOrder  # noqa: E402
 from actors.system import System  # noqa: E402
 from exchange.engine import Exchange  # noqa: E402
 from exchange.ledger import Position, Settings  # noqa: E402
 from exchange.orders import Order, OrderType, Side  # noqa: E402
 from exchange.profile import load_profile  # noqa: E402
+from exchange.protocol import PlaceOrder  # noqa: E402
 
 D = Decimal
 BTC = "BTC_USDC_PERP"

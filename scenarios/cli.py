@@ -31,7 +31,6 @@ from exchange.profile import available_profiles, load_profile
 from exchange.validation import InputError
 from scenarios import explain, fuzz, loader, runner
 
-
 HISTORY_LINES = 12  # liquidation steps printed per sub-account after a run
 
 

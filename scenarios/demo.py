@@ -50,9 +50,9 @@ from rich.text import Text
 
 from actors.agents import ScriptedTrader
 from actors.events import Event
-from actors.protocol import PlaceOrder
 from actors.system import RunFailed, System
 from exchange.decimals import fmt, fmt_pct
+from exchange.protocol import PlaceOrder
 from scenarios.loader import Scenario
 from scenarios.runner import ScenarioRun, build, judge
 

@@ -20,7 +20,9 @@ import attrs
 
 from actors.faults import Fault
 from actors.network import Latency
-from actors.protocol import (
+from exchange.orders import Order, OrderType, SelfTradePrevention, Side, TimeInForce
+from exchange.profile import Profile, available_profiles, load_profile
+from exchange.protocol import (
     CancelAll,
     CancelOrder,
     Deposit,
@@ -30,8 +32,6 @@ from actors.protocol import (
     UpdateSettings,
     Withdraw,
 )
-from exchange.orders import Order, OrderType, SelfTradePrevention, Side, TimeInForce
-from exchange.profile import Profile, available_profiles, load_profile
 from exchange.validation import InputError, Reader, did_you_mean
 
 SIDES = {"buy": Side.BID, "bid": Side.BID, "sell": Side.ASK, "ask": Side.ASK}

@@ -14,11 +14,15 @@ from typing import Any
 
 import pytest
 
-from actors.account import SubAccountActor
-from actors.market import MarketActor
 from actors.network import Hook, Network
-from actors.runtime import Actor
-from actors.protocol import (
+from exchange import lending, pretrade
+from exchange.funding import funding_payments
+from exchange.ledger import SubAccount
+from exchange.machine import Machine
+from exchange.margin import Change, Evaluation, Totals, totals
+from exchange.market import MarketMachine
+from exchange.orders import ErrorCode, OrderUpdate, Rejection
+from exchange.protocol import (
     LIQUIDATOR,
     CancelAllOnBook,
     FillNotice,
@@ -28,11 +32,7 @@ from actors.protocol import (
     account_address,
     market_address,
 )
-from exchange import lending, pretrade
-from exchange.funding import funding_payments
-from exchange.ledger import SubAccount
-from exchange.margin import Change, Evaluation, Totals, totals
-from exchange.orders import ErrorCode, OrderUpdate, Rejection
+from exchange.subaccount import SubAccountMachine
 
 
 @contextmanager
@@ -43,7 +43,7 @@ def _patched(owner: object, name: str, replacement: object) -> Iterator[None]:
 
 
 @contextmanager
-def _handler(actor: type[Actor], name: str, replacement: Callable[..., None]) -> Iterator[None]:
+def _handler(actor: type[Machine], name: str, replacement: Callable[..., None]) -> Iterator[None]:
     """Replace an actor's message handler (its dispatch table is resolved once per class)."""
     functions = {message: replacement if method == name else actor._functions[message]
                  for message, method in actor.handlers.items()}
@@ -65,13 +65,13 @@ def stale_liquidator() -> Iterator[None]:
             return
         t = totals(account)
         account.liquidating = True
-        self.log.info("liquidating", mmr=t.mmr)
+        self.emit("liquidating", mmr=t.mmr)
         for market in self._markets_with_orders():
             self.send(market_address(market), CancelAllOnBook(account.id))
         self.send(LIQUIDATOR, LiquidationReport(message.loop, "started", t.mmr, "on the liquidator's report"))
         self._report()
 
-    with _handler(SubAccountActor, "on_start_liquidation", on_start_liquidation):
+    with _handler(SubAccountMachine, "on_start_liquidation", on_start_liquidation):
         yield
 
 
@@ -140,7 +140,7 @@ def funding_on_stale_positions() -> Iterator[None]:
     """The market pays funding on the positions it held at its last price update, not at the
     funding instant: a position closed in between still pays or receives. Expected catch:
     "funding is paid on held positions"."""
-    real_on_price = MarketActor.on_price
+    real_on_price = MarketMachine.on_price
 
     def on_price(self: Any, sender: str, message: Any) -> None:
         real_on_price(self, sender, message)
@@ -150,19 +150,19 @@ def funding_on_stale_positions() -> Iterator[None]:
         if message.kind != "funding" or self.funding is None:
             return
         rate = self.funding.close_interval(message.time_ms)
-        self.log.info("funding_rate", rate=rate, mark=self.mark)
+        self.emit("funding_rate", rate=rate, mark=self.mark)
         if self.mark is None or not rate:
             return
         step = self.book.profile.assets[self.market.quote].step
         positions = getattr(self, "funding_positions", self.book.positions)
         payments = funding_payments(rate, positions, self.mark, step)
         if payments:
-            self.log.info("funding", rate=rate, mark=self.mark,
+            self.emit("funding", rate=rate, mark=self.mark,
                           payments={a: (positions.get(a), amount) for a, amount in payments.items()})
         for account, amount in payments.items():
             self.send(account_address(account), FundingNotice(self.market.symbol, rate, amount))
 
-    with _handler(MarketActor, "on_price", on_price), _handler(MarketActor, "on_tick", on_tick):
+    with _handler(MarketMachine, "on_price", on_price), _handler(MarketMachine, "on_tick", on_tick):
         yield
 
 

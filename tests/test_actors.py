@@ -7,14 +7,14 @@ from decimal import Decimal
 import pytest
 
 from actors.agents import MarketMaker, NoiseTrader, ScriptedTrader
+from actors.determinism import stream
 from actors.faults import Fault, FaultScript
 from actors.paths import Constant, Linear, RandomWalk, Shifted, Steps
-from actors.protocol import CancelAll, LoanRequest, PlaceOrder, Withdraw
-from actors.determinism import stream
 from actors.system import RunFailed, System
 from exchange.ledger import Settings
 from exchange.orders import ErrorCode, Order, OrderType, Side, TimeInForce
 from exchange.profile import load_profile
+from exchange.protocol import CancelAll, LoanRequest, PlaceOrder, Withdraw
 
 D = Decimal
 BTC = "BTC_USDC_PERP"
@@ -279,8 +279,12 @@ class Thief(ScriptedTrader):
     ledger directly, with no message and no event. The observer looks after messages that log
     events, so it is caught at the next price tick (3 s)."""
 
+    def __init__(self, system, *args):
+        super().__init__(system, *args)
+        self.victim = system.accounts[self.account_id].account
+
     def on_tick(self, sender, message):
-        self.system.accounts[self.account_id].account.credit("USDC", D(1))
+        self.victim.credit("USDC", D(1))
 
 
 def test_a_broken_invariant_stops_the_run_with_the_event_and_the_seed():
@@ -299,7 +303,7 @@ def test_a_broken_invariant_stops_the_run_with_the_event_and_the_seed():
 
 
 def test_refused_cancels_and_deposits_are_answered():
-    from actors.protocol import CancelOrder, Deposit
+    from exchange.protocol import CancelOrder, Deposit
 
     system = System(PROFILE, seed=1)
     system.set_path("BTC", Constant(D(100000)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pytest
 

@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 
 from exchange.engine import Exchange
-from exchange.lending import HOUR_MS, Grant, LendingPool
 from exchange.ledger import Settings
+from exchange.lending import HOUR_MS, Grant, LendingPool
 from exchange.orders import ErrorCode, Rejection, Side
 from exchange.profile import load_profile
 

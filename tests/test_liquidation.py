@@ -8,8 +8,8 @@ import pytest
 
 from exchange import margin
 from exchange.engine import Exchange
-from exchange.lending import Grant
 from exchange.ledger import Settings
+from exchange.lending import Grant
 from exchange.liquidation import describe_step
 from exchange.orders import ErrorCode, Side
 from exchange.profile import load_profile

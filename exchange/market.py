@@ -9,9 +9,13 @@ base asset's index from the feed.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
-from actors.protocol import (
+from exchange.book import OrderBook
+from exchange.decimals import ZERO, ceil_to
+from exchange.funding import FundingClock, funding_payments
+from exchange.machine import Machine
+from exchange.orders import Fill, MatchResult, Origin, Rejection, Side
+from exchange.protocol import (
     FEED,
     CancelAllOnBook,
     CancelOnBook,
@@ -32,17 +36,9 @@ from actors.protocol import (
     account_address,
     market_address,
 )
-from actors.runtime import Actor, now_ms
-from exchange.book import OrderBook
-from exchange.decimals import ZERO, ceil_to
-from exchange.funding import FundingClock, funding_payments
-from exchange.orders import Fill, MatchResult, Origin, Rejection, Side
-
-if TYPE_CHECKING:
-    from actors.system import System
 
 
-class MarketActor(Actor):
+class MarketMachine(Machine):
     handlers = {
         SubmitOrder: "on_submit",
         CancelOnBook: "on_cancel",
@@ -54,8 +50,8 @@ class MarketActor(Actor):
         DepthRequest: "on_depth",
     }
 
-    def __init__(self, system: System, book: OrderBook) -> None:
-        super().__init__(system, market_address(book.symbol))
+    def __init__(self, book: OrderBook) -> None:
+        super().__init__(market_address(book.symbol))
         self.book = book
         self.market = book.market
         self.funding = FundingClock(book.market) if book.market.is_perp else None
@@ -83,7 +79,7 @@ class MarketActor(Actor):
                 self.mark = price
         self.book.set_prices(mark=self.mark, index=self.index)
         if self.funding is not None and self.mark is not None and self.index is not None:
-            self.funding.observe(now_ms(), self.mark, self.index)
+            self.funding.observe(self.now_ms, self.mark, self.index)
 
     # -- orders -----------------------------------------------------------------------------
     def on_submit(self, sender: str, message: SubmitOrder) -> None:
@@ -97,7 +93,7 @@ class MarketActor(Actor):
         fills = match.fills
         for i in range(0, len(fills), 2):
             maker, taker = fills[i], fills[i + 1]
-            self.log.info("trade", trade_id=maker.trade_id, price=maker.price, quantity=maker.quantity,
+            self.emit("trade", trade_id=maker.trade_id, price=maker.price, quantity=maker.quantity,
                           taker_side=taker.side, maker=maker.account, taker=taker.account,
                           taker_origin=taker.origin)
         for fill in fills:
@@ -111,7 +107,7 @@ class MarketActor(Actor):
         if top != self._top:
             self._top = top
             bid, ask = top
-            self.log.info("book_top", bid=bid[0] if bid else None, bid_quantity=bid[1] if bid else None,
+            self.emit("book_top", bid=bid[0] if bid else None, bid_quantity=bid[1] if bid else None,
                           ask=ask[0] if ask else None, ask_quantity=ask[1] if ask else None)
 
     def on_cancel(self, sender: str, message: CancelOnBook) -> None:
@@ -132,14 +128,14 @@ class MarketActor(Actor):
         if message.kind != "funding" or self.funding is None:
             return
         rate = self.funding.close_interval(message.time_ms)
-        self.log.info("funding_rate", rate=rate, mark=self.mark)
+        self.emit("funding_rate", rate=rate, mark=self.mark)
         if self.mark is None or not rate:
             return
         step = self.book.profile.assets[self.market.quote].step
         positions = self.book.positions
         payments = funding_payments(rate, positions, self.mark, step)
         if payments:
-            self.log.info("funding", rate=rate, mark=self.mark,
+            self.emit("funding", rate=rate, mark=self.mark,
                           payments={a: (positions.get(a), amount) for a, amount in payments.items()})
         for account, amount in payments.items():
             self.send(account_address(account), FundingNotice(self.market.symbol, rate, amount))
@@ -178,7 +174,7 @@ class MarketActor(Actor):
                 self.send(account_address(fill.account), FillNotice(fill, self.market))
             for update in updates:
                 self.send(account_address(update.account), UpdateNotice(update))
-            self.log.info("position_transfer", kind=message.kind, account=message.account,
+            self.emit("position_transfer", kind=message.kind, account=message.account,
                           counterparty=message.counterparty, quantity=quantity, price=price, fee=fee)
         signed = quantity if held > 0 else -quantity
         self.send(sender, TransferDone(message.kind, self.market.symbol, message.account, message.counterparty,

@@ -7,9 +7,11 @@ borrow; a bankrupt borrower's debt is written off on the liquidator's word (spec
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from actors.protocol import (
+from exchange.decimals import ZERO, floor_to
+from exchange.lending import Grant, LendingPool
+from exchange.machine import Machine
+from exchange.orders import Rejection
+from exchange.protocol import (
     BorrowWrittenOff,
     InterestNotice,
     LendWrittenOff,
@@ -21,20 +23,13 @@ from actors.protocol import (
     account_address,
     pool_address,
 )
-from actors.runtime import Actor, now_ms
-from exchange.decimals import ZERO, floor_to
-from exchange.lending import Grant, LendingPool
-from exchange.orders import Rejection
-
-if TYPE_CHECKING:
-    from actors.system import System
 
 
-class PoolActor(Actor):
+class PoolMachine(Machine):
     handlers = {PoolRequest: "on_request", Tick: "on_tick", WriteOff: "on_write_off"}
 
-    def __init__(self, system: System, pool: LendingPool, settlement_step: object) -> None:
-        super().__init__(system, pool_address(pool.asset))
+    def __init__(self, pool: LendingPool, settlement_step: object) -> None:
+        super().__init__(pool_address(pool.asset))
         self.pool = pool
         self.settlement_step = settlement_step
 
@@ -54,21 +49,21 @@ class PoolActor(Actor):
                 if not quantity:
                     continue
                 done = (pool.redeem(account, quantity, liquidation=True) if action == "redeem"
-                        else pool.borrow(account, quantity, now_ms(), liquidation=True))
+                        else pool.borrow(account, quantity, self.now_ms, liquidation=True))
                 if isinstance(done, Rejection):
                     result = done if not grants else grants  # keep what was granted before
                     break
                 grants.append(done)
         else:
-            result = pool.draw(account, message.redeem, message.borrow, now_ms())
+            result = pool.draw(account, message.redeem, message.borrow, self.now_ms)
         if isinstance(result, Rejection):
-            self.log.info("pool_refused", account=account, purpose=message.purpose, code=result.code,
+            self.emit("pool_refused", account=account, purpose=message.purpose, code=result.code,
                           message=result.message)
             self.send(sender, PoolReply(message.request_id, (), result))
             return
         grants = [result] if isinstance(result, Grant) else result
         for grant in grants:
-            self.log.info("pool_" + grant.action, account=account, quantity=grant.quantity,
+            self.emit("pool_" + grant.action, account=account, quantity=grant.quantity,
                           entry_fee=grant.entry_fee, purpose=message.purpose, utilization=pool.utilization)
         self.send(sender, PoolReply(message.request_id, tuple(grants)))
 
@@ -80,7 +75,7 @@ class PoolActor(Actor):
             pool.last_tick_ms = message.time_ms
             return
         tick = pool.accrue(message.time_ms)
-        self.log.info("interest_accrued", borrow_rate=tick.borrow_rate, lend_rate=tick.lend_rate,
+        self.emit("interest_accrued", borrow_rate=tick.borrow_rate, lend_rate=tick.lend_rate,
                       utilization=tick.utilization, paid=tick.paid_by_borrowers, credited=tick.credited_to_lenders,
                       exchange_fee=tick.exchange_fee)
         for account in sorted(set(tick.borrow_interest) | set(tick.lend_interest)):
@@ -93,7 +88,7 @@ class PoolActor(Actor):
         debt = self.pool.borrowers.get(message.account, ZERO)
         shares = self.pool.write_off(message.account)
         paid = sum((floor_to(q * message.price, self.settlement_step) for q in shares.values()), ZERO)  # type: ignore[arg-type]
-        self.log.info("write_off", account=message.account, debt=debt, price=message.price, paid=paid)
+        self.emit("write_off", account=message.account, debt=debt, price=message.price, paid=paid)
         for lender, quantity in shares.items():
             self.send(account_address(lender), LendWrittenOff(self.pool.asset, quantity))
         self.send(account_address(message.account), BorrowWrittenOff(self.pool.asset, debt, paid))

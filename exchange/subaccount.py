@@ -16,11 +16,44 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
-from actors.protocol import (
+from exchange.decimals import ZERO, ceil_to, floor_to, fmt
+from exchange.ledger import SubAccount
+from exchange.lending import Grant
+from exchange.liquidation import (
+    BACKSTOP,
+    BOOK,
+    LiquidationOrder,
+    LiquidationStep,
+    average_fill_price,
+    backstop_collateral,
+    backstop_fee,
+    may_write_off,
+    needs_liquidation,
+    plan_step,
+    settlement_borrow_to_cover,
+    waiting_reason,
+    why_liquidated,
+)
+from exchange.machine import Machine
+from exchange.margin import Change, evaluate_change, totals
+from exchange.orders import (
+    ErrorCode,
+    ExpiryReason,
+    Order,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Origin,
+    Rejection,
+    Side,
+    TimeInForce,
+)
+from exchange.pretrade import Accepted, check_order
+from exchange.protocol import (
     FEED,
     LIQUIDATOR,
     SCHEDULER,
@@ -35,8 +68,8 @@ from actors.protocol import (
     CancelRefused,
     CollateralPayment,
     CollateralSale,
-    Deposit,
     DeliveryRequest,
+    Deposit,
     FillNotice,
     FundFlow,
     FundingNotice,
@@ -73,43 +106,7 @@ from actors.protocol import (
     market_address,
     pool_address,
 )
-from actors.runtime import Actor, now_ms
-from exchange.decimals import ZERO, ceil_to, floor_to, fmt
-from exchange.ledger import SubAccount
-from exchange.lending import Grant
-from exchange.liquidation import (
-    BACKSTOP,
-    BOOK,
-    LiquidationOrder,
-    LiquidationStep,
-    average_fill_price,
-    backstop_collateral,
-    backstop_fee,
-    may_write_off,
-    needs_liquidation,
-    plan_step,
-    settlement_borrow_to_cover,
-    waiting_reason,
-    why_liquidated,
-)
-from exchange.margin import Change, evaluate_change, totals
-from exchange.orders import (
-    ErrorCode,
-    ExpiryReason,
-    Order,
-    OrderStatus,
-    OrderType,
-    OrderUpdate,
-    Origin,
-    Rejection,
-    Side,
-    TimeInForce,
-)
-from exchange.pretrade import Accepted, check_order
 from exchange.settlement import plan_reconciliation, settlement_shortfall
-
-if TYPE_CHECKING:
-    from actors.system import System
 
 REPORT_FROM_MMR = Decimal("0.5")  # below this, report only when positions or borrows change
 
@@ -139,7 +136,7 @@ class _LiquidationRun:
     settling: bool = False
 
 
-class SubAccountActor(Actor):
+class SubAccountMachine(Machine):
     handlers = {
         PlaceOrder: "on_place_order",
         CancelOrder: "on_cancel_order",
@@ -173,9 +170,9 @@ class SubAccountActor(Actor):
     }
 
     def __init__(
-        self, system: System, account: SubAccount, siblings: Iterable[str] = (), markets: Iterable[str] = ()
+        self, account: SubAccount, siblings: Iterable[str] = (), markets: Iterable[str] = ()
     ) -> None:
-        super().__init__(system, account_address(account.id))
+        super().__init__(account_address(account.id))
         self.account = account
         self.markets = tuple(markets)  # markets it trades: it hears their prices from the start
         self.profile = account.profile
@@ -284,7 +281,7 @@ class SubAccountActor(Actor):
         if owner is not None:
             self.owners[order.order_id] = owner
         ev = accepted.evaluation
-        self.log.info(
+        self.emit(
             "order_placed", order_id=order.order_id, market=order.market, side=order.side,
             order_type=order.order_type, quantity=order.quantity, price=order.price,
             quote_quantity=order.quote_quantity, origin=order.origin, reduce_only=order.reduce_only,
@@ -296,7 +293,7 @@ class SubAccountActor(Actor):
     def _refuse_order(self, order: Order, rejection: Rejection, owner: str | None) -> None:
         # The refusal's numbers may repeat the order's own fields (a band refusal names the
         # market and the price); the order's values are the same and are kept.
-        self.log.info("order_rejected", **{
+        self.emit("order_rejected", **{
             **rejection.details, "order_id": order.order_id, "market": order.market, "side": order.side,
             "quantity": order.quantity, "price": order.price, "code": rejection.code, "reason": rejection.reason,
             "message": rejection.message,
@@ -325,7 +322,7 @@ class SubAccountActor(Actor):
         self._order_ended(order)
 
     def on_cancel_refused(self, sender: str, message: CancelRefused) -> None:
-        self.log.info("cancel_refused", order_id=message.order_id, code=message.rejection.code,
+        self.emit("cancel_refused", order_id=message.order_id, code=message.rejection.code,
                       message=message.rejection.message)
         self._notify(self.owners.get(message.order_id, self.cancellers.pop(message.order_id, None)),
                      RequestRefused(message.order_id, message.rejection))
@@ -333,7 +330,7 @@ class SubAccountActor(Actor):
     def on_fill(self, sender: str, message: FillNotice) -> None:
         fill, market = message.fill, message.market
         effect = self.account.apply_fill(fill, market)
-        self.log.info(
+        self.emit(
             "fill", market=fill.market, order_id=fill.order_id, side=fill.side, price=fill.price,
             quantity=fill.quantity, fee=fill.fee, fee_asset=fill.fee_asset, maker=fill.is_maker,
             origin=fill.origin, realized_pnl=effect.realized_pnl, position=effect.position_after,
@@ -344,7 +341,7 @@ class SubAccountActor(Actor):
         if market.is_perp and not self.realizing and self.profile.realize_interval_ms:
             self.realizing = True
             interval = self.profile.realize_interval_ms
-            self.send(SCHEDULER, Schedule("realize", (now_ms() // interval + 1) * interval, interval))
+            self.send(SCHEDULER, Schedule("realize", (self.now_ms // interval + 1) * interval, interval))
         run = self.liquidation
         if run is not None and fill.order_id in run.orders:
             run.fills[fill.order_id].append(fill)
@@ -365,7 +362,7 @@ class SubAccountActor(Actor):
 
     def _close(self, order: Order, final: OrderUpdate) -> None:
         """The order has ended and every fill of it is booked: log it, tell its owner."""
-        self.log.info("order_closed", order_id=final.order_id, market=final.market, status=final.status,
+        self.emit("order_closed", order_id=final.order_id, market=final.market, status=final.status,
                       reason=final.reason, executed=final.executed_quantity)
         self._order_ended(order)
         self._notify(self.owners.pop(final.order_id, None), OrderChanged(final))
@@ -397,7 +394,7 @@ class SubAccountActor(Actor):
         self.account.marks.update(message.prices)
         deferred, self.deferred = self.deferred, []
         for held_sender, held in deferred:
-            self.handle(held_sender, held)
+            self.dispatch(held_sender, held)
         self._report()
 
     # -- money in and out -------------------------------------------------------------------
@@ -406,12 +403,12 @@ class SubAccountActor(Actor):
             refused = Rejection(ErrorCode.INVALID_QUANTITY,
                                 f"cannot deposit {fmt(message.quantity)} {message.asset}: "
                                 f"assets are {', '.join(self.profile.assets)}")
-            self.log.info("deposit_refused", asset=message.asset, quantity=message.quantity)
+            self.emit("deposit_refused", asset=message.asset, quantity=message.quantity)
             self.send(sender, RequestRefused(message.request_id, refused))
             return
         credited = floor_to(message.quantity, self.profile.assets[message.asset].step)
         repaid = self.account.deposit(message.asset, message.quantity)
-        self.log.info("deposit", asset=message.asset, quantity=credited, repaid_debt=repaid)
+        self.emit("deposit", asset=message.asset, quantity=credited, repaid_debt=repaid)
         if repaid:
             self.send(LIQUIDATOR, FundFlow(self.account.id, message.asset, repaid, "debt repaid"))
         self.subscribe((message.asset,))
@@ -421,7 +418,7 @@ class SubAccountActor(Actor):
     def on_withdraw(self, sender: str, message: Withdraw | TransferOut) -> None:
         plan = self._outflow_plan(message.asset, message.quantity, getattr(message, "auto_borrow", False))
         if isinstance(plan, Rejection):
-            self.log.info("withdrawal_refused", request_id=message.request_id, asset=message.asset,
+            self.emit("withdrawal_refused", request_id=message.request_id, asset=message.asset,
                           quantity=message.quantity, code=plan.code, message=plan.message, **plan.details)
             self.send(sender, RequestRefused(message.request_id, plan))
             return
@@ -470,18 +467,18 @@ class SubAccountActor(Actor):
             return
         self.account.debit(asset, quantity)
         if isinstance(message, TransferOut):
-            self.log.info("transfer_out", request_id=message.request_id, target=message.target, asset=asset,
+            self.emit("transfer_out", request_id=message.request_id, target=message.target, asset=asset,
                           quantity=quantity)
             self.send(account_address(message.target),
                       AssetTransfer(self.account.id, asset, quantity, "sibling transfer", message.request_id))
         else:
-            self.log.info("withdrawal", request_id=message.request_id, asset=asset, quantity=quantity)
+            self.emit("withdrawal", request_id=message.request_id, asset=asset, quantity=quantity)
         self.send(sender, RequestDone(message.request_id, f"{fmt(quantity)} {asset}"))
         self._settled()
 
     def on_asset_transfer(self, sender: str, message: AssetTransfer) -> None:
         repaid = self.account.deposit(message.asset, message.quantity)
-        self.log.info("transfer_in", sender=message.sender, asset=message.asset, quantity=message.quantity,
+        self.emit("transfer_in", sender=message.sender, asset=message.asset, quantity=message.quantity,
                       reason=message.reason, repaid_debt=repaid)
         if repaid:
             self.send(LIQUIDATOR, FundFlow(self.account.id, message.asset, repaid, "debt repaid"))
@@ -508,7 +505,7 @@ class SubAccountActor(Actor):
                      "available_before": ev.before.available, "available_after": ev.after.available},
                 )
         if refused is not None:
-            self.log.info("loan_refused", action=message.action, asset=asset, quantity=quantity, code=refused.code,
+            self.emit("loan_refused", action=message.action, asset=asset, quantity=quantity, code=refused.code,
                           message=refused.message)
             self.send(sender, RequestRefused(message.request_id, refused))
             return
@@ -555,7 +552,7 @@ class SubAccountActor(Actor):
         elif kind == "loan":
             request = pending.payload
             if message.rejection is not None:
-                self.log.info("loan_refused", action=request.action, asset=request.asset, quantity=request.quantity,
+                self.emit("loan_refused", action=request.action, asset=request.asset, quantity=request.quantity,
                               code=message.rejection.code, message=message.rejection.message)
                 self.send(pending.sender, RequestRefused(request.request_id, message.rejection))
             else:
@@ -591,23 +588,23 @@ class SubAccountActor(Actor):
             account.apply_borrow(grant.asset, grant.quantity, grant.entry_fee)
         else:
             account.apply_repay(grant.asset, grant.quantity)
-        self.log.info(grant.action, asset=grant.asset, quantity=grant.quantity, entry_fee=grant.entry_fee)
+        self.emit(grant.action, asset=grant.asset, quantity=grant.quantity, entry_fee=grant.entry_fee)
 
     def on_interest(self, sender: str, message: InterestNotice) -> None:
         self.account.apply_interest(message.asset, message.borrow_interest, message.lend_interest)
-        self.log.info("interest", asset=message.asset, borrow_interest=message.borrow_interest,
+        self.emit("interest", asset=message.asset, borrow_interest=message.borrow_interest,
                       lend_interest=message.lend_interest, borrow_rate=message.borrow_rate,
                       lend_rate=message.lend_rate)
         self._settled()
 
     def on_lend_written_off(self, sender: str, message: LendWrittenOff) -> None:
         self.account.apply_lend_write_off(message.asset, message.quantity)
-        self.log.info("lend_written_off", asset=message.asset, quantity=message.quantity)
+        self.emit("lend_written_off", asset=message.asset, quantity=message.quantity)
 
     def on_borrow_written_off(self, sender: str, message: BorrowWrittenOff) -> None:
         account = self.account
         repaid = account.apply_borrow_write_off(message.asset, message.quantity, message.paid)
-        self.log.info("borrow_written_off", asset=message.asset, quantity=message.quantity,
+        self.emit("borrow_written_off", asset=message.asset, quantity=message.quantity,
                       debt_to_fund=message.paid, repaid=repaid, unsettled_equity=account.unsettled_equity)
         if repaid:
             self.send(LIQUIDATOR, FundFlow(account.id, self.settle, repaid, "debt repaid"))
@@ -633,13 +630,13 @@ class SubAccountActor(Actor):
     # -- perp settlement --------------------------------------------------------------------
     def on_funding(self, sender: str, message: FundingNotice) -> None:
         self.account.apply_funding(message.market, message.amount)
-        self.log.info("funding_payment", market=message.market, rate=message.rate, amount=message.amount)
+        self.emit("funding_payment", market=message.market, rate=message.rate, amount=message.amount)
         self._settled()
 
     def on_tick(self, sender: str, message: Tick) -> None:
         if message.kind == "realize":
             for symbol, amount in self.account.realize_pnl():
-                self.log.info("pnl_realized", market=symbol, amount=amount)
+                self.emit("pnl_realized", market=symbol, amount=amount)
             self._settled()
         elif message.kind == "sample":
             self._log_health()
@@ -648,7 +645,7 @@ class SubAccountActor(Actor):
         """A periodic health sample (charts, the demo, expectations at a time)."""
         account = self.account
         t = totals(account)
-        self.log.info(
+        self.emit(
             "health", net_equity=t.net_equity, imr=t.imr, mmr=t.mmr, available=t.available,
             maintenance=t.maintenance, liquidating=account.liquidating,
             positions={s: p.quantity for s, p in account.positions.items()},
@@ -702,7 +699,7 @@ class SubAccountActor(Actor):
                 return
         short = settlement_shortfall(account)
         account.cover_from_fund(short)
-        self.log.info("fund_cover", quantity=short, unsettled_equity=account.unsettled_equity)
+        self.emit("fund_cover", quantity=short, unsettled_equity=account.unsettled_equity)
         self.send(LIQUIDATOR, FundFlow(account.id, self.settle, -short, "covered a shortfall"))
 
     # -- settings ---------------------------------------------------------------------------
@@ -729,7 +726,7 @@ class SubAccountActor(Actor):
             value = getattr(message, name)
             if value is not None:
                 setattr(settings, name, value)
-        self.log.info("settings_changed", leverage_limit=settings.leverage_limit, auto_lend=settings.auto_lend,
+        self.emit("settings_changed", leverage_limit=settings.leverage_limit, auto_lend=settings.auto_lend,
                       auto_borrow_settlements=settings.auto_borrow_settlements,
                       auto_repay_borrows=settings.auto_repay_borrows)
         self.send(sender, RequestDone(message.request_id))
@@ -743,7 +740,7 @@ class SubAccountActor(Actor):
         t = totals(account)
         if needs_liquidation(t) and not account.liquidating:
             if self.unhealthy_since_ms is None:
-                self.unhealthy_since_ms = now_ms()
+                self.unhealthy_since_ms = self.now_ms
         else:
             self.unhealthy_since_ms = None
         shape = (
@@ -773,7 +770,7 @@ class SubAccountActor(Actor):
             return
         account.liquidating = True
         self.lends_unredeemable.clear()
-        self.log.info("liquidating", mmr=t.mmr)
+        self.emit("liquidating", mmr=t.mmr)
         why = why_liquidated(account)
         for market in self._markets_with_orders():
             self.send(market_address(market), CancelAllOnBook(account.id))
@@ -791,7 +788,7 @@ class SubAccountActor(Actor):
         plan = plan_step(account, message.depth, self.profile.liquidation, message.progress)
         if plan.stage == "healthy":
             account.liquidating = self.waiting_for_liquidity = False
-            self.log.info("liquidation_ended", outcome="healthy", mmr=plan.mmr)
+            self.emit("liquidation_ended", outcome="healthy", mmr=plan.mmr)
             self.send(LIQUIDATOR, LiquidationReport(message.loop, "healthy", plan.mmr, plan.reason))
             self._settled()
             return
@@ -849,7 +846,7 @@ class SubAccountActor(Actor):
                       ZERO)
             stage = BOOK if self.profile.markets[order.market].is_perp else "conversion"
             average = average_fill_price(notional, filled, self.profile.markets[order.market].tick_size)
-            run.steps.append(LiquidationStep(now_ms(), stage, order.market, str(order.side), filled, average,
+            run.steps.append(LiquidationStep(self.now_ms, stage, order.market, str(order.side), filled, average,
                                              fee, run.mmr_before, totals(self.account).mmr, wanted.reason))
         if not run.orders:
             self._finish_step()
@@ -881,7 +878,7 @@ class SubAccountActor(Actor):
                 break
             for asset, quantity, price in backstop_collateral(account, min(most, need)):
                 account.debit(asset, quantity)
-                self.log.info("backstop_sale", buyer=provider, asset=asset, quantity=quantity, price=price)
+                self.emit("backstop_sale", buyer=provider, asset=asset, quantity=quantity, price=price)
                 run.outstanding += 1
                 self.send(account_address(provider), CollateralSale(message.loop, asset, quantity, price))
         if not run.outstanding:
@@ -895,7 +892,7 @@ class SubAccountActor(Actor):
             reason = (f"{run.reason}; taken by {message.counterparty} at mark" if message.kind == "backstop"
                       else f"backstop capacity exhausted; closed against {message.counterparty}")
             side = "Ask" if message.quantity > 0 else "Bid"
-            run.steps.append(LiquidationStep(now_ms(), message.kind, message.market, side, abs(message.quantity),
+            run.steps.append(LiquidationStep(self.now_ms, message.kind, message.market, side, abs(message.quantity),
                                              message.price, message.fee, run.mmr_before, mmr, reason))
             run.mmr_before = mmr
         run.outstanding -= 1
@@ -907,7 +904,7 @@ class SubAccountActor(Actor):
         quantity = min(message.quantity, max(self.account.available(message.asset), ZERO))
         if quantity:
             self.account.debit(message.asset, quantity)
-        self.log.info("backstop_delivery", to=sender, asset=message.asset, quantity=quantity, price=message.price)
+        self.emit("backstop_delivery", to=sender, asset=message.asset, quantity=quantity, price=message.price)
         self.send(sender, BackstopDelivery(message.loop, self.account.id, message.asset, quantity, message.price))
         self._settled()
 
@@ -922,11 +919,11 @@ class SubAccountActor(Actor):
             account.debit(self.settle, value)
             self.send(sender, AssetTransfer(account.id, self.settle, value, "backstop payment"))
             fee = self._pay_backstop_fee(value)
-            self.log.info("backstop_bought", provider=message.provider, asset=message.asset, quantity=message.quantity,
+            self.emit("backstop_bought", provider=message.provider, asset=message.asset, quantity=message.quantity,
                           price=message.price, value=value, fee=fee)
             self._repay_from_available(message.asset)
             mmr = totals(account).mmr
-            run.steps.append(LiquidationStep(now_ms(), BACKSTOP, message.asset, "Bid", message.quantity, message.price,
+            run.steps.append(LiquidationStep(self.now_ms, BACKSTOP, message.asset, "Bid", message.quantity, message.price,
                                              fee, run.mmr_before, mmr, f"{run.reason}; {message.provider} repaid the borrow at mark"))
             run.mmr_before = mmr
         run.outstanding -= 1
@@ -944,7 +941,7 @@ class SubAccountActor(Actor):
             account.credit(asset, bought)
             account.debit(self.settle, value)
             self.subscribe((asset,))
-        self.log.info("backstop_purchase", seller=sender, asset=asset, quantity=bought, price=message.price,
+        self.emit("backstop_purchase", seller=sender, asset=asset, quantity=bought, price=message.price,
                       value=value)
         self.send(sender, CollateralPayment(message.loop, account.id, asset, bought, message.quantity - bought,
                                             message.price, value))
@@ -962,12 +959,12 @@ class SubAccountActor(Actor):
         if message.value:
             account.credit(self.settle, message.value)
             fee = self._pay_backstop_fee(message.value)
-        self.log.info("backstop_sold", provider=message.provider, asset=message.asset, quantity=message.bought,
+        self.emit("backstop_sold", provider=message.provider, asset=message.asset, quantity=message.bought,
                       returned=message.returned, price=message.price, value=message.value, fee=fee)
         if message.bought:
             mmr = totals(account).mmr
             run.steps.append(LiquidationStep(
-                now_ms(), BACKSTOP, message.asset, "Ask", message.bought, message.price, fee, run.mmr_before, mmr,
+                self.now_ms, BACKSTOP, message.asset, "Ask", message.bought, message.price, fee, run.mmr_before, mmr,
                 f"{run.reason}; {message.provider} bought {message.asset} at mark to repay the {self.settle} borrow"))
             run.mmr_before = mmr
         run.outstanding -= 1
@@ -1003,7 +1000,7 @@ class SubAccountActor(Actor):
         if settlement_shortfall(account):
             short = settlement_shortfall(account)
             account.cover_from_fund(short)
-            self.log.info("fund_cover", quantity=short, unsettled_equity=account.unsettled_equity)
+            self.emit("fund_cover", quantity=short, unsettled_equity=account.unsettled_equity)
             self.send(LIQUIDATOR, FundFlow(account.id, self.settle, -short, "covered a shortfall"))
         t = totals(account)
         if (t.net_equity > 0 and self.profile.liquidation.backstop_residual_to_fund and not account.positions
@@ -1015,7 +1012,7 @@ class SubAccountActor(Actor):
                     moved.append(f"{fmt(bal.available)} {asset}")
                     bal.available = ZERO
             if moved:
-                run.steps.append(LiquidationStep(now_ms(), "fund", None, None, ZERO, None, ZERO, mmr_before, ZERO,
+                run.steps.append(LiquidationStep(self.now_ms, "fund", None, None, ZERO, None, ZERO, mmr_before, ZERO,
                                                  "residual equity after the backstop goes to the liquidity fund: "
                                                  + ", ".join(moved)))
         if account.positions or account.borrows:
@@ -1026,13 +1023,13 @@ class SubAccountActor(Actor):
                 elif not self.waiting_for_liquidity:
                     self.waiting_for_liquidity = True
                     mmr = totals(account).mmr
-                    run.steps.append(LiquidationStep(now_ms(), "waiting", None, None, ZERO, None, ZERO, mmr, mmr,
+                    run.steps.append(LiquidationStep(self.now_ms, "waiting", None, None, ZERO, None, ZERO, mmr, mmr,
                                                      waiting_reason(account)))
         else:
             outcome = "bankruptcy" if account.unsettled_equity < 0 else "closed"
         if outcome != "stepped":
             account.liquidating = self.waiting_for_liquidity = False
-            self.log.info("liquidation_ended", outcome=outcome, unsettled_equity=account.unsettled_equity)
+            self.emit("liquidation_ended", outcome=outcome, unsettled_equity=account.unsettled_equity)
         self.send(LIQUIDATOR, LiquidationReport(run.loop, outcome, totals(account).mmr,
                                                 "nothing left to liquidate", tuple(run.steps),
                                                 net_equity=totals(account).net_equity))

@@ -14,11 +14,23 @@ pays the lenders of a written-off borrow (spec F7).
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 import attrs
 
-from actors.protocol import (
+from exchange.decimals import ONE, ZERO, floor_to, fmt
+from exchange.liquidation import (
+    ADL,
+    BACKSTOP,
+    AdlCandidate,
+    BackstopProvider,
+    LiquidationStep,
+    Progress,
+    adl_queue,
+    gross_of_fee,
+)
+from exchange.machine import Machine
+from exchange.profile import Profile
+from exchange.protocol import (
     FEED,
     LIQUIDATOR,
     AssetTransfer,
@@ -40,22 +52,6 @@ from actors.protocol import (
     market_address,
     pool_address,
 )
-from actors.runtime import Actor, now_ms
-from exchange.decimals import ONE, ZERO, floor_to, fmt
-from exchange.liquidation import (
-    ADL,
-    BACKSTOP,
-    AdlCandidate,
-    BackstopProvider,
-    LiquidationStep,
-    Progress,
-    adl_queue,
-    gross_of_fee,
-)
-from exchange.profile import Profile
-
-if TYPE_CHECKING:
-    from actors.system import System
 
 
 @attrs.define
@@ -67,7 +63,7 @@ class _Case:
     started_ms: int = 0
 
 
-class LiquidatorActor(Actor):
+class LiquidatorMachine(Machine):
     handlers = {
         HealthReport: "on_report",
         Tick: "on_tick",
@@ -79,8 +75,8 @@ class LiquidatorActor(Actor):
         PriceSnapshot: "on_snapshot",
     }
 
-    def __init__(self, system: System, profile: Profile) -> None:
-        super().__init__(system, LIQUIDATOR)
+    def __init__(self, profile: Profile) -> None:
+        super().__init__(LIQUIDATOR)
         self.profile = profile
         self.settle = profile.settlement_asset
         self.reports: dict[str, HealthReport] = {}
@@ -113,7 +109,7 @@ class LiquidatorActor(Actor):
         for account, report in self.reports.items():
             if account not in self.cases and report.maintenance > 0 and report.mmr >= 1 and not report.liquidating:
                 self._loop += 1
-                self.cases[account] = _Case(self._loop, started_ms=now_ms())
+                self.cases[account] = _Case(self._loop, started_ms=self.now_ms)
                 self.send(account_address(account), StartLiquidation(self._loop))
         self._request_loops()
 
@@ -147,10 +143,10 @@ class LiquidatorActor(Actor):
             self._record(account, step)
         outcome = message.outcome
         if outcome == "not_needed":
-            self.log.info("liquidation_skipped", account=account, mmr=message.mmr, reason=message.reason)
+            self.emit("liquidation_skipped", account=account, mmr=message.mmr, reason=message.reason)
             del self.cases[account]
         elif outcome == "started":
-            self._record(account, LiquidationStep(now_ms(), "start", None, None, ZERO, None, ZERO, message.mmr,
+            self._record(account, LiquidationStep(self.now_ms, "start", None, None, ZERO, None, ZERO, message.mmr,
                                                   message.mmr, message.reason))
             case.stage, case.waiting = "running", False
             self._request_loops()  # the first loop runs at once, as part of the start
@@ -164,7 +160,7 @@ class LiquidatorActor(Actor):
             case.stage = BACKSTOP
             self._plan_backstop(account, case, message.reason)
         else:  # "healthy", "closed", "bankruptcy"
-            self._record(account, LiquidationStep(now_ms(), outcome, None, None, ZERO, None, ZERO, message.mmr,
+            self._record(account, LiquidationStep(self.now_ms, outcome, None, None, ZERO, None, ZERO, message.mmr,
                                                   message.mmr, message.reason))
             del self.cases[account]
             report = self.reports.get(account)
@@ -174,7 +170,7 @@ class LiquidatorActor(Actor):
 
     def _record(self, account: str, step: LiquidationStep) -> None:
         self.history.setdefault(account, []).append(step)
-        self.log.info("liquidation_step", account=account, stage=step.stage, market=step.market, side=step.side,
+        self.emit("liquidation_step", account=account, stage=step.stage, market=step.market, side=step.side,
                       quantity=step.quantity, price=step.price, fee=step.fee, mmr_before=step.mmr_before,
                       mmr_after=step.mmr_after, reason=step.reason)
 
@@ -235,7 +231,7 @@ class LiquidatorActor(Actor):
                     deliveries.append((provider.account, asset, take))
                     provider.used[asset] = provider.used.get(asset, ZERO) + take * price
                     remaining -= take
-        self.log.info("backstop_plan", account=account, reason=reason, transfers=len(transfers),
+        self.emit("backstop_plan", account=account, reason=reason, transfers=len(transfers),
                       deliveries=len(deliveries), purchases=len(purchases))
         self.send(account_address(account),
                   BackstopPlan(case.loop, reason, tuple(transfers), tuple(deliveries), tuple(purchases)))
@@ -243,7 +239,7 @@ class LiquidatorActor(Actor):
     # -- the liquidity fund -----------------------------------------------------------------
     def on_fund_flow(self, sender: str, message: FundFlow) -> None:
         self.fund[message.asset] = self.fund.get(message.asset, ZERO) + message.quantity
-        self.log.info("fund_flow", account=message.account, asset=message.asset, quantity=message.quantity,
+        self.emit("fund_flow", account=message.account, asset=message.asset, quantity=message.quantity,
                       reason=message.reason, fund=self.fund[message.asset])
 
     def on_written_off(self, sender: str, message: WrittenOff) -> None:
@@ -255,6 +251,6 @@ class LiquidatorActor(Actor):
                 continue
             self.fund[self.settle] = self.fund.get(self.settle, ZERO) - value
             self.send(account_address(lender), AssetTransfer(LIQUIDATOR, self.settle, value, "lender compensation"))
-        self.log.info("lenders_compensated", account=message.account, asset=message.asset, debt=message.debt,
+        self.emit("lenders_compensated", account=message.account, asset=message.asset, debt=message.debt,
                       price=message.price, fund=self.fund.get(self.settle, ZERO),
                       detail=", ".join(f"{lender} {fmt(q)}" for lender, q in message.shares.items()))

@@ -9,23 +9,30 @@ times one plus its premium path (none: mark = index). A new subscriber gets a sn
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from actors.paths import Constant, PricePath, premium_mark
-from actors.protocol import FEED, PriceSnapshot, PriceUpdate, Subscribe, Tick
-from actors.runtime import Actor
-from exchange.decimals import ZERO
+from exchange.decimals import ONE
+from exchange.machine import Machine
 from exchange.profile import Profile
-
-if TYPE_CHECKING:
-    from actors.system import System
+from exchange.protocol import FEED, PriceSnapshot, PriceUpdate, Subscribe, Tick
 
 
-class FeedActor(Actor):
+class PricePath(Protocol):
+    """A deterministic price (or premium fraction) as a function of virtual time."""
+
+    def at(self, time_ms: int) -> Decimal: ...
+
+
+def premium_mark(index: Decimal, premium: Decimal | None) -> Decimal:
+    """A perp's mark from its index and a premium fraction (0.001 = 0.1% over index)."""
+    return index if premium is None else index * (ONE + premium)
+
+
+class FeedMachine(Machine):
     handlers = {Subscribe: "on_subscribe", Tick: "on_tick"}
 
-    def __init__(self, system: System, profile: Profile) -> None:
-        super().__init__(system, FEED)
+    def __init__(self, profile: Profile) -> None:
+        super().__init__(FEED)
         self.profile = profile
         self.index_paths: dict[str, PricePath] = {}
         self.premium_paths: dict[str, PricePath] = {}
@@ -54,7 +61,8 @@ class FeedActor(Actor):
             index = prices.get(market.base)
             if index is None:
                 continue
-            premium = self.premium_paths.get(market.symbol, Constant(ZERO)).at(time_ms)
+            premium_path = self.premium_paths.get(market.symbol)
+            premium = premium_path.at(time_ms) if premium_path is not None else None
             prices[market.symbol] = premium_mark(index, premium).quantize(market.tick_size)
         return prices
 
@@ -69,7 +77,7 @@ class FeedActor(Actor):
             if self.prices.get(symbol) == price:
                 continue
             self.prices[symbol] = price
-            self.log.info("price", symbol=symbol, price=price)
+            self.emit("price", symbol=symbol, price=price)
             for subscriber in self.subscribers.get(symbol, ()):
                 outgoing.setdefault(subscriber, []).append((symbol, price))
         for subscriber, changed in outgoing.items():
