@@ -235,7 +235,38 @@ class OrderBook:
             self._mark_window = self._perp_window(self.mark_price, self.index_price)
 
     def _perp_window(self, mark: Decimal, index: Decimal | None) -> tuple[Decimal, Decimal]:
-        """Limit prices a perp order may rest at: the mean-mark band cut by the premium band."""
+        """Limit prices a perp order may rest at: the mean-mark band cut by the premium band.
+
+        Spec section 14 gives futures two bands, and an order must satisfy both:
+
+        * mean-mark band: price within ``[min, max] x`` the mean mark;
+        * mean-premium band: the premium of the order price over the index,
+          ``(price - index) / index``, may not deviate from the mean premium by more than
+          ``tolerancePct``, added and subtracted in premium points (F11: mean 5% and
+          tolerance 5% block premiums above 10%).
+
+        The current mark stands in for the mean mark, so the mean premium is
+        ``(mark - index) / index`` and the premium band is the price interval
+        ``mark -+ tolerance x index``.
+
+        Decision: the premium band limits the *order's* price against the index. The other
+        reading, that the band only watches the market's own premium (so at zero premium it
+        does nothing and the window is [90, 110]), is rejected for three reasons. Section 14
+        states both futures rows as limits on the price an order may have. F11 states a
+        threshold that an order's premium crosses. And the venue's API types (source S18)
+        publish this band as the latest index price with the minimum and maximum premium the
+        book accepts, which only makes sense as an order-price window around the index.
+        So spec D13 ("mean mark 100 => [90, 110]") uses the mean-mark band of the F12 filter
+        and leaves out that same filter's tolerancePct 0.05. With both bands, and
+        mark = index = 100, the window is [max(90, 95), min(110, 105)] = [95, 105].
+        [90, 110] is the window only while no index is known, or on a perp with no premium
+        band.
+
+        Because the current mark serves as both means, both bands are centred on the mark, and
+        the mark band is the tighter one only when its half-width is smaller. With the F12
+        numbers that is 0.1 x mark < 0.05 x index, i.e. index > 2 x mark. That follows from the
+        stand-in, not from the reading, so both bands stay.
+        """
         bands = self.market.bands
         low, high = -INFINITY, INFINITY
         if bands.mean_mark_min_multiplier is not None:

@@ -461,7 +461,8 @@ def test_mark_price_only_reference_and_no_reference() -> None:
 
 
 def test_perp_mean_mark_band_expires_orders_outside() -> None:
-    """Spec D13: mark 100 -> futures window [90, 110]; outside expires PriceOutOfBounds."""
+    """The mean-mark band of D13 on its own: mark 100 and no index yet (the premium band has
+    nothing to measure against) -> window [90, 110]; outside expires PriceOutOfBounds."""
     book = OrderBook(BACKPACK, PERP)
     book.set_prices(mark=D(100))
     assert book.submit(limit("a", BID, "1", "90.00")).updates[0].status is NEW
@@ -470,6 +471,34 @@ def test_perp_mean_mark_band_expires_orders_outside() -> None:
         result = book.submit(limit("a", side, "1", price))
         assert result.rejection is None and result.fills == []
         assert [(u.status, u.reason) for u in result.updates] == [(EXPIRED, R.PRICE_OUT_OF_BOUNDS)]
+
+
+def test_d13_perp_window_with_both_bands() -> None:
+    """Spec D13 corrected for section 14: the F12 filter carries both futures bands.
+
+    Mean-mark band: 100 x [0.9, 1.1] = [90, 110].
+    Premium band: mean premium (mark - index) / index = (100 - 100) / 100 = 0; an order at p
+    has premium (p - 100) / 100, which must lie in 0 -+ 0.05, so p in [95, 105].
+    Both apply: [max(90, 95), min(110, 105)] = [95, 105]. So 94 and 106 are out, and so are
+    D13's own edges 90 and 110; [90, 110] is the mean-mark band alone (test above).
+    The mark band binds when it is the narrower one: mark 40 on index 100 gives
+    40 x [0.9, 1.1] = [36, 44] against 40 -+ 0.05 x 100 = [35, 45], so the window is [36, 44].
+    """
+    book = OrderBook(BACKPACK, PERP)
+    book.set_prices(mark=D(100), index=D(100))
+    for price, side in (("95.00", BID), ("105.00", ASK)):
+        assert book.submit(limit("a", side, "1", price)).updates[0].status is NEW
+    for price, side in (("94.99", BID), ("105.01", ASK), ("94.00", BID), ("106.00", ASK),
+                        ("90.00", BID), ("110.00", ASK)):
+        result = book.submit(limit("a", side, "1", price))
+        assert result.rejection is None and result.fills == []
+        assert [(u.status, u.reason) for u in result.updates] == [(EXPIRED, R.PRICE_OUT_OF_BOUNDS)]
+    skewed = OrderBook(BACKPACK, PERP)
+    skewed.set_prices(mark=D(40), index=D(100))
+    for price, side in (("36.00", BID), ("44.00", ASK)):
+        assert skewed.submit(limit("a", side, "1", price)).updates[0].status is NEW
+    for price, side in (("35.99", BID), ("44.01", ASK)):
+        assert skewed.submit(limit("a", side, "1", price)).updates[0].reason is R.PRICE_OUT_OF_BOUNDS
 
 
 def test_perp_premium_band() -> None:
