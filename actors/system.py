@@ -20,7 +20,7 @@ virtual time ends with a diagnosis; the observer's first violation ends it too.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,21 +35,12 @@ from actors.network import ZERO_LATENCY, Latency, Network
 from actors.observer import InvariantViolation, Observer
 from actors.runtime import Actor, ActorCrashed, Context, Scheduler
 from exchange import margin
-from exchange.book import OrderBook
-from exchange.decimals import ZERO
-from exchange.feed import FeedMachine, PricePath
-from exchange.ledger import Settings, SubAccount
-from exchange.lending import LendingPool
-from exchange.liquidation import BackstopProvider, LiquidationStep
-from exchange.liquidator import LiquidatorMachine
+from exchange.feed import PricePath
+from exchange.liquidation import LiquidationStep
 from exchange.machine import Machine
-from exchange.market import MarketMachine
-from exchange.pool import PoolMachine
 from exchange.profile import Profile
-from exchange.protocol import FEED, LIQUIDATOR, Deposit, account_address, market_address, pool_address
 from exchange.subaccount import SubAccountMachine
-
-SETUP = "setup"
+from exchange.venue import SETUP, Venue
 
 
 class RunFailed(Exception):
@@ -112,15 +103,14 @@ class System:
         self.progress = progress  # called with the virtual time, about a hundred times a run
         self.context = Context(self.network, self.log, self.after_message)
         self.scheduler = Scheduler(self.context)
-        self.feed = FeedMachine(profile)
-        self.liquidator = LiquidatorMachine(profile)
-        self.markets = {s: MarketMachine(OrderBook(profile, s)) for s in profile.markets}
-        settle_step = profile.assets[profile.settlement_asset].step
-        self.pools = {a: PoolMachine(LendingPool(spec), settle_step) for a, spec in profile.assets.items()}
-        self.accounts: dict[str, SubAccountMachine] = {}
-        self.agents: list[Machine] = []
-        self._deposits: list[tuple[str, str, Decimal]] = []
-        self._by_owner: dict[str, list[str]] = {}
+        self.venue = Venue(profile, seed=seed, price_interval_ms=price_interval_ms, sample_ms=sample_ms)
+        # The venue's machines, read by the observer, the runner and the tests.
+        self.feed = self.venue.feed
+        self.liquidator = self.venue.liquidator
+        self.markets = self.venue.markets
+        self.pools = self.venue.pools
+        self.accounts = self.venue.accounts
+        self.agents = self.venue.agents
         self.network.register(SETUP)
         slowest = max([latency.ms + latency.jitter_ms] + [r.ms + r.jitter_ms for r in (latency_rules or {}).values()])
         grace = grace_ms if grace_ms is not None else 2 * profile.liquidation.loop_interval_ms + 4 * slowest + 1000
@@ -130,41 +120,21 @@ class System:
             self.log.listener = self.observer.on_event
 
     # -- building ---------------------------------------------------------------------------
-    def add_account(
-        self,
-        account_id: str,
-        *,
-        owner: str | None = None,
-        settings: Settings | None = None,
-        deposits: Mapping[str, Decimal] | None = None,
-        markets: Iterable[str] = (),
-    ) -> SubAccountMachine:
-        """A sub-account with deposits made at the start; ``markets`` it will trade (it hears
-        their prices from the start; any other market it subscribes to when it first orders)."""
-        owner = owner if owner is not None else account_id
-        account = SubAccount(account_id, self.profile, owner=owner, settings=settings)
-        siblings = self._by_owner.setdefault(owner, [])
-        actor = SubAccountMachine(account, siblings, markets)
-        for sibling in siblings:
-            self.accounts[sibling].siblings += (account_id,)
-        siblings.append(account_id)
-        self.accounts[account_id] = actor
-        for asset, quantity in (deposits or {}).items():
-            self._deposits.append((account_id, asset, Decimal(quantity)))
-        return actor
+    def add_account(self, account_id: str, **kwargs: Any) -> SubAccountMachine:
+        """A sub-account (see ``Venue.add_account``)."""
+        return self.venue.add_account(account_id, **kwargs)
 
     def add_agent(self, agent: Machine) -> Machine:
-        self.agents.append(agent)
-        return agent
+        return self.venue.add_agent(agent)
 
     def set_path(self, asset: str, path: PricePath) -> None:
-        self.feed.set_path(asset, path)
+        self.venue.set_path(asset, path)
 
     def set_premium(self, perp: str, path: PricePath) -> None:
-        self.feed.set_premium(perp, path)
+        self.venue.set_premium(perp, path)
 
     def add_backstop(self, account_id: str, capacity: Mapping[str, Decimal]) -> None:
-        self.liquidator.providers.append(BackstopProvider(account_id, dict(capacity)))
+        self.venue.add_backstop(account_id, capacity)
 
     # -- running ----------------------------------------------------------------------------
     def after_message(self) -> None:
@@ -232,47 +202,18 @@ class System:
         return RunFailed("invariant", str(violation), self.seed, violation.time_ms, violation, self.log.close())
 
     def _start(self, nursery: trio.Nursery) -> None:
-        """Spawn every actor in a fixed order, then set up prices, subscriptions and calendar."""
-        profile = self.profile
-        machines = [self.feed, self.liquidator, *self.markets.values(), *self.pools.values(),
-                    *self.accounts.values(), *self.agents]
-        actors = {m.address: Actor(self.context, m) for m in machines}
+        """Spawn every actor in a fixed order, then carry out the venue's first instant."""
+        actors = {m.address: Actor(self.context, m) for m in self.venue.machines()}
         nursery.start_soon(self.network.run)
         nursery.start_soon(self.scheduler.run)
         for actor in actors.values():
             nursery.start_soon(actor.run)
-        def flush(machine: Machine) -> None:
-            actors[machine.address].carry_out(machine.take())
-
-        self.feed.prices = self.feed.evaluate(0)
-        for symbol, price in self.feed.prices.items():
-            self.feed.emit("price", symbol=symbol, price=price)
-        flush(self.feed)
-        for market in self.markets.values():
-            market.subscribe()
-            flush(market)
-        self.liquidator.subscribe()
-        flush(self.liquidator)
-        for machine in self.accounts.values():
-            machine.account.marks.update(self.feed.prices)
-            machine.subscribe(s for market in machine.markets for s in machine.symbols_for(market))
-            flush(machine)
-        for account_id, asset, quantity in self._deposits:
-            self.network.send(SETUP, account_address(account_id), Deposit(asset, quantity))
-        for agent in self.agents:
-            agent.start()  # type: ignore[attr-defined]
-            flush(agent)
-        schedule = self.scheduler.calendar.add
-        schedule(FEED, "prices", self.price_interval_ms, self.price_interval_ms)
-        for market in profile.perp_markets():
-            schedule(market_address(market.symbol), "funding", market.funding_interval_ms, market.funding_interval_ms)
-        for asset in profile.assets:
-            schedule(pool_address(asset), "interest", profile.interest_interval_ms, profile.interest_interval_ms)
-        loop = profile.liquidation.loop_interval_ms
-        schedule(LIQUIDATOR, "liquidation", loop, loop)
-        if self.sample_ms:
-            for machine in self.accounts.values():
-                schedule(machine.address, "sample", 0, self.sample_ms)
+        for sender, effects in self.venue.start(self.scheduler.calendar):
+            if sender == SETUP:
+                for effect in effects:
+                    self.network.send(SETUP, effect.recipient, effect.message)  # type: ignore[union-attr]
+            else:
+                actors[sender].carry_out(effects)
 
     async def _report_progress(self, until_ms: int) -> None:
         step = max(until_ms // 100, 1)
@@ -357,41 +298,4 @@ class System:
     # -- reading ----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """Per sub-account and per market numbers at the end of the run (JSON-ready values)."""
-        accounts = {}
-        history = self.liquidator.history
-        for account_id, actor in self.accounts.items():
-            account = actor.account
-            t = margin.totals(account)
-            accounts[account_id] = {
-                "net_equity": t.net_equity,
-                "imr": t.imr,
-                "mmr": t.mmr,
-                "available": t.available,
-                "balances": {a: b.available + b.locked for a, b in account.balances.items() if b.available + b.locked},
-                "positions": {s: p.quantity for s, p in account.positions.items()},
-                "lends": dict(account.lends),
-                "borrows": dict(account.borrows),
-                "unsettled_equity": account.unsettled_equity,
-                "liquidating": account.liquidating,
-                "liquidations": sum(1 for s in history.get(account_id, []) if s.stage == "start"),
-            }
-        trades: dict[str, list[Any]] = {s: [0, ZERO] for s in self.markets}
-        funding: dict[str, Decimal] = {s: ZERO for s in self.markets}
-        for event in self.log.events:
-            kind = event["event"]
-            if kind == "trade":
-                row = trades[event["actor"].split(":", 1)[1]]
-                row[0] += 1
-                row[1] += event["quantity"] * event["price"]
-            elif kind == "funding_payment" and event["amount"] > 0:
-                funding[event["market"]] += event["amount"]
-        markets = {
-            s: {"trades": trades[s][0], "volume": trades[s][1], "funding_paid": funding[s],
-                "last_price": m.book.last_trade_price, "mark": m.mark}
-            for s, m in self.markets.items()
-        }
-        fund = dict(self.liquidator.fund)  # the liquidity fund: its cash and the books' liquidation fees
-        for market in self.markets.values():
-            for asset, fees in market.book.liquidation_fees.items():
-                fund[asset] = fund.get(asset, ZERO) + fees
-        return {"accounts": accounts, "markets": markets, "fund": fund}
+        return self.venue.summary(self.log.events)

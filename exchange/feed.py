@@ -72,8 +72,12 @@ class FeedMachine(Machine):
         self.send(sender, PriceSnapshot({s: self.prices[s] for s in message.symbols if s in self.prices}))
 
     def on_tick(self, sender: str, message: Tick) -> None:
+        self.publish(self.evaluate(message.time_ms))
+
+    def publish(self, prices: dict[str, Decimal]) -> None:
+        """Log each price that changed and tell its subscribers, one message each."""
         outgoing: dict[str, list[tuple[str, Decimal]]] = {}
-        for symbol, price in self.evaluate(message.time_ms).items():
+        for symbol, price in prices.items():
             if self.prices.get(symbol) == price:
                 continue
             self.prices[symbol] = price
