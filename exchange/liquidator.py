@@ -35,14 +35,17 @@ from exchange.protocol import (
     LIQUIDATOR,
     AssetTransfer,
     BackstopPlan,
+    Delivery,
     Depth,
     DepthRequest,
     FundFlow,
+    Handover,
     HealthReport,
     LiquidationLoop,
     LiquidationReport,
     PriceSnapshot,
     PriceUpdate,
+    Purchase,
     StartLiquidation,
     Subscribe,
     Tick,
@@ -177,8 +180,9 @@ class LiquidatorMachine(Machine):
     def _plan_backstop(self, account: str, case: _Case, reason: str) -> None:
         """Stage 2 then 3 on the account's last report: providers at mark, then ADL."""
         report = self.reports[account]
-        transfers: list[tuple[str, str, str, Decimal]] = []
-        for market, quantity, _, _ in report.positions:
+        handovers: list[Handover] = []
+        for position in report.positions:
+            market, quantity = position.market, position.quantity
             mark = self.prices.get(market)
             if mark is None or not quantity:
                 continue
@@ -189,25 +193,30 @@ class LiquidatorMachine(Machine):
                     continue
                 take = min(remaining, floor_to(provider.room(market) / mark, step))
                 if take > 0:
-                    transfers.append((BACKSTOP, market, provider.account, take))
+                    handovers.append(Handover(kind=BACKSTOP, market=market, counterparty=provider.account,
+                                              quantity=take))
                     provider.used[market] = provider.used.get(market, ZERO) + take * mark
                     remaining -= take
             if remaining:
+                # Ranked on the last reports, revalued at the mark heard now (the equity moves
+                # by the change of unrealized PnL since the report).
                 candidates = [
-                    AdlCandidate(other, q, pnl, entry, r.net_equity, mark)
+                    AdlCandidate(other, p.quantity, p.pnl_at(mark), p.entry_notional,
+                                 r.net_equity + p.pnl_at(mark) - p.unrealized_pnl, mark)
                     for other, r in self.reports.items()
                     if other != account
-                    for m, q, pnl, entry in r.positions
-                    if m == market and q
+                    for p in r.positions
+                    if p.market == market and p.quantity
                 ]
                 for candidate in adl_queue(candidates, 1 if quantity > 0 else -1):
                     take = min(remaining, abs(candidate.quantity))
-                    transfers.append((ADL, market, candidate.account, take))
+                    handovers.append(Handover(kind=ADL, market=market, counterparty=candidate.account,
+                                              quantity=take, adl_score=candidate.score))
                     remaining -= take
                     if not remaining:
                         break
-        deliveries: list[tuple[str, str, Decimal]] = []
-        purchases: list[tuple[str, Decimal]] = []
+        deliveries: list[Delivery] = []
+        purchases: list[Purchase] = []
         for asset, owed in report.borrows:
             if asset == self.settle:
                 # Providers buy collateral for it, enough to repay it after the fee; the account
@@ -216,7 +225,7 @@ class LiquidatorMachine(Machine):
                 for provider in self.providers:
                     take = min(remaining, provider.room(asset))
                     if provider.account != account and take > 0:
-                        purchases.append((provider.account, take))
+                        purchases.append(Purchase(provider=provider.account, most=take))
                         provider.used[asset] = provider.used.get(asset, ZERO) + take
                         remaining -= take
                 continue
@@ -228,13 +237,13 @@ class LiquidatorMachine(Machine):
             for provider in self.providers:
                 take = min(remaining, floor_to(provider.room(asset) / price, step))
                 if provider.account != account and take > 0:
-                    deliveries.append((provider.account, asset, take))
+                    deliveries.append(Delivery(provider=provider.account, asset=asset, quantity=take))
                     provider.used[asset] = provider.used.get(asset, ZERO) + take * price
                     remaining -= take
-        self.emit("backstop_plan", account=account, reason=reason, transfers=len(transfers),
+        self.emit("backstop_plan", account=account, reason=reason, transfers=len(handovers),
                       deliveries=len(deliveries), purchases=len(purchases))
         self.send(account_address(account),
-                  BackstopPlan(case.loop, reason, tuple(transfers), tuple(deliveries), tuple(purchases)))
+                  BackstopPlan(case.loop, reason, tuple(handovers), tuple(deliveries), tuple(purchases)))
 
     # -- the liquidity fund -----------------------------------------------------------------
     def on_fund_flow(self, sender: str, message: FundFlow) -> None:

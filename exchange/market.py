@@ -178,7 +178,7 @@ class MarketMachine(Machine):
                           counterparty=message.counterparty, quantity=quantity, price=price, fee=fee)
         signed = quantity if held > 0 else -quantity
         self.send(sender, TransferDone(message.kind, self.market.symbol, message.account, message.counterparty,
-                                       signed, price if price is not None else ZERO, fee))
+                                       signed, price if price is not None else ZERO, fee, message.adl_score))
 
     def on_depth(self, sender: str, message: DepthRequest) -> None:
         bids, asks = self.book.depth(message.levels)

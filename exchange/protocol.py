@@ -86,6 +86,7 @@ class TransferOut:
     target: str
     asset: str
     quantity: Decimal
+    auto_borrow: bool = False
 
 
 @attrs.frozen
@@ -136,6 +137,7 @@ class OrderChanged:
 class RequestDone:
     request_id: str
     detail: str = ""
+    grants: tuple[Grant, ...] = ()  # what the pool granted, for a loan request
 
 
 @attrs.frozen
@@ -230,6 +232,7 @@ class PositionTransfer:
     counterparty: str
     quantity: Decimal
     fee_cap: Decimal
+    adl_score: Decimal | None = None  # echoed in TransferDone, for the history
 
 
 @attrs.frozen
@@ -241,6 +244,7 @@ class TransferDone:
     quantity: Decimal
     price: Decimal
     fee: Decimal
+    adl_score: Decimal | None = None
 
 
 @attrs.frozen
@@ -395,6 +399,21 @@ class FundFlow:
 # Sub-account and liquidator
 
 
+@attrs.frozen(kw_only=True)
+class ReportedPosition:
+    """A perp position as its account last reported it, with what revalues it at a later mark:
+    unrealized PnL at ``mark`` is ``quantity x mark - net_cost``."""
+
+    market: str
+    quantity: Decimal
+    unrealized_pnl: Decimal
+    net_cost: Decimal
+    entry_notional: Decimal
+
+    def pnl_at(self, mark: Decimal) -> Decimal:
+        return self.quantity * mark - self.net_cost
+
+
 @attrs.frozen
 class HealthReport:
     account: str
@@ -402,7 +421,7 @@ class HealthReport:
     maintenance: Decimal
     mmr: Decimal
     liquidating: bool
-    positions: tuple[tuple[str, Decimal, Decimal, Decimal], ...]  # (market, qty, upnl, entry notional)
+    positions: tuple[ReportedPosition, ...]
     borrows: tuple[tuple[str, Decimal], ...]
 
 
@@ -418,21 +437,46 @@ class LiquidationLoop:
     progress: Progress
 
 
+@attrs.frozen(kw_only=True)
+class Handover:
+    """Part of a liquidated position closed off the book at mark: with a backstop provider, or
+    (``kind`` "adl") against a ranked counterparty, whose ADL score is kept for the history."""
+
+    kind: str  # "backstop" or "adl"
+    market: str
+    counterparty: str
+    quantity: Decimal
+    adl_score: Decimal | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Delivery:
+    """A provider repays ``quantity`` of a borrowed ``asset`` for the account, paid at mark."""
+
+    provider: str
+    asset: str
+    quantity: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class Purchase:
+    """A provider buys collateral at mark, paying at most ``most`` of the settlement asset, to
+    repay a settlement-asset borrow."""
+
+    provider: str
+    most: Decimal
+
+
 @attrs.frozen
 class BackstopPlan:
-    """Liquidator to a liquidating account, in stage 2/3: who takes what.
-
-    ``transfers``: (kind, market, counterparty, quantity) position transfers at mark, backstop
-    providers first, then ADL counterparties in rank order. ``deliveries``: (provider, asset,
-    quantity) for borrows a provider repays for the account at mark. ``purchases``: (provider,
-    most it pays) for a settlement-asset borrow: the provider buys collateral at mark.
-    """
+    """Liquidator to a liquidating account, in stage 2/3: who takes what. Handovers come
+    backstop providers first, then ADL counterparties in rank order."""
 
     loop: int
     reason: str
-    transfers: tuple[tuple[str, str, str, Decimal], ...]
-    deliveries: tuple[tuple[str, str, Decimal], ...]
-    purchases: tuple[tuple[str, Decimal], ...] = ()
+    handovers: tuple[Handover, ...]
+    deliveries: tuple[Delivery, ...]
+    purchases: tuple[Purchase, ...] = ()
 
 
 @attrs.frozen

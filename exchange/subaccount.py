@@ -23,6 +23,7 @@ import attrs
 from exchange.decimals import ZERO, ceil_to, floor_to, fmt
 from exchange.ledger import SubAccount
 from exchange.lending import Grant
+from exchange.limits import borrow_refusal, leverage_refusal, outflow_plan
 from exchange.liquidation import (
     BACKSTOP,
     BOOK,
@@ -39,7 +40,7 @@ from exchange.liquidation import (
     why_liquidated,
 )
 from exchange.machine import Machine
-from exchange.margin import Change, evaluate_change, totals
+from exchange.margin import totals
 from exchange.orders import (
     ErrorCode,
     ExpiryReason,
@@ -89,6 +90,7 @@ from exchange.protocol import (
     PositionTransfer,
     PriceSnapshot,
     PriceUpdate,
+    ReportedPosition,
     RequestDone,
     RequestRefused,
     Schedule,
@@ -176,7 +178,7 @@ class SubAccountMachine(Machine):
         self.account = account
         self.markets = tuple(markets)  # markets it trades: it hears their prices from the start
         self.profile = account.profile
-        self.settle = account.profile.settlement_asset
+        self.settle_asset = account.profile.settlement_asset
         self.siblings = tuple(siblings)
         self.owners: dict[str, str] = {}  # order id -> who placed it (notices go there)
         self.cancellers: dict[str, str] = {}  # cancels of orders this account does not know
@@ -227,11 +229,11 @@ class SubAccountMachine(Machine):
     def symbols_for(self, market: str) -> tuple[str, ...]:
         spec = self.profile.markets[market]
         symbols = (market, spec.base, spec.quote) if spec.is_perp else (spec.base, spec.quote)
-        return tuple(s for s in symbols if s != self.settle)
+        return tuple(s for s in symbols if s != self.settle_asset)
 
     def _ensure_prices(self, symbols: Iterable[str], sender: str, message: Any) -> bool:
         """True when every price is heard; else subscribe and hold ``message`` for the snapshot."""
-        missing = tuple(s for s in symbols if s not in self.subscribed and s != self.settle)
+        missing = tuple(s for s in symbols if s not in self.subscribed and s != self.settle_asset)
         if not missing:
             return True
         self.subscribed.update(missing)
@@ -241,7 +243,7 @@ class SubAccountMachine(Machine):
 
     def subscribe(self, symbols: Iterable[str]) -> None:
         """Hear these prices from the start (used when the run is set up)."""
-        missing = tuple(s for s in symbols if s not in self.subscribed and s != self.settle)
+        missing = tuple(s for s in symbols if s not in self.subscribed and s != self.settle_asset)
         if missing:
             self.subscribed.update(missing)
             self.send(FEED, Subscribe(missing))
@@ -337,7 +339,7 @@ class SubAccountMachine(Machine):
             liquidation_fee=fill.liquidation_fee,
         )
         if effect.house_remainder:
-            self.send(LIQUIDATOR, FundFlow(self.account.id, self.settle, effect.house_remainder, "rounding"))
+            self.send(LIQUIDATOR, FundFlow(self.account.id, self.settle_asset, effect.house_remainder, "rounding"))
         if market.is_perp and not self.realizing and self.profile.realize_interval_ms:
             self.realizing = True
             interval = self.profile.realize_interval_ms
@@ -348,7 +350,7 @@ class SubAccountMachine(Machine):
         self._notify(self.owners.get(fill.order_id), OrderFilled(fill))
         if effect.ended_order is not None and effect.ended_order.final is not None:
             self._close(effect.ended_order.order, effect.ended_order.final)
-        self._settled()
+        self.settle()
 
     def on_update(self, sender: str, message: UpdateNotice) -> None:
         update = message.update
@@ -358,7 +360,7 @@ class SubAccountMachine(Machine):
         elif not update.status.is_final:
             self._notify(self.owners.get(update.order_id), OrderChanged(update))
         # A final update whose fills have not arrived yet closes the order when they do.
-        self._settled(report=False)  # an order's end moves locked funds, never MMR
+        self.settle(report=False)  # an order's end moves locked funds, never MMR
 
     def _close(self, order: Order, final: OrderUpdate) -> None:
         """The order has ended and every fill of it is booked: log it, tell its owner."""
@@ -413,10 +415,10 @@ class SubAccountMachine(Machine):
             self.send(LIQUIDATOR, FundFlow(self.account.id, message.asset, repaid, "debt repaid"))
         self.subscribe((message.asset,))
         self.send(sender, RequestDone(message.request_id, f"{fmt(credited)} {message.asset}"))
-        self._settled()
+        self.settle()
 
     def on_withdraw(self, sender: str, message: Withdraw | TransferOut) -> None:
-        plan = self._outflow_plan(message.asset, message.quantity, getattr(message, "auto_borrow", False))
+        plan = outflow_plan(self.account, message.asset, message.quantity, message.auto_borrow)
         if isinstance(plan, Rejection):
             self.emit("withdrawal_refused", request_id=message.request_id, asset=message.asset,
                           quantity=message.quantity, code=plan.code, message=plan.message, **plan.details)
@@ -437,28 +439,6 @@ class SubAccountMachine(Machine):
             return
         self.on_withdraw(sender, message)  # same rule; _finish_outflow sends it to the sibling
 
-    def _outflow_plan(self, asset: str, quantity: Decimal, auto_borrow: bool) -> tuple[Decimal, Decimal] | Rejection:
-        account = self.account
-        if quantity <= 0 or asset not in self.profile.assets:
-            return Rejection(ErrorCode.INVALID_QUANTITY, f"cannot take out {fmt(quantity)} {asset}")
-        short = max(quantity - max(account.available(asset), ZERO), ZERO)
-        lent = account.lends.get(asset, ZERO)
-        redeem = min(lent, short)
-        borrow = short - redeem if auto_borrow else ZERO
-        if short - redeem - borrow > 0:
-            return Rejection(ErrorCode.INSUFFICIENT_FUNDS,
-                             f"{fmt(quantity)} {asset} asked, {fmt(account.available(asset) + lent)} available and lent",
-                             {"asset": asset, "needed": quantity, "available": account.available(asset) + lent})
-        ev = evaluate_change(account, Change(balances=((asset, borrow - quantity),), borrows=((asset, borrow),)))
-        if ev.after.available < 0:
-            return Rejection(
-                ErrorCode.INSUFFICIENT_MARGIN,
-                f"taking {fmt(quantity)} {asset} out would take available equity to {fmt(ev.after.available, 2)}",
-                {"available_before": ev.before.available, "available_after": ev.after.available,
-                 "imr_before": ev.before.imr, "imr_after": ev.after.imr},
-            )
-        return redeem, borrow
-
     def _finish_outflow(self, sender: str, message: Withdraw | TransferOut) -> None:
         asset, quantity = message.asset, message.quantity
         if self.account.available(asset) < quantity:
@@ -474,7 +454,7 @@ class SubAccountMachine(Machine):
         else:
             self.emit("withdrawal", request_id=message.request_id, asset=asset, quantity=quantity)
         self.send(sender, RequestDone(message.request_id, f"{fmt(quantity)} {asset}"))
-        self._settled()
+        self.settle()
 
     def on_asset_transfer(self, sender: str, message: AssetTransfer) -> None:
         repaid = self.account.deposit(message.asset, message.quantity)
@@ -483,7 +463,7 @@ class SubAccountMachine(Machine):
         if repaid:
             self.send(LIQUIDATOR, FundFlow(self.account.id, message.asset, repaid, "debt repaid"))
         self.subscribe((message.asset,))
-        self._settled()
+        self.settle()
 
     # -- the lending pool -------------------------------------------------------------------
     def on_loan_request(self, sender: str, message: LoanRequest) -> None:
@@ -494,16 +474,16 @@ class SubAccountMachine(Machine):
         elif message.action in ("lend", "repay") and account.available(asset) < quantity:
             refused = Rejection(ErrorCode.INSUFFICIENT_FUNDS,
                                 f"cannot {message.action} {fmt(quantity)} {asset}: {fmt(account.available(asset))} available")
+        elif message.action in ("repay", "redeem"):
+            owed = (account.borrows if message.action == "repay" else account.lends).get(asset, ZERO)
+            if quantity > owed:
+                what = "owes" if message.action == "repay" else "has lent"
+                refused = Rejection(ErrorCode.INSUFFICIENT_FUNDS,
+                                    f"cannot {message.action} {fmt(quantity)} {asset}: {account.id} {what} {fmt(owed)}",
+                                    {"max_quantity": min(owed, account.available(asset)) if message.action == "repay"
+                                     else owed})
         elif message.action == "borrow":
-            ev = evaluate_change(account, Change(balances=((asset, quantity),), borrows=((asset, quantity),)))
-            if ev.after.available < 0:
-                refused = Rejection(
-                    ErrorCode.INSUFFICIENT_MARGIN,
-                    f"borrowing {fmt(quantity)} {asset} would take available equity from "
-                    f"{fmt(ev.before.available, 2)} to {fmt(ev.after.available, 2)}",
-                    {"imr_before": ev.before.imr, "imr_after": ev.after.imr,
-                     "available_before": ev.before.available, "available_after": ev.after.available},
-                )
+            refused = borrow_refusal(account, asset, quantity)
         if refused is not None:
             self.emit("loan_refused", action=message.action, asset=asset, quantity=quantity, code=refused.code,
                           message=refused.message)
@@ -556,7 +536,8 @@ class SubAccountMachine(Machine):
                               code=message.rejection.code, message=message.rejection.message)
                 self.send(pending.sender, RequestRefused(request.request_id, message.rejection))
             else:
-                self.send(pending.sender, RequestDone(request.request_id, f"{request.action} {fmt(request.quantity)}"))
+                self.send(pending.sender, RequestDone(request.request_id, f"{request.action} {fmt(request.quantity)}",
+                                                      message.grants))
         elif kind == "settlement":
             self.reconciling = None
             if message.rejection is not None and pending.payload == "borrow":
@@ -576,7 +557,7 @@ class SubAccountMachine(Machine):
                 run.outstanding -= 1
                 if not run.outstanding:
                     self._close_liquidation()
-        self._settled()
+        self.settle()
 
     def _apply_grant(self, grant: Grant) -> None:
         account = self.account
@@ -595,7 +576,7 @@ class SubAccountMachine(Machine):
         self.emit("interest", asset=message.asset, borrow_interest=message.borrow_interest,
                       lend_interest=message.lend_interest, borrow_rate=message.borrow_rate,
                       lend_rate=message.lend_rate)
-        self._settled()
+        self.settle()
 
     def on_lend_written_off(self, sender: str, message: LendWrittenOff) -> None:
         self.account.apply_lend_write_off(message.asset, message.quantity)
@@ -607,8 +588,8 @@ class SubAccountMachine(Machine):
         self.emit("borrow_written_off", asset=message.asset, quantity=message.quantity,
                       debt_to_fund=message.paid, repaid=repaid, unsettled_equity=account.unsettled_equity)
         if repaid:
-            self.send(LIQUIDATOR, FundFlow(account.id, self.settle, repaid, "debt repaid"))
-        self._settled()
+            self.send(LIQUIDATOR, FundFlow(account.id, self.settle_asset, repaid, "debt repaid"))
+        self.settle()
 
     def _repay_from_available(self, asset: str, *, kind: str = "auto") -> bool:
         """Repay what the account holds of a borrowed asset; False when nothing was asked."""
@@ -631,13 +612,13 @@ class SubAccountMachine(Machine):
     def on_funding(self, sender: str, message: FundingNotice) -> None:
         self.account.apply_funding(message.market, message.amount)
         self.emit("funding_payment", market=message.market, rate=message.rate, amount=message.amount)
-        self._settled()
+        self.settle()
 
     def on_tick(self, sender: str, message: Tick) -> None:
         if message.kind == "realize":
             for symbol, amount in self.account.realize_pnl():
                 self.emit("pnl_realized", market=symbol, amount=amount)
-            self._settled()
+            self.settle()
         elif message.kind == "sample":
             self._log_health()
 
@@ -654,7 +635,7 @@ class SubAccountMachine(Machine):
             unsettled_equity=account.unsettled_equity,
         )
 
-    def _settled(self, report: bool = True) -> None:
+    def settle(self, report: bool = True) -> None:
         """After anything changed: keep USDC covered, run auto-repay and auto-lend, report."""
         self._reconcile()
         settings = self.account.settings
@@ -679,11 +660,11 @@ class SubAccountMachine(Machine):
         plan = plan_reconciliation(account, borrow_allowed=not (self.borrow_refused or account.liquidating))
         assert plan is not None
         if plan.redeem:
-            self.reconciling = self._ask_pool(self.settle, _Pending("settlement", payload="redeem"),
+            self.reconciling = self._ask_pool(self.settle_asset, _Pending("settlement", payload="redeem"),
                                               redeem=plan.redeem, purpose="settlement", liquidation=True)
             return
         if plan.borrow:
-            self.reconciling = self._ask_pool(self.settle, _Pending("settlement", payload="borrow"),
+            self.reconciling = self._ask_pool(self.settle_asset, _Pending("settlement", payload="borrow"),
                                               borrow=plan.borrow, purpose="settlement", liquidation=True)
             return
         if plan.conversions and not self.conversions_tried:
@@ -700,28 +681,18 @@ class SubAccountMachine(Machine):
         short = settlement_shortfall(account)
         account.cover_from_fund(short)
         self.emit("fund_cover", quantity=short, unsettled_equity=account.unsettled_equity)
-        self.send(LIQUIDATOR, FundFlow(account.id, self.settle, -short, "covered a shortfall"))
+        self.send(LIQUIDATOR, FundFlow(account.id, self.settle_asset, -short, "covered a shortfall"))
 
     # -- settings ---------------------------------------------------------------------------
     def on_update_settings(self, sender: str, message: UpdateSettings) -> None:
         settings = self.account.settings
         limit = message.leverage_limit
         if limit is not None:
-            if not 1 <= limit <= self.profile.max_leverage_limit:
-                refused = Rejection(ErrorCode.MAX_LEVERAGE_REACHED,
-                                    f"leverage limit {fmt(limit)} is outside 1..{fmt(self.profile.max_leverage_limit)}")
+            refused = leverage_refusal(self.account, limit)
+            if refused is not None:
                 self.send(sender, RequestRefused(message.request_id, refused))
                 return
-            old = settings.leverage_limit
             settings.leverage_limit = limit
-            t = totals(self.account)
-            if t.available < 0 and limit < old:
-                settings.leverage_limit = old
-                refused = Rejection(ErrorCode.INSUFFICIENT_MARGIN,
-                                    f"a {fmt(limit)}x limit would take available equity to {fmt(t.available, 2)}",
-                                    {"available_after": t.available, "imr_after": t.imr})
-                self.send(sender, RequestRefused(message.request_id, refused))
-                return
         for name in ("auto_lend", "auto_borrow_settlements", "auto_repay_borrows"):
             value = getattr(message, name)
             if value is not None:
@@ -730,7 +701,7 @@ class SubAccountMachine(Machine):
                       auto_borrow_settlements=settings.auto_borrow_settlements,
                       auto_repay_borrows=settings.auto_repay_borrows)
         self.send(sender, RequestDone(message.request_id))
-        self._settled()
+        self.settle()
 
     # -- health and liquidation -------------------------------------------------------------
     def _report(self, force: bool = False) -> None:
@@ -752,7 +723,8 @@ class SubAccountMachine(Machine):
             return
         self._last_report, self._last_mmr = shape, t.mmr
         positions = tuple(
-            (s, p.quantity, p.unrealized_pnl(account.price(s)), abs(p.quantity) * p.entry_price)
+            ReportedPosition(market=s, quantity=p.quantity, unrealized_pnl=p.unrealized_pnl(account.price(s)),
+                             net_cost=p.net_cost, entry_notional=abs(p.quantity) * p.entry_price)
             for s, p in account.positions.items()
         )
         self.send(LIQUIDATOR, HealthReport(account.id, t.net_equity, t.maintenance, t.mmr, account.liquidating,
@@ -790,7 +762,7 @@ class SubAccountMachine(Machine):
             account.liquidating = self.waiting_for_liquidity = False
             self.emit("liquidation_ended", outcome="healthy", mmr=plan.mmr)
             self.send(LIQUIDATOR, LiquidationReport(message.loop, "healthy", plan.mmr, plan.reason))
-            self._settled()
+            self.settle()
             return
         if plan.stage == BACKSTOP:
             self._report(force=True)  # the plan is made on this report: it must be fresh
@@ -842,7 +814,7 @@ class SubAccountMachine(Machine):
             self._repay_from_available(wanted.repay, kind="auto")
         if fills:
             notional = sum((f.quote_quantity for f in fills), ZERO)
-            fee = sum((f.liquidation_fee + (f.fee if f.fee_asset == self.settle else f.fee * f.price) for f in fills),
+            fee = sum((f.liquidation_fee + (f.fee if f.fee_asset == self.settle_asset else f.fee * f.price) for f in fills),
                       ZERO)
             stage = BOOK if self.profile.markets[order.market].is_perp else "conversion"
             average = average_fill_price(notional, filled, self.profile.markets[order.market].tick_size)
@@ -865,22 +837,24 @@ class SubAccountMachine(Machine):
         """Carry out the liquidator's plan: transfers at mark, then deliveries, then settle."""
         account = self.account
         run = self.liquidation = _LiquidationRun(message.loop, totals(account).mmr, reason=message.reason)
-        for kind, market, counterparty, quantity in message.transfers:
-            fee_cap = max(floor_to(totals(account).net_equity, self.profile.assets[self.settle].step), ZERO)
+        for handover in message.handovers:
+            fee_cap = max(floor_to(totals(account).net_equity, self.profile.assets[self.settle_asset].step), ZERO)
             run.outstanding += 1
-            self.send(market_address(market), PositionTransfer(kind, account.id, counterparty, quantity, fee_cap))
-        for provider, asset, quantity in message.deliveries:
+            self.send(market_address(handover.market), PositionTransfer(
+                handover.kind, account.id, handover.counterparty, handover.quantity, fee_cap, handover.adl_score))
+        for delivery in message.deliveries:
             run.outstanding += 1
-            self.send(account_address(provider), DeliveryRequest(message.loop, asset, quantity, account.price(asset)))
-        for provider, most in message.purchases:
+            self.send(account_address(delivery.provider), DeliveryRequest(
+                message.loop, delivery.asset, delivery.quantity, account.price(delivery.asset)))
+        for purchase in message.purchases:
             need = settlement_borrow_to_cover(account)
             if need <= 0:
                 break
-            for asset, quantity, price in backstop_collateral(account, min(most, need)):
+            for asset, quantity, price in backstop_collateral(account, min(purchase.most, need)):
                 account.debit(asset, quantity)
-                self.emit("backstop_sale", buyer=provider, asset=asset, quantity=quantity, price=price)
+                self.emit("backstop_sale", buyer=purchase.provider, asset=asset, quantity=quantity, price=price)
                 run.outstanding += 1
-                self.send(account_address(provider), CollateralSale(message.loop, asset, quantity, price))
+                self.send(account_address(purchase.provider), CollateralSale(message.loop, asset, quantity, price))
         if not run.outstanding:
             self._settle_liquidation()
 
@@ -890,7 +864,8 @@ class SubAccountMachine(Machine):
         if message.quantity:
             mmr = totals(self.account).mmr
             reason = (f"{run.reason}; taken by {message.counterparty} at mark" if message.kind == "backstop"
-                      else f"backstop capacity exhausted; closed against {message.counterparty}")
+                      else f"backstop capacity exhausted; closed against {message.counterparty} "
+                      f"(ADL score {fmt(message.adl_score, 6)})")
             side = "Ask" if message.quantity > 0 else "Bid"
             run.steps.append(LiquidationStep(self.now_ms, message.kind, message.market, side, abs(message.quantity),
                                              message.price, message.fee, run.mmr_before, mmr, reason))
@@ -906,7 +881,7 @@ class SubAccountMachine(Machine):
             self.account.debit(message.asset, quantity)
         self.emit("backstop_delivery", to=sender, asset=message.asset, quantity=quantity, price=message.price)
         self.send(sender, BackstopDelivery(message.loop, self.account.id, message.asset, quantity, message.price))
-        self._settled()
+        self.settle()
 
     def on_backstop_delivery(self, sender: str, message: BackstopDelivery) -> None:
         """The provider's asset repays our borrow; we pay it the value at the agreed price."""
@@ -915,9 +890,9 @@ class SubAccountMachine(Machine):
         assert run is not None
         if message.quantity:
             account.credit(message.asset, message.quantity)
-            value = ceil_to(message.quantity * message.price, self.profile.assets[self.settle].step)
-            account.debit(self.settle, value)
-            self.send(sender, AssetTransfer(account.id, self.settle, value, "backstop payment"))
+            value = ceil_to(message.quantity * message.price, self.profile.assets[self.settle_asset].step)
+            account.debit(self.settle_asset, value)
+            self.send(sender, AssetTransfer(account.id, self.settle_asset, value, "backstop payment"))
             fee = self._pay_backstop_fee(value)
             self.emit("backstop_bought", provider=message.provider, asset=message.asset, quantity=message.quantity,
                           price=message.price, value=value, fee=fee)
@@ -934,18 +909,18 @@ class SubAccountMachine(Machine):
         """As a backstop provider: buy the collateral at the given price with what we hold of the
         settlement asset, and send back what we cannot pay for."""
         account, asset = self.account, message.asset
-        held = max(account.available(self.settle), ZERO)
+        held = max(account.available(self.settle_asset), ZERO)
         bought = min(message.quantity, floor_to(held / message.price, self.profile.assets[asset].step))
-        value = floor_to(bought * message.price, self.profile.assets[self.settle].step)
+        value = floor_to(bought * message.price, self.profile.assets[self.settle_asset].step)
         if bought:
             account.credit(asset, bought)
-            account.debit(self.settle, value)
+            account.debit(self.settle_asset, value)
             self.subscribe((asset,))
         self.emit("backstop_purchase", seller=sender, asset=asset, quantity=bought, price=message.price,
                       value=value)
         self.send(sender, CollateralPayment(message.loop, account.id, asset, bought, message.quantity - bought,
                                             message.price, value))
-        self._settled()
+        self.settle()
 
     def on_collateral_payment(self, sender: str, message: CollateralPayment) -> None:
         """The provider paid for collateral: the proceeds (less the fee) repay the borrow when
@@ -957,7 +932,7 @@ class SubAccountMachine(Machine):
             account.credit(message.asset, message.returned)
         fee = ZERO
         if message.value:
-            account.credit(self.settle, message.value)
+            account.credit(self.settle_asset, message.value)
             fee = self._pay_backstop_fee(message.value)
         self.emit("backstop_sold", provider=message.provider, asset=message.asset, quantity=message.bought,
                       returned=message.returned, price=message.price, value=message.value, fee=fee)
@@ -965,7 +940,7 @@ class SubAccountMachine(Machine):
             mmr = totals(account).mmr
             run.steps.append(LiquidationStep(
                 self.now_ms, BACKSTOP, message.asset, "Ask", message.bought, message.price, fee, run.mmr_before, mmr,
-                f"{run.reason}; {message.provider} bought {message.asset} at mark to repay the {self.settle} borrow"))
+                f"{run.reason}; {message.provider} bought {message.asset} at mark to repay the {self.settle_asset} borrow"))
             run.mmr_before = mmr
         run.outstanding -= 1
         if not run.outstanding:
@@ -974,8 +949,8 @@ class SubAccountMachine(Machine):
     def _pay_backstop_fee(self, notional: Decimal) -> Decimal:
         fee = backstop_fee(self.account, notional, self.profile.liquidation.fee_rate)
         if fee:
-            self.account.debit(self.settle, fee)
-            self.send(LIQUIDATOR, FundFlow(self.account.id, self.settle, fee, "liquidation fee"))
+            self.account.debit(self.settle_asset, fee)
+            self.send(LIQUIDATOR, FundFlow(self.account.id, self.settle_asset, fee, "liquidation fee"))
         return fee
 
     def _settle_liquidation(self) -> None:
@@ -1001,7 +976,7 @@ class SubAccountMachine(Machine):
             short = settlement_shortfall(account)
             account.cover_from_fund(short)
             self.emit("fund_cover", quantity=short, unsettled_equity=account.unsettled_equity)
-            self.send(LIQUIDATOR, FundFlow(account.id, self.settle, -short, "covered a shortfall"))
+            self.send(LIQUIDATOR, FundFlow(account.id, self.settle_asset, -short, "covered a shortfall"))
         t = totals(account)
         if (t.net_equity > 0 and self.profile.liquidation.backstop_residual_to_fund and not account.positions
                 and not account.borrows):
@@ -1033,4 +1008,4 @@ class SubAccountMachine(Machine):
         self.send(LIQUIDATOR, LiquidationReport(run.loop, outcome, totals(account).mmr,
                                                 "nothing left to liquidate", tuple(run.steps),
                                                 net_equity=totals(account).net_equity))
-        self._settled()
+        self.settle()

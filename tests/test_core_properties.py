@@ -112,6 +112,6 @@ def test_random_sequences_keep_every_invariant(flags, steps):
         assert ex.invariant_violations() == [], step
     by_interval = defaultdict(lambda: D(0))
     for event in ex.events:
-        if event["kind"] == "funding_payment":
-            by_interval[(event["t_ms"], event["market"])] += event["amount"]
+        if event["event"] == "funding_payment":
+            by_interval[(event["t"], event["market"])] += event["amount"]
     assert all(total == 0 for total in by_interval.values())

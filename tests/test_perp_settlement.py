@@ -99,8 +99,8 @@ def test_funding_paid_at_the_interval_end_sums_to_zero():
     ex.advance_to(HOUR_MS - 1)
     long_before = ex.accounts["long"].available("USDC")
     ex.advance_to(HOUR_MS)
-    paid = [e for e in ex.events if e["kind"] == "funding_payment"]
-    assert {e["account"]: e["amount"] for e in paid} == {"long": D("-4.170834"), "short": D("4.170834")}
+    paid = [e for e in ex.events if e["event"] == "funding_payment"]
+    assert {e["actor"]: e["amount"] for e in paid} == {"account:long": D("-4.170834"), "account:short": D("4.170834")}
     assert ex.accounts["long"].positions[BTC].cumulative_funding == D("-4.170834")
     assert ex.accounts["long"].available("USDC") == long_before - D("4.170834")
     assert long_usdc != short_usdc  # (the fills' fees differ: maker vs taker)
@@ -161,7 +161,7 @@ def test_usdc_shortfall_redeems_then_borrows_then_converts():
         loser = ex.accounts["loser"]
         ex.set_price(BTC, D(97000))
         ex.advance_to(10_000)
-        kinds = [e["kind"] for e in ex.events if e.get("account") == "loser"]
+        kinds = [e["event"] for e in ex.events if e["actor"] == "account:loser"]
         assert "redeem" in kinds
         assert loser.lends.get("USDC", D(0)) == 0
         if auto_borrow:
@@ -185,7 +185,7 @@ def test_a_shortfall_nobody_covers_is_a_debt_that_deposits_repay():
     broke = ex.accounts["broke"]
     broke.debit("USDC", D(300))
     ex.accounts["short"].credit("USDC", D(300))
-    ex.reconcile(broke)
+    ex.reconcile("broke")
     assert broke.unsettled_equity == D(-300) and broke.available("USDC") == 0
     assert ex.fund["USDC"] == D(-300)
     assert ex.invariant_violations() == []
@@ -255,8 +255,8 @@ def test_withdrawal_redeems_and_may_borrow_all_or_nothing():
     ex.deposit("lender", "USDC", D(100_000))
     ex.lend("lender", "USDC", D(100_000))
     ex.add_account("a")
-    ex.deposit("a", "SOL", D(100))
     ex.set_price("SOL", D(100))
+    ex.deposit("a", "SOL", D(100))
     ex.deposit("a", "USDC", D(1000))
     ex.lend("a", "USDC", D(500))
     assert ex.withdraw("a", "USDC", D(800)) == D(800)
