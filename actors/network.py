@@ -29,6 +29,8 @@ import attrs
 import trio
 
 from actors.determinism import stream
+from exchange.calendar import Calendar
+from exchange.protocol import SCHEDULER
 
 
 class Mailbox:
@@ -90,8 +92,14 @@ def kind_of(address: str) -> str:
 class Network:
     """Addresses, mailboxes, latency, and the heap of messages on the wire."""
 
-    def __init__(self, seed: int, default: Latency = ZERO_LATENCY, rules: dict[tuple[str, str], Latency] | None = None) -> None:
+    def __init__(self, seed: int, default: Latency = ZERO_LATENCY, rules: dict[tuple[str, str], Latency] | None = None,
+                 *, lockstep: bool = False) -> None:
         self.seed = seed
+        # Lockstep: one global first-in first-out queue, one message handled at a time, the
+        # calendar moving only when nothing is in flight; see ``run_lockstep``.
+        self.lockstep = lockstep
+        self._fifo: deque[tuple[str, str, Any]] = deque()
+        self._handled = trio.lowlevel.ParkingLot()
         self.default = default
         # (sender kind or address, recipient kind or address) -> model; exact addresses win.
         self.rules = dict(rules or {})
@@ -105,6 +113,7 @@ class Network:
         self._seq = 0
         self._wake = trio.lowlevel.ParkingLot()
         self.sent = 0
+        self.unattended: set[str] = set()  # membership only: addresses no actor reads (the setup)
 
     def register(self, address: str) -> Mailbox:
         if address in self.mailboxes:
@@ -138,6 +147,9 @@ class Network:
     # -- sending --------------------------------------------------------------------------
     def send(self, sender: str, recipient: str, message: Any) -> None:
         self.sent += 1
+        if self.lockstep:
+            self._fifo.append((sender, recipient, message))
+            return
         model = self.model(sender, recipient) if (self.rules or self.default.kind != "zero") else ZERO_LATENCY
         latency = model.draw(lambda: self._rng(sender)) if model.kind != "zero" else 0
         fifo = True
@@ -192,6 +204,38 @@ class Network:
                     del self._queued_on[link]
                 self.mailboxes[recipient].put(sender, message)
             await trio.lowlevel.checkpoint()
+
+    async def run_lockstep(self, calendar: Calendar) -> None:
+        """Deliver as the direct engine does: the oldest message first, and the next only once
+        its recipient has handled it; when nothing is in flight, the calendar's next ticks.
+
+        The actors then run exactly the engine's order of events, which is what the
+        differential test compares. It gives up what the network is for (latency, levers,
+        interleaving at one instant), so it is for that comparison only.
+        """
+        fifo, mailboxes = self._fifo, self.mailboxes
+        while True:
+            if fifo:
+                sender, recipient, message = fifo.popleft()
+                if recipient == SCHEDULER:
+                    calendar.on_schedule(sender, message)
+                    continue
+                mailboxes[recipient].put(sender, message)
+                if recipient in self.unattended:
+                    continue
+                await self._handled.park()
+                continue
+            due = calendar.next_ms()
+            if due is None:
+                await trio.sleep_forever()
+            if due > round(trio.current_time() * 1000):
+                await trio.sleep_until(due / 1000)
+            for address, tick in calendar.due():
+                fifo.append((SCHEDULER, address, tick))
+
+    def handled(self) -> None:
+        """An actor finished a message (lockstep: the next may go)."""
+        self._handled.unpark()
 
     # -- the fuzzer's levers --------------------------------------------------------------
     def hold(self, sender: str, recipient: str) -> Hook:

@@ -92,10 +92,14 @@ class System:
         progress: Callable[[int], None] | None = None,
         faults_until_ms: int = 0,
         fingerprint: bool = True,
+        venue: Venue | None = None,
+        lockstep: bool = False,
     ) -> None:
         self.profile = profile
         self.seed = seed
-        self.network = Network(seed, latency, dict(latency_rules or {}))
+        if lockstep and (latency != ZERO_LATENCY or latency_rules):
+            raise ValueError("a lockstep run delivers one message at a time, at zero latency")
+        self.network = Network(seed, latency, dict(latency_rules or {}), lockstep=lockstep)
         self.log = events.EventLog(log_path, keep=keep_events, fingerprint=fingerprint)
         self.price_interval_ms = price_interval_ms
         self.stall_ms = stall_ms
@@ -103,7 +107,8 @@ class System:
         self.progress = progress  # called with the virtual time, about a hundred times a run
         self.context = Context(self.network, self.log, self.after_message)
         self.scheduler = Scheduler(self.context)
-        self.venue = Venue(profile, seed=seed, price_interval_ms=price_interval_ms, sample_ms=sample_ms)
+        self.venue = venue if venue is not None else Venue(profile, seed=seed, price_interval_ms=price_interval_ms,
+                                                           sample_ms=sample_ms)
         # The venue's machines, read by the observer, the runner and the tests.
         self.feed = self.venue.feed
         self.liquidator = self.venue.liquidator
@@ -112,6 +117,7 @@ class System:
         self.accounts = self.venue.accounts
         self.agents = self.venue.agents
         self.network.register(SETUP)
+        self.network.unattended.add(SETUP)
         slowest = max([latency.ms + latency.jitter_ms] + [r.ms + r.jitter_ms for r in (latency_rules or {}).values()])
         grace = grace_ms if grace_ms is not None else 2 * profile.liquidation.loop_interval_ms + 4 * slowest + 1000
         self.grace_ms = grace
@@ -140,6 +146,8 @@ class System:
     def after_message(self) -> None:
         if self.observer is not None:
             self.observer.after_message()
+        if self.network.lockstep:
+            self.network.handled()
 
     def run(self, until_s: float, *, realtime_rate: float | None = None) -> RunResult:
         """Run to ``until_s`` virtual seconds; raises ``RunFailed`` if the run cannot finish."""
@@ -204,8 +212,11 @@ class System:
     def _start(self, nursery: trio.Nursery) -> None:
         """Spawn every actor in a fixed order, then carry out the venue's first instant."""
         actors = {m.address: Actor(self.context, m) for m in self.venue.machines()}
-        nursery.start_soon(self.network.run)
-        nursery.start_soon(self.scheduler.run)
+        if self.network.lockstep:
+            nursery.start_soon(self.network.run_lockstep, self.scheduler.calendar)
+        else:
+            nursery.start_soon(self.network.run)
+            nursery.start_soon(self.scheduler.run)
         for actor in actors.values():
             nursery.start_soon(actor.run)
         for sender, effects in self.venue.start(self.scheduler.calendar):

@@ -818,8 +818,11 @@ class SubAccountMachine(Machine):
                       ZERO)
             stage = BOOK if self.profile.markets[order.market].is_perp else "conversion"
             average = average_fill_price(notional, filled, self.profile.markets[order.market].tick_size)
+            # Each order's "before" is where the previous one left the account, not the loop's start.
+            mmr = totals(self.account).mmr
             run.steps.append(LiquidationStep(self.now_ms, stage, order.market, str(order.side), filled, average,
-                                             fee, run.mmr_before, totals(self.account).mmr, wanted.reason))
+                                             fee, run.mmr_before, mmr, wanted.reason))
+            run.mmr_before = mmr
         if not run.orders:
             self._finish_step()
 

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     fuzzer.add_argument("--out", type=Path, default=Path("fuzz-failures"), metavar="DIR",
                         help="where failing scenarios go (default %(default)s)")
     fuzzer.add_argument("--no-shrink", action="store_true", help="save failures without shrinking them")
+    fuzzer.add_argument("--differential", action="store_true",
+                        help="instead of hunting races, run each seed's scenario through the direct engine and "
+                        "through the actors (zero latency, no faults) and fail on the first difference")
 
     position = commands.add_parser(
         "position", help="margin numbers of one perp position on USDC collateral",
@@ -357,9 +360,11 @@ def _fuzz(args: argparse.Namespace) -> int:
             failed += not outcome.passed
             progress.update(task, advance=1, failed=f"{failed} failed" if failed else "no failure")
 
-        result = fuzz.campaign(seeds, jobs=args.jobs, time_budget=args.time_budget, progress=advance)
+        result = fuzz.campaign(seeds, jobs=args.jobs, time_budget=args.time_budget, progress=advance,
+                               differential=args.differential)
     out = Console() if Console().is_terminal else Console(width=160)
-    table = Table(title="fuzz campaign", title_justify="left", show_header=False)
+    title = "differential campaign" if args.differential else "fuzz campaign"
+    table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("runs", f"{len(result.outcomes)} (seeds {args.seed}..{args.seed + len(result.outcomes) - 1})")

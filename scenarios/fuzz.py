@@ -39,7 +39,7 @@ import attrs
 
 from actors.determinism import stream
 from exchange.decimals import fmt
-from scenarios import loader, runner
+from scenarios import differential, loader, runner
 
 D = Decimal
 PERPS = ("BTC_USDC_PERP", "SOL_USDC_PERP")
@@ -271,18 +271,23 @@ def _value(value: object) -> str:
 # Running
 
 
-def run_text(text: str, seed: int, *, check_every: int, fingerprint: bool = False, folder: Path | None = None,
-             log_path: Path | None = None) -> tuple[FuzzOutcome, runner.ScenarioRun]:
-    """Run a scenario given as text (written to a temporary file so it is loaded like any)."""
+def _load_text(text: str, folder: Path | None = None) -> loader.Scenario:
+    """A scenario given as text (written to a temporary file so it is loaded like any)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         path = Path(tmp) / "scenario.toml"
         path.write_text(text, encoding="utf-8")
-        scenario = loader.load(str(path))
-        start = time.perf_counter()
-        outcome = runner.run(scenario, seed=seed, keep_events=False, check_every=check_every, fingerprint=fingerprint,
-                             log_path=log_path)
+        return loader.load(str(path))
+
+
+def run_text(text: str, seed: int, *, check_every: int, fingerprint: bool = False, folder: Path | None = None,
+             log_path: Path | None = None) -> tuple[FuzzOutcome, runner.ScenarioRun]:
+    """Run a scenario given as text."""
+    scenario = _load_text(text, folder)
+    start = time.perf_counter()
+    outcome = runner.run(scenario, seed=seed, keep_events=False, check_every=check_every, fingerprint=fingerprint,
+                         log_path=log_path)
     seconds = time.perf_counter() - start
     failure = outcome.failure
     invariant = ""
@@ -298,6 +303,18 @@ def run_seed(seed: int, settings: FuzzSettings = FuzzSettings()) -> FuzzOutcome:
     """One fuzz run: generate, run, judge. Module-level so any Executor can ship it."""
     outcome, _ = run_text(to_toml(generate(seed, settings)), seed, check_every=settings.check_every)
     return outcome
+
+
+def run_differential(seed: int, settings: FuzzSettings = FuzzSettings()) -> FuzzOutcome:
+    """One differential run: the seed's scenario through the engine and through the actors (at
+    zero latency, without its faults) must agree exactly; a failure names the first difference."""
+    text = to_toml(generate(seed, settings))
+    start = time.perf_counter()
+    comparison = differential.compare(_load_text(text), seed=seed)
+    seconds = time.perf_counter() - start
+    label = "" if comparison.equal else "differential"
+    return FuzzOutcome(seed, comparison.equal, label, label, "\n".join(comparison.mismatches), comparison.events,
+                       seconds, text)
 
 
 @attrs.frozen
@@ -329,11 +346,14 @@ def campaign(
     executor: Executor | None = None,
     time_budget: float | None = None,
     progress: Callable[[FuzzOutcome], None] | None = None,
+    differential: bool = False,
 ) -> Campaign:
     """Run seeds, in this process (``jobs`` 1), a process pool, or the given Executor.
 
-    With a ``time_budget`` (seconds), no new seed starts after it runs out.
+    With a ``time_budget`` (seconds), no new seed starts after it runs out. ``differential``
+    compares the engine with the actors on each seed instead of hunting races.
     """
+    one = run_differential if differential else run_seed
     start = time.perf_counter()
     deadline = None if time_budget is None else start + time_budget
     outcomes: list[FuzzOutcome] = []
@@ -348,12 +368,12 @@ def campaign(
         for seed in seeds:
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            record(run_seed(seed, settings))
+            record(one(seed, settings))
     else:
         own = executor is None
         pool = executor if executor is not None else ProcessPoolExecutor(max_workers=jobs)
         try:
-            for future in _bounded(pool, seeds, settings, max(jobs, 1) * 2, deadline):
+            for future in _bounded(pool, one, seeds, settings, max(jobs, 1) * 2, deadline):
                 record(future.result())
         finally:
             if own:
@@ -362,8 +382,8 @@ def campaign(
     return Campaign(tuple(outcomes), time.perf_counter() - start, jobs)
 
 
-def _bounded(pool: Executor, seeds: Iterator[int], settings: FuzzSettings, window: int,
-             deadline: float | None) -> Iterator[Future[FuzzOutcome]]:
+def _bounded(pool: Executor, one: Callable[[int, FuzzSettings], FuzzOutcome], seeds: Iterator[int],
+             settings: FuzzSettings, window: int, deadline: float | None) -> Iterator[Future[FuzzOutcome]]:
     """Keep ``window`` seeds in flight; stop submitting at the deadline."""
     running: set[Future[FuzzOutcome]] = set()  # membership only: results are sorted by seed
     exhausted = False
@@ -373,7 +393,7 @@ def _bounded(pool: Executor, seeds: Iterator[int], settings: FuzzSettings, windo
             if seed is None:
                 exhausted = True
                 break
-            running.add(pool.submit(run_seed, seed, settings))
+            running.add(pool.submit(one, seed, settings))
         if deadline is not None and time.perf_counter() >= deadline:
             exhausted = True
         if not running:
@@ -487,6 +507,12 @@ def save_failure(outcome: FuzzOutcome, directory: Path, *, shrink_it: bool = Tru
     folder.mkdir(parents=True, exist_ok=True)
     original = folder / "scenario.toml"
     original.write_text(outcome.scenario, encoding="utf-8")
+    if outcome.label == "differential":
+        lines = [f"seed {outcome.seed}: the engine and the actors differ (zero latency, no faults)",
+                 f"  replay: marginsim fuzz --differential --seed {outcome.seed} --runs 1",
+                 *("    " + line for line in outcome.detail.splitlines())]
+        (folder / "README.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return lines
     lines = [
         f"seed {outcome.seed}: {outcome.label}",
         f"  replay: marginsim run {original} --seed {outcome.seed}",

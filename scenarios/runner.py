@@ -24,6 +24,7 @@ from actors.paths import Constant, Linear, PricePath, RandomWalk, Shifted, Steps
 from actors.system import RunFailed, RunResult, System
 from exchange.decimals import INFINITY, ZERO, fmt
 from exchange.ledger import Settings
+from exchange.venue import Venue
 from scenarios.loader import Expectation, PathSpec, Scenario
 
 
@@ -68,6 +69,40 @@ def price_path(spec: PathSpec, seed: int, name: str) -> PricePath:
     return path
 
 
+def build_venue(scenario: Scenario, seed: int) -> tuple[Venue, dict[str, ScriptedTrader]]:
+    """The venue a scenario describes (prices, sub-accounts, agents, scripted actions,
+    backstops), for either driver; and each account's scripted trader."""
+    venue = Venue(scenario.profile, seed=seed, price_interval_ms=scenario.price_interval_ms,
+                  sample_ms=scenario.sample_ms)
+    for asset, spec in scenario.prices.items():
+        venue.set_path(asset, price_path(spec, seed, asset))
+    for perp, spec in scenario.premiums.items():
+        venue.set_premium(perp, price_path(spec, seed, perp))
+    for account in scenario.accounts:
+        settings = Settings(account.leverage_limit, account.auto_lend, account.auto_borrow_settlements,
+                            account.auto_repay_borrows)
+        venue.add_account(account.id, owner=account.owner, settings=settings, deposits=account.deposits,
+                          markets=account.markets)
+    for maker in scenario.makers:
+        venue.add_agent(MarketMaker(venue, maker.name, maker.account, maker.markets, size=maker.size,
+                                    spread_bps=maker.spread_bps, levels=maker.levels, spacing_bps=maker.spacing_bps,
+                                    refresh_ms=maker.refresh_ms))
+    for noise in scenario.noise:
+        venue.add_agent(NoiseTrader(venue, noise.name, noise.account, noise.markets, interval_ms=noise.interval_ms,
+                                    max_steps=noise.max_steps, market_share=noise.market_share,
+                                    within_bps=noise.within_bps, reduce_only_share=noise.reduce_only_share,
+                                    ioc_share=noise.ioc_share, auto_borrow_share=noise.auto_borrow_share,
+                                    post_only_share=noise.post_only_share))
+    for account, capacity in scenario.backstops:
+        venue.add_backstop(account, capacity)
+    scripts: dict[str, ScriptedTrader] = {}
+    for account in dict.fromkeys(a.account for a in scenario.actions):
+        actions = [(a.at_ms, a.message) for a in scenario.actions if a.account == account]
+        scripts[account] = ScriptedTrader(venue, f"script-{account}", account, actions)
+        venue.add_agent(scripts[account])
+    return venue, scripts
+
+
 def build(
     scenario: Scenario,
     seed: int,
@@ -77,39 +112,15 @@ def build(
     keep_events: bool = True,
     check_every: int | None = 1,
     fingerprint: bool = True,
+    lockstep: bool = False,
 ) -> tuple[System, dict[str, ScriptedTrader]]:
-    """The system a scenario describes, ready to run; and each account's scripted trader."""
+    """The actor system a scenario describes, ready to run; and each account's scripted trader."""
+    venue, scripts = build_venue(scenario, seed)
     system = System(
         scenario.profile, seed=seed, latency=scenario.latency, latency_rules=scenario.latency_rules,
-        check_every=check_every, log_path=log_path, keep_events=keep_events,
-        price_interval_ms=scenario.price_interval_ms, sample_ms=scenario.sample_ms, progress=progress,
-        faults_until_ms=scenario.faults_until_ms, fingerprint=fingerprint,
+        check_every=check_every, log_path=log_path, keep_events=keep_events, progress=progress,
+        faults_until_ms=scenario.faults_until_ms, fingerprint=fingerprint, venue=venue, lockstep=lockstep,
     )
-    for asset, spec in scenario.prices.items():
-        system.set_path(asset, price_path(spec, seed, asset))
-    for perp, spec in scenario.premiums.items():
-        system.set_premium(perp, price_path(spec, seed, perp))
-    for account in scenario.accounts:
-        settings = Settings(account.leverage_limit, account.auto_lend, account.auto_borrow_settlements,
-                            account.auto_repay_borrows)
-        system.add_account(account.id, owner=account.owner, settings=settings, deposits=account.deposits,
-                           markets=account.markets)
-    for maker in scenario.makers:
-        system.add_agent(MarketMaker(system, maker.name, maker.account, maker.markets, size=maker.size,
-                                     spread_bps=maker.spread_bps, levels=maker.levels, spacing_bps=maker.spacing_bps,
-                                     refresh_ms=maker.refresh_ms))
-    for noise in scenario.noise:
-        system.add_agent(NoiseTrader(system, noise.name, noise.account, noise.markets, interval_ms=noise.interval_ms,
-                                     max_steps=noise.max_steps, market_share=noise.market_share,
-                                     within_bps=noise.within_bps, reduce_only_share=noise.reduce_only_share,
-                                     ioc_share=noise.ioc_share, auto_borrow_share=noise.auto_borrow_share,
-                                     post_only_share=noise.post_only_share))
-    for account, capacity in scenario.backstops:
-        system.add_backstop(account, capacity)
-    scripts: dict[str, ScriptedTrader] = {}
-    for account in dict.fromkeys(a.account for a in scenario.actions):
-        actions = [(a.at_ms, a.message) for a in scenario.actions if a.account == account]
-        scripts[account] = system.add_agent(ScriptedTrader(system, f"script-{account}", account, actions))
     if scenario.faults:
         system.add_agent(FaultScript(system, scenario.faults))
     return system, scripts
