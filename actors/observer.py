@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from actors.runtime import now_ms
 from exchange.decimals import ZERO, fmt
 from exchange.invariants import conservation_violations, holdings_by_asset
+from exchange.liquidation import needs_liquidation
 from exchange.margin import totals
 from exchange.protocol import (
     AssetTransfer,
@@ -253,7 +254,7 @@ class Observer:
                 continue
             t = totals(account)
             since = max(reported, self.faults_until_ms)
-            if t.maintenance > 0 and t.mmr >= 1 and now - since > self.grace_ms:
+            if needs_liquidation(t) and now - since > self.grace_ms:
                 problems.append(f"{account_id} has been at MMR {fmt(t.mmr, 4)} >= 100% since "
                                 f"t={since / 1000:.3f}s and is not being liquidated")
         return problems

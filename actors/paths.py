@@ -13,17 +13,13 @@ import csv
 import random
 from decimal import Decimal
 from pathlib import Path
-from typing import Protocol
 
 import attrs
 
 from exchange.decimals import ZERO
+from exchange.feed import PricePath
 
 YEAR_MS = Decimal(365 * 24 * 3600 * 1000)
-
-
-class PricePath(Protocol):
-    def at(self, time_ms: int) -> Decimal: ...
 
 
 @attrs.frozen

@@ -36,7 +36,7 @@ from actors.observer import InvariantViolation, Observer
 from actors.runtime import Actor, ActorCrashed, Context, Scheduler
 from exchange import margin
 from exchange.feed import PricePath
-from exchange.liquidation import LiquidationStep
+from exchange.liquidation import LiquidationStep, needs_liquidation
 from exchange.machine import Machine
 from exchange.profile import Profile
 from exchange.subaccount import SubAccountMachine
@@ -290,7 +290,7 @@ class System:
             if case is not None and now_ms - case.started_ms <= bound_ms:
                 continue  # a liquidation still within its bound
             t = margin.totals(account)
-            if t.maintenance > 0 and t.mmr >= 1:
+            if needs_liquidation(t):
                 problems.append(f"{account_id} is still at MMR {t.mmr:.4f} >= 100%"
                                 + (f" in a liquidation started at t={case.started_ms / 1000:g}s" if case is not None
                                    else " and not liquidating"))

@@ -6,7 +6,7 @@
 Reports:
 * the raw cost of one message hop: an awaited trio memory-channel send/receive between two
   tasks, and the runtime's own mailbox hop (put + wake) as actors use it;
-* orders per second for one order stream through the direct engine (pure core, synchronous)
+* orders per second for one order stream through the direct engine (the same machines, no Trio)
   and through the actor system with the invariant observer off and on (after every event);
 * wall time per price tick and memory per sub-account with 10 ... 10,000 sub-accounts that hold
   a position in the moving market, and the same with as many again holding nothing there.
@@ -203,8 +203,8 @@ def main() -> None:
     sparse = statistics.median(actor_rate(stream, 50, 1000) for _ in range(3))
     every = actor_rate(stream[: len(stream) // 10], 50, 1)
     print(f"  {orders:,} limit orders from 50 accounts, about half trading, all sent at t=0:")
-    print(f"    direct engine (pure core)                      {core:10,.0f} orders/s")
-    print(f"    actor system, observer off                     {off:10,.0f} orders/s   ({off / core:.0%} of the core)")
+    print(f"    direct engine (same machines, no Trio)         {core:10,.0f} orders/s")
+    print(f"    actor system, observer off                     {off:10,.0f} orders/s   ({off / core:.0%} of the engine)")
     print(f"    actor system, observer every 1,000 events      {sparse:10,.0f} orders/s   ({sparse / core:.0%})")
     print(f"    actor system, observer after every event       {every:10,.0f} orders/s   ({every / core:.1%};"
           f" first {len(stream) // 10:,} orders)")

@@ -1,9 +1,10 @@
-"""The price feed: publishes index prices (assets) and marks (perps) from the paths.
+"""The price feed machine: publishes index prices (assets) and marks (perps) from the paths.
 
 On every ``prices`` tick it evaluates each path, quantizes (an asset's index to the finest tick
 of its markets, a mark to its perp's tick) and sends each subscriber one message with what
-changed among its symbols, so a tick costs in proportion to who holds exposure there. A perp's mark is its index
-times one plus its premium path (none: mark = index). A new subscriber gets a snapshot at once.
+changed among its symbols, so a tick costs in proportion to who holds exposure there. A perp's
+mark is its index times one plus its premium path (none: mark = index). A new subscriber gets a
+snapshot at once. The direct engine publishes prices it is given the same way (``publish``).
 """
 
 from __future__ import annotations

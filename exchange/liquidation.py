@@ -1,9 +1,10 @@
 """Gradual liquidation (spec 11): the policy that decides each step, and the history it keeps.
 
 Given a sub-account's state (at its marks) and a view of the books, ``plan_step`` says what the
-next liquidation loop does. It never moves money itself: the direct engine or the liquidator
-actor carries the plan out (reduce-only IOC orders through the books, transfers to backstop
-providers, ADL) and records what happened as ``LiquidationStep`` rows.
+next liquidation loop does. It never moves money itself: the sub-account machine carries the
+plan out (reduce-only IOC orders through the books, transfers to backstop providers, ADL, as the
+liquidator machine allocates them) and records what happened as ``LiquidationStep`` rows. The
+reasoning behind the stages is also in docs/design.md.
 
 The stages and the rules where the record is open:
 
@@ -64,6 +65,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
+from typing import Protocol
 
 import attrs
 
@@ -134,8 +136,14 @@ class Plan:
     orders: tuple[LiquidationOrder, ...] = ()
 
 
-def needs_liquidation(t: Totals) -> bool:
-    """MMR >= 100% with something to liquidate (spec 11.1)."""
+class HealthReading(Protocol):
+    maintenance: Decimal
+    mmr: Decimal
+
+
+def needs_liquidation(t: Totals | HealthReading) -> bool:
+    """MMR >= 100% with something to liquidate (spec 11.1), on an account's own totals or on
+    what it last reported."""
     return t.maintenance > 0 and t.mmr >= 1
 
 
@@ -437,12 +445,25 @@ def average_fill_price(notional: Decimal, quantity: Decimal, tick: Decimal) -> D
     return (notional / quantity).quantize(tick / 100)
 
 
-def backstop_fee(account: SubAccount, notional: Decimal, rate: Decimal) -> Decimal:
-    """The liquidation fee on an off-book transfer at mark, in the settlement asset: rounded up,
-    but capped at the equity the account has left (a transfer at mark does not move equity, so
-    an uncapped fee would itself leave a debt to the fund)."""
+def backstop_fee_cap(account: SubAccount) -> Decimal:
+    """The most an off-book liquidation fee may take: the equity the account has left (a
+    transfer at mark does not move equity, so an uncapped fee would itself leave a debt to the
+    fund). Rounded down to the settlement asset's step."""
     step = account.profile.assets[account.profile.settlement_asset].step
-    return min(ceil_to(notional * rate, step), max(floor_to(totals(account).net_equity, step), ZERO))
+    return max(floor_to(totals(account).net_equity, step), ZERO)
+
+
+def capped_fee(notional: Decimal, rate: Decimal, step: Decimal, cap: Decimal) -> Decimal:
+    """A liquidation fee on an off-book transfer at mark: rounded up to ``step``, at most ``cap``
+    (``backstop_fee_cap``). The market charges it on position handovers, the account on
+    backstop deliveries and collateral sales."""
+    return min(ceil_to(notional * rate, step), cap)
+
+
+def backstop_fee(account: SubAccount, notional: Decimal, rate: Decimal) -> Decimal:
+    """The capped liquidation fee on ``notional`` moved off the book for this account."""
+    step = account.profile.assets[account.profile.settlement_asset].step
+    return capped_fee(notional, rate, step, backstop_fee_cap(account))
 
 
 def waiting_reason(account: SubAccount) -> str:

@@ -1,4 +1,4 @@
-"""The liquidator actor: decides when sub-accounts are liquidated and who takes what.
+"""The liquidator machine: decides when sub-accounts are liquidated and who takes what.
 
 It knows accounts only through their health reports (which may be stale) and the books only
 through the depth they send when asked. Each ``liquidation`` tick it starts a liquidation for
@@ -7,8 +7,9 @@ may answer that the report was stale), and gives every running liquidation its n
 a fresh view of the books: the account computes and sends its own reduce-only orders. When an
 account reports that the book cannot finish the job, the liquidator plans stage 2 and 3 across
 accounts: backstop providers at mark within their capacity, then ADL counterparties ranked on
-their last reports. The first loop follows the start at once; later ones come one per tick. It keeps the liquidity fund and every account's liquidation history, and
-pays the lenders of a written-off borrow (spec F7).
+their last reports, revalued at the marks it hears now. The first loop follows the start at
+once; later ones come one per tick. It keeps the liquidity fund and every account's liquidation
+history, and pays the lenders of a written-off borrow (spec F7).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from exchange.liquidation import (
     Progress,
     adl_queue,
     gross_of_fee,
+    needs_liquidation,
 )
 from exchange.machine import Machine
 from exchange.profile import Profile
@@ -110,7 +112,7 @@ class LiquidatorMachine(Machine):
         if message.kind != "liquidation":
             return
         for account, report in self.reports.items():
-            if account not in self.cases and report.maintenance > 0 and report.mmr >= 1 and not report.liquidating:
+            if account not in self.cases and needs_liquidation(report) and not report.liquidating:
                 self._loop += 1
                 self.cases[account] = _Case(self._loop, started_ms=self.now_ms)
                 self.send(account_address(account), StartLiquidation(self._loop))

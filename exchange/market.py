@@ -1,4 +1,4 @@
-"""The market actor: one order book, the authority on what trades and on perp positions.
+"""The market machine: one order book, the authority on what trades and on perp positions.
 
 It matches what sub-accounts send, tells both sides of every trade, pays funding at each
 interval's end from the positions its own fills built, carries out backstop and ADL transfers
@@ -11,8 +11,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 from exchange.book import OrderBook
-from exchange.decimals import ZERO, ceil_to
+from exchange.decimals import ZERO
 from exchange.funding import FundingClock, funding_payments
+from exchange.liquidation import capped_fee
 from exchange.machine import Machine
 from exchange.orders import Fill, MatchResult, Origin, Rejection, Side
 from exchange.protocol import (
@@ -155,7 +156,7 @@ class MarketMachine(Machine):
         if quantity > 0 and price is not None:
             quote = self.market.quote
             step = self.book.profile.assets[quote].step
-            fee = min(ceil_to(quantity * price * self.book.profile.liquidation.fee_rate, step), message.fee_cap)
+            fee = capped_fee(quantity * price, self.book.profile.liquidation.fee_rate, step, message.fee_cap)
             closing = Side.ASK if held > 0 else Side.BID
             origin = Origin.BACKSTOP_LIQUIDITY_PROVIDER if message.kind == "backstop" else Origin.ADL_AUTOCLOSE
             self._backstop_seq += 1

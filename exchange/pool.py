@@ -1,4 +1,4 @@
-"""The lending pool actor: one asset's pool, the ledger of record for its lends and borrows.
+"""The lending pool machine: one asset's pool, the ledger of record for its lends and borrows.
 
 Each request is handled atomically (a redeem and a borrow together, or neither); interest is
 accrued on the scheduler's hourly tick and each account is told what was added to its lend or

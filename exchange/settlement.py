@@ -3,9 +3,8 @@
 Perp fees, funding and realized losses are paid in USDC; when they take the available USDC
 balance below zero the shortfall is covered, in order: (1) redeem the account's USDC lend,
 (2) borrow USDC if ``auto_borrow_settlements`` is on, (3) convert other collateral by selling it
-on its USDC spot market. This module only plans; whoever drives the core (the direct engine or
-the sub-account actor) carries the plan out against the pool and the books, and plans again
-with what is left.
+on its USDC spot market. This module only plans; the sub-account machine carries the plan out
+against the pool and the books, one step at a time, and plans again with what is left.
 
 Choices: collateral is converted largest haircut first (lowest collateral weight at its
 current size; ties by symbol) because that is the collateral the margin model already values

@@ -1,4 +1,6 @@
-"""The sub-account actor: one sub-account's ledger, changed only by the messages it handles.
+"""The sub-account machine: everything that changes a sub-account lives here, and it does not
+know who drives it (the direct engine or an actor). One sub-account's ledger, changed only by
+the messages it handles.
 
 It runs the pre-trade check on the marks it has heard (which may be stale), reserves, and sends
 orders to the markets; it books fills, funding and interest; it keeps its USDC settled (redeem,
@@ -32,6 +34,7 @@ from exchange.liquidation import (
     average_fill_price,
     backstop_collateral,
     backstop_fee,
+    backstop_fee_cap,
     may_write_off,
     needs_liquidation,
     plan_step,
@@ -841,7 +844,7 @@ class SubAccountMachine(Machine):
         account = self.account
         run = self.liquidation = _LiquidationRun(message.loop, totals(account).mmr, reason=message.reason)
         for handover in message.handovers:
-            fee_cap = max(floor_to(totals(account).net_equity, self.profile.assets[self.settle_asset].step), ZERO)
+            fee_cap = backstop_fee_cap(account)
             run.outstanding += 1
             self.send(market_address(handover.market), PositionTransfer(
                 handover.kind, account.id, handover.counterparty, handover.quantity, fee_cap, handover.adl_score))
