@@ -7,6 +7,7 @@ and every final balance must be equal, not close.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,26 @@ def test_a_differential_failure_is_saved_with_its_replay(tmp_path):
     assert lines[1] == "  replay: marginsim fuzz --differential --seed 7 --runs 1"
     assert (tmp_path / "seed-7" / "scenario.toml").read_text() == "x = 1\n"
     assert "event 12 differs" in (tmp_path / "seed-7" / "README.txt").read_text()
+
+
+def test_each_liquidation_order_starts_where_the_previous_one_left_the_account():
+    """complex-liquidation's first loop (t=41 s) sells ETH then BTC on the book: the BTC row's
+    MMR before is the ETH row's MMR after (1.01363), not the loop's start (1.13729)."""
+    from scenarios import runner
+
+    run = runner.run(loader.load("complex-liquidation"))
+    book = [s for s in run.result.history["trader"] if s.stage == "book" and s.time_ms == 41_000]
+    assert [s.market for s in book] == ["ETH_USDC_PERP", "BTC_USDC_PERP"]
+    assert round(book[0].mmr_before, 5) == Decimal("1.13729") and round(book[0].mmr_after, 5) == Decimal("1.01363")
+    assert book[1].mmr_before == book[0].mmr_after
+
+
+def test_a_deposit_of_nothing_is_refused_on_both_drivers():
+    """One rule: a deposit must be positive, whoever drives the sub-account."""
+    from exchange import Exchange, load_profile
+
+    ex = Exchange(load_profile("backpack"))
+    ex.add_account("a")
+    with pytest.raises(ValueError, match="cannot deposit 0 USDC"):
+        ex.deposit("a", "USDC", Decimal(0))
+    assert ex.accounts["a"].balances == {} and ex.events[-1]["event"] == "deposit_refused"
