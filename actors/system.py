@@ -101,12 +101,13 @@ class System:
             raise ValueError("a lockstep run delivers one message at a time, at zero latency")
         self.network = Network(seed, latency, dict(latency_rules or {}), lockstep=lockstep)
         self.log = events.EventLog(log_path, keep=keep_events, fingerprint=fingerprint)
-        self.price_interval_ms = price_interval_ms
         self.stall_ms = stall_ms
-        self.sample_ms = sample_ms  # every account logs a health sample this often (None: never)
         self.progress = progress  # called with the virtual time, about a hundred times a run
         self.context = Context(self.network, self.log, self.after_message)
         self.scheduler = Scheduler(self.context)
+        # A venue built elsewhere (a scenario's) carries its own price interval and samples.
+        if venue is not None and (venue.seed != seed or venue.profile is not profile):
+            raise ValueError("the venue was built for another seed or profile than this run")
         self.venue = venue if venue is not None else Venue(profile, seed=seed, price_interval_ms=price_interval_ms,
                                                            sample_ms=sample_ms)
         # The venue's machines, read by the observer, the runner and the tests.

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from actors.network import ZERO_LATENCY
 from actors.system import RunFailed
 from exchange.engine import Exchange
 from exchange.machine import Event
@@ -45,9 +46,8 @@ def compare(scenario: Scenario, *, seed: int | None = None, until_ms: int | None
     """Run ``scenario`` both ways at zero latency, without faults, and say where they differ."""
     seed = scenario.seed if seed is None else seed
     until_ms = scenario.duration_ms if until_ms is None else until_ms
-    if scenario.faults or scenario.latency.kind != "zero" or scenario.latency_rules:
-        scenario = attrs.evolve(scenario, faults=(), latency=attrs.evolve(scenario.latency, kind="zero", ms=0,
-                                                                          jitter_ms=0), latency_rules={})
+    if scenario.faults or scenario.latency != ZERO_LATENCY or scenario.latency_rules:
+        scenario = attrs.evolve(scenario, faults=(), latency=ZERO_LATENCY, latency_rules={})
     engine_venue, engine_events = run_engine(scenario, seed, until_ms)
     system, _ = runner.build(scenario, seed, check_every=None, fingerprint=False, lockstep=True)
     try:
