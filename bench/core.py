@@ -147,7 +147,8 @@ def account_with_positions(profile: Profile, count: int) -> SubAccount:
         side = Side.BID if i % 2 else Side.ASK
         quantity = D(5 + i % 3)  # 500k-700k USD notional: in the sqrt region
         account.apply_fill(
-            Fill(i, symbol, f"o{i}", account.id, side, D(100000), quantity, quantity * D(100000), D(0), "USDC", False),
+            Fill(trade_id=i, market=symbol, order_id=f"o{i}", account=account.id, side=side, price=D(100000),
+                 quantity=quantity, quote_quantity=quantity * D(100000), fee=D(0), fee_asset="USDC", is_maker=False),
             market,
         )
     return account

@@ -604,14 +604,16 @@ class OrderBook:
         taker_origin = taker.order.origin
         symbol = self.symbol
         fills.append(Fill(
-            trade_id, symbol, maker.order_id, maker.account, maker.side, price, qty, maker_quote, maker_fee,
-            maker_asset, True, maker_origin,
-            self._liquidation_fee(notional) if maker_origin is _LIQUIDATION else ZERO,
+            trade_id=trade_id, market=symbol, order_id=maker.order_id, account=maker.account, side=maker.side,
+            price=price, quantity=qty, quote_quantity=maker_quote, fee=maker_fee, fee_asset=maker_asset,
+            is_maker=True, origin=maker_origin,
+            liquidation_fee=self._liquidation_fee(notional) if maker_origin is _LIQUIDATION else ZERO,
         ))
         fills.append(Fill(
-            trade_id, symbol, taker.order_id, taker.account, taker.side, price, qty, taker_quote, taker_fee,
-            taker_asset, False, taker_origin,
-            self._liquidation_fee(notional) if taker_origin is _LIQUIDATION else ZERO,
+            trade_id=trade_id, market=symbol, order_id=taker.order_id, account=taker.account, side=taker.side,
+            price=price, quantity=qty, quote_quantity=taker_quote, fee=taker_fee, fee_asset=taker_asset,
+            is_maker=False, origin=taker_origin,
+            liquidation_fee=self._liquidation_fee(notional) if taker_origin is _LIQUIDATION else ZERO,
         ))
         maker.remaining -= qty
         maker.executed += qty

@@ -83,20 +83,21 @@ BACKSTOP = "backstop"
 ADL = "adl"
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class LiquidationStep:
-    """One row of a sub-account's liquidation history."""
+    """One row of a sub-account's liquidation history. Rows that move nothing (start, waiting,
+    the end) leave market, side, quantity, price and fee at their defaults."""
 
     time_ms: int
     stage: str  # "start", "book", "conversion", "backstop", "adl", "fund", "waiting", "bankruptcy", "healthy", "closed"
-    market: str | None
-    side: str | None
-    quantity: Decimal
-    price: Decimal | None
-    fee: Decimal
     mmr_before: Decimal
     mmr_after: Decimal
     reason: str
+    market: str | None = None
+    side: str | None = None
+    quantity: Decimal = ZERO
+    price: Decimal | None = None
+    fee: Decimal = ZERO
 
 
 @attrs.define

@@ -151,8 +151,8 @@ class LiquidatorMachine(Machine):
             self.emit("liquidation_skipped", account=account, mmr=message.mmr, reason=message.reason)
             del self.cases[account]
         elif outcome == "started":
-            self._record(account, LiquidationStep(self.now_ms, "start", None, None, ZERO, None, ZERO, message.mmr,
-                                                  message.mmr, message.reason))
+            self._record(account, LiquidationStep(time_ms=self.now_ms, stage="start", mmr_before=message.mmr,
+                                                  mmr_after=message.mmr, reason=message.reason))
             case.stage, case.waiting = "running", False
             self._request_loops()  # the first loop runs at once, as part of the start
         elif outcome == "stepped":
@@ -165,8 +165,8 @@ class LiquidatorMachine(Machine):
             case.stage = BACKSTOP
             self._plan_backstop(account, case, message.reason)
         else:  # "healthy", "closed", "bankruptcy"
-            self._record(account, LiquidationStep(self.now_ms, outcome, None, None, ZERO, None, ZERO, message.mmr,
-                                                  message.mmr, message.reason))
+            self._record(account, LiquidationStep(time_ms=self.now_ms, stage=outcome, mmr_before=message.mmr,
+                                                  mmr_after=message.mmr, reason=message.reason))
             del self.cases[account]
             report = self.reports.get(account)
             if outcome == "bankruptcy" and report is not None:

@@ -162,10 +162,12 @@ class MarketMachine(Machine):
             self._backstop_seq += 1
             order_id = f"{message.kind}-{self.market.symbol}-{self._backstop_seq}"
             fills = (
-                Fill(0, self.market.symbol, order_id, message.account, closing, price, quantity, quantity * price,
-                     ZERO, quote, False, origin, fee),
-                Fill(0, self.market.symbol, order_id, message.counterparty, closing.opposite, price, quantity,
-                     quantity * price, ZERO, quote, False, origin),
+                Fill(trade_id=0, market=self.market.symbol, order_id=order_id, account=message.account, side=closing,
+                     price=price, quantity=quantity, quote_quantity=quantity * price, fee=ZERO, fee_asset=quote,
+                     is_maker=False, origin=origin, liquidation_fee=fee),
+                Fill(trade_id=0, market=self.market.symbol, order_id=order_id, account=message.counterparty,
+                     side=closing.opposite, price=price, quantity=quantity, quote_quantity=quantity * price, fee=ZERO,
+                     fee_asset=quote, is_maker=False, origin=origin),
             )
             if fee:
                 self.book.liquidation_fees[quote] = self.book.liquidation_fees.get(quote, ZERO) + fee

@@ -141,7 +141,7 @@ class Order:
     funds_limit: Decimal | None = None
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, kw_only=True)
 class Fill:
     """One side of one trade, as the account that owns ``order_id`` must book it.
 

@@ -823,8 +823,9 @@ class SubAccountMachine(Machine):
             average = average_fill_price(notional, filled, self.profile.markets[order.market].tick_size)
             # Each order's "before" is where the previous one left the account, not the loop's start.
             mmr = totals(self.account).mmr
-            run.steps.append(LiquidationStep(self.now_ms, stage, order.market, str(order.side), filled, average,
-                                             fee, run.mmr_before, mmr, wanted.reason))
+            run.steps.append(LiquidationStep(time_ms=self.now_ms, stage=stage, market=order.market, side=str(order.side),
+                                             quantity=filled, price=average, fee=fee, mmr_before=run.mmr_before,
+                                             mmr_after=mmr, reason=wanted.reason))
             run.mmr_before = mmr
         if not run.orders:
             self._finish_step()
@@ -873,8 +874,9 @@ class SubAccountMachine(Machine):
                       else f"backstop capacity exhausted; closed against {message.counterparty} "
                       f"(ADL score {fmt(message.adl_score, 6)})")
             side = "Ask" if message.quantity > 0 else "Bid"
-            run.steps.append(LiquidationStep(self.now_ms, message.kind, message.market, side, abs(message.quantity),
-                                             message.price, message.fee, run.mmr_before, mmr, reason))
+            run.steps.append(LiquidationStep(time_ms=self.now_ms, stage=message.kind, market=message.market, side=side,
+                                             quantity=abs(message.quantity), price=message.price, fee=message.fee,
+                                             mmr_before=run.mmr_before, mmr_after=mmr, reason=reason))
             run.mmr_before = mmr
         run.outstanding -= 1
         if not run.outstanding:
@@ -904,8 +906,10 @@ class SubAccountMachine(Machine):
                           price=message.price, value=value, fee=fee)
             self._repay_from_available(message.asset)
             mmr = totals(account).mmr
-            run.steps.append(LiquidationStep(self.now_ms, BACKSTOP, message.asset, "Bid", message.quantity, message.price,
-                                             fee, run.mmr_before, mmr, f"{run.reason}; {message.provider} repaid the borrow at mark"))
+            run.steps.append(LiquidationStep(
+                time_ms=self.now_ms, stage=BACKSTOP, market=message.asset, side="Bid", quantity=message.quantity,
+                price=message.price, fee=fee, mmr_before=run.mmr_before, mmr_after=mmr,
+                reason=f"{run.reason}; {message.provider} repaid the borrow at mark"))
             run.mmr_before = mmr
         run.outstanding -= 1
         if not run.outstanding:
@@ -945,8 +949,10 @@ class SubAccountMachine(Machine):
         if message.bought:
             mmr = totals(account).mmr
             run.steps.append(LiquidationStep(
-                self.now_ms, BACKSTOP, message.asset, "Ask", message.bought, message.price, fee, run.mmr_before, mmr,
-                f"{run.reason}; {message.provider} bought {message.asset} at mark to repay the {self.settle_asset} borrow"))
+                time_ms=self.now_ms, stage=BACKSTOP, market=message.asset, side="Ask", quantity=message.bought,
+                price=message.price, fee=fee, mmr_before=run.mmr_before, mmr_after=mmr,
+                reason=f"{run.reason}; {message.provider} bought {message.asset} at mark to repay the "
+                       f"{self.settle_asset} borrow"))
             run.mmr_before = mmr
         run.outstanding -= 1
         if not run.outstanding:
@@ -993,9 +999,9 @@ class SubAccountMachine(Machine):
                     moved.append(f"{fmt(bal.available)} {asset}")
                     bal.available = ZERO
             if moved:
-                run.steps.append(LiquidationStep(self.now_ms, "fund", None, None, ZERO, None, ZERO, mmr_before, ZERO,
-                                                 "residual equity after the backstop goes to the liquidity fund: "
-                                                 + ", ".join(moved)))
+                run.steps.append(LiquidationStep(
+                    time_ms=self.now_ms, stage="fund", mmr_before=mmr_before, mmr_after=ZERO,
+                    reason="residual equity after the backstop goes to the liquidity fund: " + ", ".join(moved)))
         if account.positions or account.borrows:
             outcome = "stepped"
             if account.borrows and not account.positions:
@@ -1004,8 +1010,8 @@ class SubAccountMachine(Machine):
                 elif not self.waiting_for_liquidity:
                     self.waiting_for_liquidity = True
                     mmr = totals(account).mmr
-                    run.steps.append(LiquidationStep(self.now_ms, "waiting", None, None, ZERO, None, ZERO, mmr, mmr,
-                                                     waiting_reason(account)))
+                    run.steps.append(LiquidationStep(time_ms=self.now_ms, stage="waiting", mmr_before=mmr, mmr_after=mmr,
+                                                     reason=waiting_reason(account)))
         else:
             outcome = "bankruptcy" if account.unsettled_equity < 0 else "closed"
         if outcome != "stepped":

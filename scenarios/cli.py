@@ -411,8 +411,9 @@ def _position(args: argparse.Namespace) -> int:
     side = Side.BID if args.size > 0 else Side.ASK
     quantity = abs(args.size)
     account.apply_fill(
-        Fill(0, market.symbol, "example", account.id, side, args.entry, quantity, quantity * args.entry, Decimal(0),
-             market.quote, False),
+        Fill(trade_id=0, market=market.symbol, order_id="example", account=account.id, side=side, price=args.entry,
+             quantity=quantity, quote_quantity=quantity * args.entry, fee=Decimal(0), fee_asset=market.quote,
+             is_maker=False),
         market,
     )
     summary = margin.summarize(account)

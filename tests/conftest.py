@@ -56,5 +56,6 @@ def perp_fill(
         rate = market.taker_fee if taker else market.maker_fee
         fee = ceil_to(q * p * rate, profile.assets[market.quote].step)
     account.apply_fill(
-        Fill(trade_id, symbol, order_id, account.id, side, p, q, q * p, D(fee), market.quote, not taker), market
+        Fill(trade_id=trade_id, market=symbol, order_id=order_id, account=account.id, side=side, price=p, quantity=q,
+             quote_quantity=q * p, fee=D(fee), fee_asset=market.quote, is_maker=not taker), market
     )

@@ -234,7 +234,8 @@ def test_shape_errors_come_first(btc10x):
 
 def _spot_fill(account, order_id, quantity, price, trade_id):
     q, p = D(quantity), D(price)
-    return Fill(trade_id, "SOL_USDC", order_id, account.id, Side.BID, p, q, q * p, ZERO, "SOL", False)
+    return Fill(trade_id=trade_id, market="SOL_USDC", order_id=order_id, account=account.id, side=Side.BID, price=p,
+                quantity=q, quote_quantity=q * p, fee=ZERO, fee_asset="SOL", is_maker=False)
 
 
 def _update(account, order_id, status, executed, price, remaining):
