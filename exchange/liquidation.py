@@ -65,6 +65,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
+from enum import StrEnum
 from typing import Protocol
 
 import attrs
@@ -171,6 +172,52 @@ def why_liquidated(account: SubAccount) -> str:
 
 
 BOOK_FAILURES_TO_BACKSTOP = 2
+
+
+class CaseState(StrEnum):
+    """Where a liquidation case stands, as the liquidator keeps it."""
+
+    STARTING = "starting"  # the account was told to start and has not answered
+    RUNNING = "running"  # on the book, loop after loop
+    BACKSTOP = "backstop"  # a backstop plan is being carried out
+    ENDED = "ended"
+
+
+class Outcome(StrEnum):
+    """What a liquidating account reports back after each thing it was told to do."""
+
+    STARTED = "started"
+    NOT_NEEDED = "not_needed"  # the report that triggered it was stale
+    STEPPED = "stepped"
+    BACKSTOP = "backstop"  # the book cannot finish it
+    HEALTHY = "healthy"
+    CLOSED = "closed"
+    BANKRUPTCY = "bankruptcy"
+
+
+# Every transition a case may make; anything else is a bug in whoever reported it.
+TRANSITIONS: dict[tuple[CaseState, Outcome], CaseState] = {
+    (CaseState.STARTING, Outcome.STARTED): CaseState.RUNNING,
+    (CaseState.STARTING, Outcome.NOT_NEEDED): CaseState.ENDED,
+    (CaseState.RUNNING, Outcome.STEPPED): CaseState.RUNNING,
+    (CaseState.RUNNING, Outcome.BACKSTOP): CaseState.BACKSTOP,
+    (CaseState.RUNNING, Outcome.HEALTHY): CaseState.ENDED,
+    (CaseState.BACKSTOP, Outcome.STEPPED): CaseState.RUNNING,  # what stage 2 left goes back to the book
+    (CaseState.BACKSTOP, Outcome.CLOSED): CaseState.ENDED,
+    (CaseState.BACKSTOP, Outcome.BANKRUPTCY): CaseState.ENDED,
+}
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+def next_state(state: CaseState, outcome: Outcome) -> CaseState:
+    """The state a case moves to on ``outcome``; raises for a transition not in the table."""
+    try:
+        return TRANSITIONS[(state, outcome)]
+    except KeyError:
+        raise IllegalTransition(f"a liquidation case {state} cannot take the outcome {outcome}") from None
 
 
 @attrs.frozen

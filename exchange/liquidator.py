@@ -10,6 +10,9 @@ accounts: backstop providers at mark within their capacity, then ADL counterpart
 their last reports, revalued at the marks it hears now. The first loop follows the start at
 once; later ones come one per tick. It keeps the liquidity fund and every account's liquidation
 history, and pays the lenders of a written-off borrow (spec F7).
+
+Each case moves only along ``exchange.liquidation.TRANSITIONS`` (an outcome the table does not
+allow raises); the cross-account allocation is ``exchange.backstop.allocate``.
 """
 
 from __future__ import annotations
@@ -18,17 +21,16 @@ from decimal import Decimal
 
 import attrs
 
+from exchange.backstop import allocate
 from exchange.decimals import ONE, ZERO, floor_to, fmt
 from exchange.liquidation import (
-    ADL,
-    BACKSTOP,
-    AdlCandidate,
     BackstopProvider,
+    CaseState,
     LiquidationStep,
+    Outcome,
     Progress,
-    adl_queue,
-    gross_of_fee,
     needs_liquidation,
+    next_state,
 )
 from exchange.machine import Machine
 from exchange.profile import Profile
@@ -37,17 +39,14 @@ from exchange.protocol import (
     LIQUIDATOR,
     AssetTransfer,
     BackstopPlan,
-    Delivery,
     Depth,
     DepthRequest,
     FundFlow,
-    Handover,
     HealthReport,
     LiquidationLoop,
     LiquidationReport,
     PriceSnapshot,
     PriceUpdate,
-    Purchase,
     StartLiquidation,
     Subscribe,
     Tick,
@@ -62,7 +61,7 @@ from exchange.protocol import (
 @attrs.define
 class _Case:
     loop: int
-    stage: str = "starting"  # "starting", "running", "backstop"
+    state: CaseState = CaseState.STARTING
     waiting: bool = True  # a message to the account is unanswered
     progress: Progress = attrs.field(factory=Progress)
     started_ms: int = 0
@@ -120,7 +119,7 @@ class LiquidatorMachine(Machine):
 
     def _request_loops(self) -> None:
         """Ask every book for its depth, then give each running liquidation its next loop."""
-        if self._depth_wanted == 0 and any(c.stage == "running" and not c.waiting for c in self.cases.values()):
+        if self._depth_wanted == 0 and any(c.state is CaseState.RUNNING and not c.waiting for c in self.cases.values()):
             self.depth.clear()
             self._depth_wanted = len(self.profile.markets)
             for symbol in self.profile.markets:
@@ -133,7 +132,7 @@ class LiquidatorMachine(Machine):
             return
         view = {d.market: (d.bids, d.asks) for d in self.depth.values()}
         for account, case in self.cases.items():
-            if case.stage == "running" and not case.waiting:
+            if case.state is CaseState.RUNNING and not case.waiting:
                 case.waiting = True
                 self.send(account_address(account),
                           LiquidationLoop(case.loop, view, case.progress))
@@ -146,32 +145,32 @@ class LiquidatorMachine(Machine):
             return
         for step in message.steps:
             self._record(account, step)
-        outcome = message.outcome
-        if outcome == "not_needed":
+        outcome, state = message.outcome, case.state
+        case.state = next_state(state, outcome)
+        if outcome is Outcome.NOT_NEEDED:
             self.emit("liquidation_skipped", account=account, mmr=message.mmr, reason=message.reason)
-            del self.cases[account]
-        elif outcome == "started":
+        elif outcome is Outcome.STARTED:
             self._record(account, LiquidationStep(time_ms=self.now_ms, stage="start", mmr_before=message.mmr,
                                                   mmr_after=message.mmr, reason=message.reason))
-            case.stage, case.waiting = "running", False
+            case.waiting = False
             self._request_loops()  # the first loop runs at once, as part of the start
-        elif outcome == "stepped":
-            if case.stage == BACKSTOP:  # whatever stage 2 left goes back to the book, counted afresh
+        elif outcome is Outcome.STEPPED:
+            if state is CaseState.BACKSTOP:  # whatever stage 2 left goes back to the book, counted afresh
                 case.progress = case.progress.after_backstop()
             else:
                 case.progress = case.progress.after_book_loop(message.book_failed)
-            case.stage, case.waiting = "running", False
-        elif outcome == BACKSTOP:
-            case.stage = BACKSTOP
+            case.waiting = False
+        elif outcome is Outcome.BACKSTOP:
             self._plan_backstop(account, case, message.reason)
-        else:  # "healthy", "closed", "bankruptcy"
+        else:  # healthy, closed, bankruptcy
             self._record(account, LiquidationStep(time_ms=self.now_ms, stage=outcome, mmr_before=message.mmr,
                                                   mmr_after=message.mmr, reason=message.reason))
-            del self.cases[account]
             report = self.reports.get(account)
-            if outcome == "bankruptcy" and report is not None:
+            if outcome is Outcome.BANKRUPTCY and report is not None:
                 for asset, _ in report.borrows:
                     self.send(pool_address(asset), WriteOff(account, self.prices.get(asset, ZERO)))
+        if case.state is CaseState.ENDED:
+            del self.cases[account]
 
     def _record(self, account: str, step: LiquidationStep) -> None:
         self.history.setdefault(account, []).append(step)
@@ -180,72 +179,12 @@ class LiquidatorMachine(Machine):
                       mmr_after=step.mmr_after, reason=step.reason)
 
     def _plan_backstop(self, account: str, case: _Case, reason: str) -> None:
-        """Stage 2 then 3 on the account's last report: providers at mark, then ADL."""
-        report = self.reports[account]
-        handovers: list[Handover] = []
-        for position in report.positions:
-            market, quantity = position.market, position.quantity
-            mark = self.prices.get(market)
-            if mark is None or not quantity:
-                continue
-            step = self.profile.markets[market].step_size
-            remaining = abs(quantity)
-            for provider in self.providers:
-                if provider.account == account or not remaining:
-                    continue
-                take = min(remaining, floor_to(provider.room(market) / mark, step))
-                if take > 0:
-                    handovers.append(Handover(kind=BACKSTOP, market=market, counterparty=provider.account,
-                                              quantity=take))
-                    provider.used[market] = provider.used.get(market, ZERO) + take * mark
-                    remaining -= take
-            if remaining:
-                # Ranked on the last reports, revalued at the mark heard now (the equity moves
-                # by the change of unrealized PnL since the report).
-                candidates = [
-                    AdlCandidate(other, p.quantity, p.pnl_at(mark), p.entry_notional,
-                                 r.net_equity + p.pnl_at(mark) - p.unrealized_pnl, mark)
-                    for other, r in self.reports.items()
-                    if other != account
-                    for p in r.positions
-                    if p.market == market and p.quantity
-                ]
-                for candidate in adl_queue(candidates, 1 if quantity > 0 else -1):
-                    take = min(remaining, abs(candidate.quantity))
-                    handovers.append(Handover(kind=ADL, market=market, counterparty=candidate.account,
-                                              quantity=take, adl_score=candidate.score))
-                    remaining -= take
-                    if not remaining:
-                        break
-        deliveries: list[Delivery] = []
-        purchases: list[Purchase] = []
-        for asset, owed in report.borrows:
-            if asset == self.settle:
-                # Providers buy collateral for it, enough to repay it after the fee; the account
-                # knows what it holds and sells.
-                remaining = gross_of_fee(owed, self.profile.liquidation.fee_rate, self.profile.assets[asset].step)
-                for provider in self.providers:
-                    take = min(remaining, provider.room(asset))
-                    if provider.account != account and take > 0:
-                        purchases.append(Purchase(provider=provider.account, most=take))
-                        provider.used[asset] = provider.used.get(asset, ZERO) + take
-                        remaining -= take
-                continue
-            price = self.prices.get(asset)
-            if not price:
-                continue
-            step = self.profile.assets[asset].step
-            remaining = owed
-            for provider in self.providers:
-                take = min(remaining, floor_to(provider.room(asset) / price, step))
-                if provider.account != account and take > 0:
-                    deliveries.append(Delivery(provider=provider.account, asset=asset, quantity=take))
-                    provider.used[asset] = provider.used.get(asset, ZERO) + take * price
-                    remaining -= take
-        self.emit("backstop_plan", account=account, reason=reason, transfers=len(handovers),
-                      deliveries=len(deliveries), purchases=len(purchases))
+        """Stage 2 then 3 on what has been heard (see ``exchange.backstop``)."""
+        plan = allocate(self.reports[account], self.reports, self.providers, self.prices, self.profile)
+        self.emit("backstop_plan", account=account, reason=reason, transfers=len(plan.handovers),
+                  deliveries=len(plan.deliveries), purchases=len(plan.purchases))
         self.send(account_address(account),
-                  BackstopPlan(case.loop, reason, tuple(handovers), tuple(deliveries), tuple(purchases)))
+                  BackstopPlan(case.loop, reason, plan.handovers, plan.deliveries, plan.purchases))
 
     # -- the liquidity fund -----------------------------------------------------------------
     def on_fund_flow(self, sender: str, message: FundFlow) -> None:

@@ -19,7 +19,7 @@ import attrs
 
 from exchange.decimals import ZERO
 from exchange.lending import Grant
-from exchange.liquidation import Levels, LiquidationStep, Progress
+from exchange.liquidation import Levels, LiquidationStep, Outcome, Progress
 from exchange.orders import Fill, Order, OrderUpdate, Rejection
 from exchange.profile import Market
 
@@ -540,12 +540,11 @@ class CollateralPayment:
 
 @attrs.frozen
 class LiquidationReport:
-    """Account to liquidator: what it found or did. ``outcome`` is one of ``started``,
-    ``not_needed`` (the report that triggered it was stale), ``stepped``, ``backstop``
-    (the book cannot finish it), ``healthy``, ``closed``, ``bankruptcy``."""
+    """Account to liquidator: what it found or did (the liquidator moves the case by
+    ``exchange.liquidation.TRANSITIONS``)."""
 
     loop: int
-    outcome: str
+    outcome: Outcome
     mmr: Decimal
     reason: str
     steps: tuple[LiquidationStep, ...] = ()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import attrs
@@ -31,6 +32,7 @@ from exchange.liquidation import (
     BOOK,
     LiquidationOrder,
     LiquidationStep,
+    Outcome,
     average_fill_price,
     backstop_collateral,
     backstop_fee,
@@ -116,11 +118,23 @@ from exchange.settlement import plan_reconciliation, settlement_shortfall
 REPORT_FROM_MMR = Decimal("0.5")  # below this, report only when positions or borrows change
 
 
+class Asked(StrEnum):
+    """Why the account asked its pool: what the answer goes on to do."""
+
+    ORDER = "order"  # an order waits for its redeem or borrow
+    WITHDRAW = "withdraw"  # a withdrawal or transfer out waits for its redeem or borrow
+    LOAN = "loan"  # the trader's own lend, redeem, borrow or repay
+    SETTLEMENT = "settlement"  # covering a USDC shortfall
+    AUTO = "auto"  # auto-lend or auto-repay
+    LIQUIDATION = "liquidation"  # a repay while a liquidation settles
+    REDEEM_LENT = "redeem_lent"  # lent collateral coming back before a liquidation loop
+
+
 @attrs.define
 class _Pending:
     """A pool request in flight and what to do with the answer."""
 
-    kind: str  # "order", "withdraw", "transfer", "loan", "settlement", "auto", "liquidation", "redeem_lent"
+    kind: Asked
     sender: str | None = None
     payload: Any = None
     locked: tuple[str, Decimal] | None = None  # funds locked for a lend or repay
@@ -273,7 +287,7 @@ class SubAccountMachine(Machine):
         if accepted.redeem or accepted.borrow:
             assert accepted.lock_asset is not None
             self._ask_pool(
-                accepted.lock_asset, _Pending("order", owner, accepted.order),
+                accepted.lock_asset, _Pending(Asked.ORDER, owner, accepted.order),
                 redeem=accepted.redeem, borrow=accepted.borrow, purpose="order",
                 liquidation=accepted.order.origin is not Origin.USER,
             )
@@ -429,7 +443,7 @@ class SubAccountMachine(Machine):
             return
         redeem, borrow = plan
         if redeem or borrow:
-            self._ask_pool(message.asset, _Pending("withdraw", sender, message), redeem=redeem, borrow=borrow,
+            self._ask_pool(message.asset, _Pending(Asked.WITHDRAW, sender, message), redeem=redeem, borrow=borrow,
                            purpose="withdrawal")
             return
         self._finish_outflow(sender, message)
@@ -492,7 +506,7 @@ class SubAccountMachine(Machine):
                           message=refused.message)
             self.send(sender, RequestRefused(message.request_id, refused))
             return
-        pending = _Pending("loan", sender, message)
+        pending = _Pending(Asked.LOAN, sender, message)
         if message.action in ("lend", "repay"):
             self._lock(asset, quantity)
             pending.locked = (asset, quantity)
@@ -505,7 +519,7 @@ class SubAccountMachine(Machine):
         for grant in message.grants:
             self._apply_grant(grant)
         kind = pending.kind
-        if kind == "order":
+        if kind is Asked.ORDER:
             order = pending.payload
             refused: Rejection | None = None
             if message.rejection is not None:
@@ -527,12 +541,12 @@ class SubAccountMachine(Machine):
                 run = self.liquidation
                 if run is not None and order.order_id in run.orders:
                     self._liquidation_order_ended(order)
-        elif kind in ("withdraw", "transfer"):
+        elif kind is Asked.WITHDRAW:
             if message.rejection is not None:
                 self.send(pending.sender, RequestRefused(pending.payload.request_id, message.rejection))
             else:
                 self._finish_outflow(pending.sender, pending.payload)
-        elif kind == "loan":
+        elif kind is Asked.LOAN:
             request = pending.payload
             if message.rejection is not None:
                 self.emit("loan_refused", action=request.action, asset=request.asset, quantity=request.quantity,
@@ -541,19 +555,19 @@ class SubAccountMachine(Machine):
             else:
                 self.send(pending.sender, RequestDone(request.request_id, f"{request.action} {fmt(request.quantity)}",
                                                       message.grants))
-        elif kind == "settlement":
+        elif kind is Asked.SETTLEMENT:
             self.reconciling = None
             if message.rejection is not None and pending.payload == "borrow":
                 self.borrow_refused = True
-        elif kind == "auto":
+        elif kind is Asked.AUTO:
             self.busy_assets.pop(pending.payload, None)
-        elif kind == "redeem_lent":
+        elif kind is Asked.REDEEM_LENT:
             if message.rejection is not None:
                 self.lends_unredeemable.add(pending.payload)
             loop, self.loop_on_hold = self.loop_on_hold, None
             if loop is not None:  # it runs now, or waits again for the pools still to answer
                 self.on_liquidation_loop(LIQUIDATOR, loop)
-        elif kind == "liquidation":
+        elif kind is Asked.LIQUIDATION:
             self.busy_assets.pop(pending.payload, None)
             run = self.liquidation
             if run is not None and run.settling:
@@ -594,7 +608,7 @@ class SubAccountMachine(Machine):
             self.send(LIQUIDATOR, FundFlow(account.id, self.settle_asset, repaid, "debt repaid"))
         self.settle()
 
-    def _repay_from_available(self, asset: str, *, kind: str = "auto") -> bool:
+    def _repay_from_available(self, asset: str, *, kind: Asked = Asked.AUTO) -> bool:
         """Repay what the account holds of a borrowed asset; False when nothing was asked."""
         amount = min(self.account.available(asset), self.account.borrows.get(asset, ZERO))
         if amount <= 0 or asset in self.busy_assets:
@@ -609,7 +623,7 @@ class SubAccountMachine(Machine):
         if amount > 0 and not self.account.borrows.get(asset) and asset not in self.busy_assets:
             self.busy_assets[asset] = None
             self._lock(asset, amount)
-            self._ask_pool(asset, _Pending("auto", None, asset, (asset, amount)), lend=amount)
+            self._ask_pool(asset, _Pending(Asked.AUTO, None, asset, (asset, amount)), lend=amount)
 
     # -- perp settlement --------------------------------------------------------------------
     def on_funding(self, sender: str, message: FundingNotice) -> None:
@@ -663,11 +677,11 @@ class SubAccountMachine(Machine):
         plan = plan_reconciliation(account, borrow_allowed=not (self.borrow_refused or account.liquidating))
         assert plan is not None
         if plan.redeem:
-            self.reconciling = self._ask_pool(self.settle_asset, _Pending("settlement", payload="redeem"),
+            self.reconciling = self._ask_pool(self.settle_asset, _Pending(Asked.SETTLEMENT, payload="redeem"),
                                               redeem=plan.redeem, purpose="settlement", liquidation=True)
             return
         if plan.borrow:
-            self.reconciling = self._ask_pool(self.settle_asset, _Pending("settlement", payload="borrow"),
+            self.reconciling = self._ask_pool(self.settle_asset, _Pending(Asked.SETTLEMENT, payload="borrow"),
                                               borrow=plan.borrow, purpose="settlement", liquidation=True)
             return
         if plan.conversions and not self.conversions_tried:
@@ -740,7 +754,7 @@ class SubAccountMachine(Machine):
         if account.liquidating:
             return
         if not needs_liquidation(t):
-            self.send(LIQUIDATOR, LiquidationReport(message.loop, "not_needed", t.mmr,
+            self.send(LIQUIDATOR, LiquidationReport(message.loop, Outcome.NOT_NEEDED, t.mmr,
                                                     f"MMR is {fmt(t.mmr, 4)} here: the report was stale"))
             return
         account.liquidating = True
@@ -749,7 +763,7 @@ class SubAccountMachine(Machine):
         why = why_liquidated(account)
         for market in self._markets_with_orders():
             self.send(market_address(market), CancelAllOnBook(account.id))
-        self.send(LIQUIDATOR, LiquidationReport(message.loop, "started", t.mmr,
+        self.send(LIQUIDATOR, LiquidationReport(message.loop, Outcome.STARTED, t.mmr,
                                                 why + "; open orders cancelled, account liquidating"))
         self._report()
 
@@ -763,13 +777,13 @@ class SubAccountMachine(Machine):
         plan = plan_step(account, message.depth, self.profile.liquidation, message.progress)
         if plan.stage == "healthy":
             account.liquidating = self.waiting_for_liquidity = False
-            self.emit("liquidation_ended", outcome="healthy", mmr=plan.mmr)
-            self.send(LIQUIDATOR, LiquidationReport(message.loop, "healthy", plan.mmr, plan.reason))
+            self.emit("liquidation_ended", outcome=Outcome.HEALTHY, mmr=plan.mmr)
+            self.send(LIQUIDATOR, LiquidationReport(message.loop, Outcome.HEALTHY, plan.mmr, plan.reason))
             self.settle()
             return
         if plan.stage == BACKSTOP:
             self._report(force=True)  # the plan is made on this report: it must be fresh
-            self.send(LIQUIDATOR, LiquidationReport(message.loop, "backstop", plan.mmr, plan.reason,
+            self.send(LIQUIDATOR, LiquidationReport(message.loop, Outcome.BACKSTOP, plan.mmr, plan.reason,
                                                     net_equity=totals(account).net_equity))
             return
         assert plan.stage == BOOK
@@ -795,13 +809,13 @@ class SubAccountMachine(Machine):
         round would write off a borrow while the account kept its lend. The loop is held until
         the pools answer. What a pool refuses to return (utilization) stays lent for the rest of
         this liquidation: the lend-side ADL of 9.4 is not modelled."""
-        if any(p.kind == "redeem_lent" for p in self.awaiting.values()):
+        if any(p.kind is Asked.REDEEM_LENT for p in self.awaiting.values()):
             return True
         asked = False
         for asset, lent in self.account.lends.items():
             if lent > 0 and asset not in self.lends_unredeemable:
                 asked = True
-                self._ask_pool(asset, _Pending("redeem_lent", payload=asset), redeem=lent, purpose="liquidation",
+                self._ask_pool(asset, _Pending(Asked.REDEEM_LENT, payload=asset), redeem=lent, purpose="liquidation",
                                liquidation=True)
         return asked
 
@@ -814,7 +828,7 @@ class SubAccountMachine(Machine):
         if filled < wanted.quantity:
             run.book_failed = True
         if wanted.repay:
-            self._repay_from_available(wanted.repay, kind="auto")
+            self._repay_from_available(wanted.repay)
         if fills:
             notional = sum((f.quote_quantity for f in fills), ZERO)
             fee = sum((f.liquidation_fee + (f.fee if f.fee_asset == self.settle_asset else f.fee * f.price) for f in fills),
@@ -837,7 +851,7 @@ class SubAccountMachine(Machine):
         if run.steps:
             self.waiting_for_liquidity = False
         mmr = totals(self.account).mmr
-        self.send(LIQUIDATOR, LiquidationReport(run.loop, "stepped", mmr, "reduce on the book", tuple(run.steps),
+        self.send(LIQUIDATOR, LiquidationReport(run.loop, Outcome.STEPPED, mmr, "reduce on the book", tuple(run.steps),
                                                 run.book_failed))
 
     def on_backstop_plan(self, sender: str, message: BackstopPlan) -> None:
@@ -972,7 +986,7 @@ class SubAccountMachine(Machine):
         assert run is not None
         run.settling = True
         for asset in list(self.account.borrows):
-            if self._repay_from_available(asset, kind="liquidation"):
+            if self._repay_from_available(asset, kind=Asked.LIQUIDATION):
                 run.outstanding += 1
         if not run.outstanding:
             self._close_liquidation()
@@ -1003,18 +1017,18 @@ class SubAccountMachine(Machine):
                     time_ms=self.now_ms, stage="fund", mmr_before=mmr_before, mmr_after=ZERO,
                     reason="residual equity after the backstop goes to the liquidity fund: " + ", ".join(moved)))
         if account.positions or account.borrows:
-            outcome = "stepped"
+            outcome = Outcome.STEPPED
             if account.borrows and not account.positions:
                 if may_write_off(account):
-                    outcome = "bankruptcy"
+                    outcome = Outcome.BANKRUPTCY
                 elif not self.waiting_for_liquidity:
                     self.waiting_for_liquidity = True
                     mmr = totals(account).mmr
                     run.steps.append(LiquidationStep(time_ms=self.now_ms, stage="waiting", mmr_before=mmr, mmr_after=mmr,
                                                      reason=waiting_reason(account)))
         else:
-            outcome = "bankruptcy" if account.unsettled_equity < 0 else "closed"
-        if outcome != "stepped":
+            outcome = Outcome.BANKRUPTCY if account.unsettled_equity < 0 else Outcome.CLOSED
+        if outcome is not Outcome.STEPPED:
             account.liquidating = self.waiting_for_liquidity = False
             self.emit("liquidation_ended", outcome=outcome, unsettled_equity=account.unsettled_equity)
         self.send(LIQUIDATOR, LiquidationReport(run.loop, outcome, totals(account).mmr,

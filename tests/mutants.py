@@ -18,6 +18,7 @@ from actors.network import Hook, Network
 from exchange import lending, pretrade
 from exchange.funding import funding_payments
 from exchange.ledger import SubAccount
+from exchange.liquidation import Outcome
 from exchange.machine import Machine
 from exchange.margin import Change, Evaluation, Totals, totals
 from exchange.market import MarketMachine
@@ -68,7 +69,7 @@ def stale_liquidator() -> Iterator[None]:
         self.emit("liquidating", mmr=t.mmr)
         for market in self._markets_with_orders():
             self.send(market_address(market), CancelAllOnBook(account.id))
-        self.send(LIQUIDATOR, LiquidationReport(message.loop, "started", t.mmr, "on the liquidator's report"))
+        self.send(LIQUIDATOR, LiquidationReport(message.loop, Outcome.STARTED, t.mmr, "on the liquidator's report"))
         self._report()
 
     with _handler(SubAccountMachine, "on_start_liquidation", on_start_liquidation):

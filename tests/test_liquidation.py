@@ -515,3 +515,19 @@ def test_a_usdc_borrow_moves_to_the_backstop_by_a_collateral_purchase_at_mark():
     assert blp.available("SOL") == D("91.82745891") and blp.available("USDC") == D(100_000) - D("6060.612288")
     assert ex.fund == {"USDC": D("60.606123"), "SOL": D("8.17254109")}
     assert ex.invariant_violations() == []
+
+
+def test_a_liquidation_case_moves_only_by_its_transition_table():
+    """Start -> running (book loops) -> backstop -> back to the book or ended; an outcome the
+    table does not allow (a bankruptcy reported before the case started) raises."""
+    from exchange.liquidation import CaseState, IllegalTransition, Outcome, next_state
+
+    state = next_state(CaseState.STARTING, Outcome.STARTED)
+    assert state is CaseState.RUNNING
+    assert next_state(state, Outcome.STEPPED) is CaseState.RUNNING
+    assert next_state(next_state(state, Outcome.BACKSTOP), Outcome.STEPPED) is CaseState.RUNNING
+    assert next_state(CaseState.BACKSTOP, Outcome.BANKRUPTCY) is CaseState.ENDED
+    with pytest.raises(IllegalTransition, match="starting cannot take the outcome bankruptcy"):
+        next_state(CaseState.STARTING, Outcome.BANKRUPTCY)
+    with pytest.raises(IllegalTransition):
+        next_state(CaseState.RUNNING, Outcome.CLOSED)
