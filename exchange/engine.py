@@ -5,8 +5,8 @@ runtime does (``exchange.venue``): every effect a machine returns is carried out
 message delivered first in, first out, until nothing is left to deliver; then the calendar
 moves to its next entry. No latency, no faults, no interleaving: every participant hears
 everything at once, in one order. That makes it the reference the actors are compared with
-(``marginsim fuzz --differential``), the fastest way to run a bulk study, and the harness the
-core's multi-account tests drive through plain method calls.
+(``marginsim fuzz --differential``) and the harness the core's multi-account tests drive through
+plain method calls.
 
 Nothing here decides anything: every venue rule lives in the machines and the modules they
 call. The methods below only speak for a trader (they send what an agent would send, from the
@@ -17,7 +17,7 @@ calendar (prices, PnL realization, funding, interest, the liquidation loop) up t
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -25,17 +25,11 @@ import attrs
 
 from exchange.book import OrderBook
 from exchange.calendar import Calendar
-from exchange.invariants import (
-    conservation_violations,
-    holdings_by_asset,
-    negative_balance_violations,
-    pool_violations,
-    position_violations,
-)
+from exchange.invariants import quiet_violations
 from exchange.ledger import Settings, SubAccount
 from exchange.lending import Grant, LendingPool
-from exchange.limits import max_borrow_quantity, max_withdrawal_quantity
-from exchange.liquidation import BackstopProvider, LiquidationStep
+from exchange.limits import max_withdrawal_quantity
+from exchange.liquidation import BackstopProvider
 from exchange.machine import Effect, Event, Machine, Send
 from exchange.orders import Fill, Order, OrderType, OrderUpdate, Rejection, Side
 from exchange.profile import Profile
@@ -79,12 +73,11 @@ class Exchange:
     """A venue driven by method calls: its machines, a first-in first-out queue and a calendar.
 
     ``Exchange(profile)`` starts an empty venue at once; ``Exchange(profile, venue=...)`` starts
-    one built elsewhere (a scenario's accounts, agents and price paths). ``sink`` receives every
-    event as it is logged (the run's event log); the engine keeps them in ``events`` too.
+    one built elsewhere (a scenario's accounts, agents and price paths). Every event it logs is
+    in ``events``, in the schema the actors log.
     """
 
-    def __init__(self, profile: Profile, *, venue: Venue | None = None,
-                 sink: Callable[[Event], None] | None = None) -> None:
+    def __init__(self, profile: Profile, *, venue: Venue | None = None) -> None:
         self.profile = profile
         self.venue = venue if venue is not None else Venue(profile)
         self.seed = self.venue.seed
@@ -92,17 +85,22 @@ class Exchange:
         self.now_ms = 0
         self.calendar = Calendar()
         self.events: list[Event] = []
-        self.sink = sink
         self.external: dict[str, Decimal] = {}  # deposits minus withdrawals, per asset
-        self._machines: dict[str, Machine] = {}
+        self._machines: dict[str, Machine] = {m.address: m for m in self.venue.machines()}
         self._queue: deque[tuple[str, str, object]] = deque()
         self._replies: list[object] = []
         self._ids = 0
-        for machine in self.venue.machines():
-            self._machines[machine.address] = machine
         for sender, effects in self.venue.start(self.calendar):
             self._carry_out(sender, effects)
         self._pump()
+        # What tests and studies read, as the machines keep it: index prices and perp marks as
+        # published; the liquidity fund's cash outside the books (the books hold the liquidation
+        # fees they charged; it may go negative: the venue's loss); the liquidation history and
+        # the liquidations running now, by sub-account.
+        self.prices = self.venue.feed.prices
+        self.fund = self.venue.liquidator.fund
+        self.liquidation_history = self.venue.liquidator.history
+        self.liquidations = self.venue.liquidator.cases
 
     # -- the zero-latency network -----------------------------------------------------------
     def _carry_out(self, sender: str, effects: Iterable[Effect]) -> None:
@@ -131,8 +129,6 @@ class Exchange:
             sign = 1 if kind == "deposit" else -1
             self.external[event["asset"]] = self.external.get(event["asset"], Decimal(0)) + sign * event["quantity"]
         self.events.append(event)
-        if self.sink is not None:
-            self.sink(event)
 
     def _ask(self, account_id: str, message: object) -> list[object]:
         """Send ``message`` to a sub-account as its trader; every reply until quiet."""
@@ -191,15 +187,12 @@ class Exchange:
         self._pump()
 
     # -- a trader's requests ----------------------------------------------------------------
-    def next_order_id(self, account_id: str) -> str:
-        return f"{account_id}-{self._request_id()}"
-
     def order(self, account_id: str, symbol: str, side: Side, quantity: Decimal | None,
               price: Decimal | None = None, **flags: Any) -> OrderOutcome:
         """Convenience: build an order (limit if a price is given, else market) and place it."""
         order_type = OrderType.LIMIT if price is not None else OrderType.MARKET
-        return self.place(Order(self.next_order_id(account_id), account_id, symbol, side, order_type, quantity, price,
-                                **flags))
+        return self.place(Order(f"{account_id}-{self._request_id()}", account_id, symbol, side, order_type, quantity,
+                                price, **flags))
 
     def place(self, order: Order) -> OrderOutcome:
         rejection, fills, updates = None, [], []
@@ -243,22 +236,23 @@ class Exchange:
         return next(e["repaid_debt"] for e in self.events[seen:]
                     if e["event"] == "deposit" and e["actor"] == account_address(account_id))
 
-    def _loan(self, account_id: str, action: str, asset: str, quantity: Decimal) -> Grant | Rejection:
+    def loan(self, account_id: str, action: str, asset: str, quantity: Decimal) -> Grant | Rejection:
+        """Lend, redeem, borrow or repay (``action``); a borrow past IMR 100% is refused with the
+        numbers. ``lend``, ``redeem``, ``borrow`` and ``repay`` name the action."""
         done = self._request(account_id, LoanRequest(self._request_id(), action, asset, quantity))
         return done if isinstance(done, Rejection) else done.grants[0]
 
     def lend(self, account_id: str, asset: str, quantity: Decimal) -> Grant | Rejection:
-        return self._loan(account_id, "lend", asset, quantity)
+        return self.loan(account_id, "lend", asset, quantity)
 
     def redeem(self, account_id: str, asset: str, quantity: Decimal) -> Grant | Rejection:
-        return self._loan(account_id, "redeem", asset, quantity)
+        return self.loan(account_id, "redeem", asset, quantity)
 
     def borrow(self, account_id: str, asset: str, quantity: Decimal) -> Grant | Rejection:
-        """A manual borrow: refused when it would take IMR past 100%, with the numbers."""
-        return self._loan(account_id, "borrow", asset, quantity)
+        return self.loan(account_id, "borrow", asset, quantity)
 
     def repay(self, account_id: str, asset: str, quantity: Decimal) -> Grant | Rejection:
-        return self._loan(account_id, "repay", asset, quantity)
+        return self.loan(account_id, "repay", asset, quantity)
 
     def withdraw(self, account_id: str, asset: str, quantity: Decimal, *, auto_borrow: bool = False
                  ) -> Decimal | Rejection:
@@ -293,41 +287,10 @@ class Exchange:
     def pools(self) -> dict[str, LendingPool]:
         return {a: m.pool for a, m in self.venue.pools.items()}
 
-    @property
-    def prices(self) -> dict[str, Decimal]:
-        """Index prices and perp marks as published."""
-        return self.venue.feed.prices
-
-    @property
-    def fund(self) -> dict[str, Decimal]:
-        """The liquidity fund's cash outside the books (the books hold the liquidation fees they
-        charged); it pays shortfalls nobody can cover and may go negative: the venue's loss."""
-        return self.venue.liquidator.fund
-
-    @property
-    def liquidation_history(self) -> dict[str, list[LiquidationStep]]:
-        return self.venue.liquidator.history
-
-    @property
-    def liquidations(self) -> dict[str, object]:
-        """The liquidations running now, by sub-account."""
-        return self.venue.liquidator.cases
-
-    def max_borrow_quantity(self, account_id: str, asset: str) -> Decimal:
-        return max_borrow_quantity(self.accounts[account_id], asset)
-
     def max_withdrawal_quantity(self, account_id: str, asset: str, *, auto_borrow: bool = False) -> Decimal:
         return max_withdrawal_quantity(self.accounts[account_id], asset, auto_borrow=auto_borrow)
 
     def invariant_violations(self) -> list[str]:
         """Every system-wide invariant, checked on the whole venue (see exchange.invariants)."""
-        accounts = list(self.accounts.values())
-        books = list(self.books.values())
-        pools = list(self.pools.values())
-        holdings = holdings_by_asset(accounts, books, pools, self.fund, self.settle)
-        return (
-            conservation_violations(holdings, self.external)
-            + pool_violations(pools, accounts)
-            + position_violations(books, accounts)
-            + negative_balance_violations(accounts)
-        )
+        return quiet_violations(list(self.accounts.values()), list(self.books.values()), list(self.pools.values()),
+                                self.fund, self.settle, self.external)

@@ -119,3 +119,11 @@ def negative_balance_violations(accounts: Iterable[SubAccount]) -> list[str]:
                     "without a borrow"
                 )
     return problems
+
+
+def quiet_violations(accounts: list[SubAccount], books: list[OrderBook], pools: list[LendingPool],
+                     fund: Mapping[str, Decimal], settle: str, external: Mapping[str, Decimal]) -> list[str]:
+    """Every invariant of a venue with nothing in flight (the engine between calls)."""
+    holdings = holdings_by_asset(accounts, books, pools, fund, settle)
+    return (conservation_violations(holdings, external) + pool_violations(pools, accounts)
+            + position_violations(books, accounts) + negative_balance_violations(accounts))
