@@ -267,3 +267,19 @@ def test_withdrawal_redeems_and_may_borrow_all_or_nothing():
     assert ex.withdraw("a", "USDC", D(400), auto_borrow=True) == D(400)
     assert a.lends == {} and a.borrows["USDC"] >= D(200)
     assert ex.invariant_violations() == []
+
+
+def test_a_withdrawal_beyond_what_is_held_and_lent_says_the_most_that_can_leave():
+    """800 USDC deposited, 300 of it lent, no position. Asking 1,000 without auto-borrow is refused
+    for funds; the most that can leave is what is held and lent, 500 + 300 = 800, and the
+    refusal says auto-borrow would borrow the rest. Nothing moves."""
+    ex = Exchange(load_profile("backpack"))
+    ex.add_account("a")
+    ex.deposit("a", "USDC", D(800))
+    ex.lend("a", "USDC", D(300))
+    refused = ex.withdraw("a", "USDC", D(1000))
+    assert refused.code is ErrorCode.INSUFFICIENT_FUNDS
+    assert refused.details == {"needed": D(1000), "available": D(800), "max_quantity": D(800)}
+    assert refused.message == "1000 USDC asked, 800 available and lent (auto-borrow would borrow the rest)"
+    a = ex.accounts["a"]
+    assert a.available("USDC") == D(500) and a.lends == {"USDC": D(300)}
