@@ -29,7 +29,7 @@ from exchange.liquidation import describe_step
 from exchange.orders import Fill, Side
 from exchange.profile import available_profiles, load_profile
 from exchange.validation import InputError
-from scenarios import explain, fuzz, loader, runner
+from scenarios import differential, explain, fuzz, loader, runner
 
 HISTORY_LINES = 12  # liquidation steps printed per sub-account after a run
 
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the summary as one JSON document (keys in README)")
     run.add_argument("--log", type=Path, metavar="EVENTS.jsonl", help="write the event log (canonical JSON lines)")
     run.add_argument("--report", type=Path, metavar="DIR", help="write charts (PNG) and an HTML page into DIR")
+    run.add_argument("--differential", action="store_true",
+                     help="run it through the direct engine and through the actors (zero latency, no faults) "
+                     "and say whether they agree exactly; exit 1 with the first difference if not")
 
     commands.add_parser("list", help="the scenarios that ship with marginsim", description="One line per shipped scenario.")
 
@@ -173,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     scenario = loader.load(args.scenario, args.overrides)
+    if args.differential:
+        until_ms = None if args.until is None else round(args.until * 1000)
+        comparison = differential.compare(scenario, seed=args.seed, until_ms=until_ms)
+        if comparison.equal:
+            print(f"{scenario.name}, seed {comparison.seed}: the engine and the actors agree exactly "
+                  f"({comparison.events:,} events)")
+            return 0
+        print(f"{scenario.name}, seed {comparison.seed}: the engine and the actors differ", *comparison.mismatches,
+              sep="\n")
+        return 1
     if args.report is not None:
         _check_report_dependencies()
     err = Console(stderr=True)

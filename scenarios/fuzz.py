@@ -42,6 +42,7 @@ from exchange.decimals import fmt
 from scenarios import differential, loader, runner
 
 D = Decimal
+DIFFERENTIAL = "differential"  # the label of a seed on which the engine and the actors differ
 PERPS = ("BTC_USDC_PERP", "SOL_USDC_PERP")
 SPOT = "SOL_USDC"
 
@@ -312,7 +313,7 @@ def run_differential(seed: int, settings: FuzzSettings = FuzzSettings()) -> Fuzz
     start = time.perf_counter()
     comparison = differential.compare(_load_text(text), seed=seed)
     seconds = time.perf_counter() - start
-    label = "" if comparison.equal else "differential"
+    label = "" if comparison.equal else DIFFERENTIAL
     return FuzzOutcome(seed, comparison.equal, label, label, "\n".join(comparison.mismatches), comparison.events,
                        seconds, text)
 
@@ -423,6 +424,8 @@ def shrink(data: dict[str, Any], seed: int, invariant: str, *, settings: FuzzSet
         nonlocal tries
         tries += 1
         try:
+            if invariant == DIFFERENTIAL:
+                return not differential.compare(_load_text(to_toml(candidate)), seed=seed).equal
             outcome, _ = run_text(to_toml(candidate), seed, check_every=settings.check_every)
         except loader.InputError:
             return False
@@ -507,24 +510,22 @@ def save_failure(outcome: FuzzOutcome, directory: Path, *, shrink_it: bool = Tru
     folder.mkdir(parents=True, exist_ok=True)
     original = folder / "scenario.toml"
     original.write_text(outcome.scenario, encoding="utf-8")
-    if outcome.label == "differential":
-        lines = [f"seed {outcome.seed}: the engine and the actors differ (zero latency, no faults)",
-                 f"  replay: marginsim fuzz --differential --seed {outcome.seed} --runs 1",
-                 *("    " + line for line in outcome.detail.splitlines())]
-        (folder / "README.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return lines
+    compared = outcome.label == DIFFERENTIAL
+    flag = " --differential" if compared else ""
     lines = [
-        f"seed {outcome.seed}: {outcome.label}",
-        f"  replay: marginsim run {original} --seed {outcome.seed}",
-        f"    {_verdict(replay(original, outcome.seed))}",
+        f"seed {outcome.seed}: " + ("the engine and the actors differ (zero latency, no faults)" if compared
+                                    else outcome.label),
+        f"  replay: marginsim run {original} --seed {outcome.seed}{flag}",
+        *(("    " + line for line in outcome.detail.splitlines()[:3]) if compared
+          else [f"    {_verdict(replay(original, outcome.seed))}"]),
     ]
     if shrink_it:
         data, removed = shrink(generate(outcome.seed, settings), outcome.seed, outcome.label, settings=settings)
         small = folder / "shrunk.toml"
         small.write_text(to_toml(data), encoding="utf-8")
         lines += [
-            f"  shrunk: marginsim run {small} --seed {outcome.seed}",
-            f"    {_verdict(replay(small, outcome.seed))}",
+            f"  shrunk: marginsim run {small} --seed {outcome.seed}{flag}",
+            *(() if compared else [f"    {_verdict(replay(small, outcome.seed))}"]),
             "    removed: " + ("; ".join(removed) if removed else "nothing could go"),
         ]
     (folder / "README.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -253,3 +253,10 @@ def test_list_names_every_shipped_scenario(capsys):
     for name in loader.shipped():
         assert name in out
     assert "partial-liquidation" in out
+
+
+def test_run_differential_says_the_drivers_agree(capsys):
+    """partial-liquidation logs 125 events, the same on the engine and on the actors."""
+    assert main(["run", "partial-liquidation", "--differential"]) == 0
+    assert capsys.readouterr().out == (
+        "partial-liquidation, seed 1: the engine and the actors agree exactly (125 events)\n")

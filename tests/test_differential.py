@@ -42,12 +42,21 @@ def test_a_driver_that_changes_the_order_of_effects_is_caught_and_named(monkeypa
     assert "engine: {" in comparison.mismatches[0] and "actors: {" in comparison.mismatches[0]
 
 
-def test_a_differential_failure_is_saved_with_its_replay(tmp_path):
-    outcome = fuzz.FuzzOutcome(7, False, "differential", "differential", "event 12 differs", 100, 0.1, "x = 1\n")
+def test_a_differential_failure_is_saved_shrunk_with_its_replay(tmp_path, monkeypatch):
+    """With a driver that reorders effects, seed 3 differs; the saved failure replays with
+    ``run --differential`` and shrinks to a smaller scenario that still differs."""
+    honest = Actor.carry_out
+    monkeypatch.setattr(Actor, "carry_out", lambda self, effects: honest(self, list(effects)[::-1]))
+    outcome = fuzz.run_differential(3)
+    assert not outcome.passed and outcome.label == "differential" and outcome.detail.startswith("event ")
     lines = fuzz.save_failure(outcome, tmp_path)
-    assert lines[1] == "  replay: marginsim fuzz --differential --seed 7 --runs 1"
-    assert (tmp_path / "seed-7" / "scenario.toml").read_text() == "x = 1\n"
-    assert "event 12 differs" in (tmp_path / "seed-7" / "README.txt").read_text()
+    folder = tmp_path / "seed-3"
+    assert lines[1] == f"  replay: marginsim run {folder / 'scenario.toml'} --seed 3 --differential"
+    assert any(line.startswith(f"  shrunk: marginsim run {folder / 'shrunk.toml'} --seed 3 --differential")
+               for line in lines)
+    shrunk = loader.load(str(folder / "shrunk.toml"))
+    assert not differential.compare(shrunk, seed=3).equal
+    assert len(shrunk.accounts) < len(loader.load(str(folder / "scenario.toml")).accounts)
 
 
 def test_each_liquidation_order_starts_where_the_previous_one_left_the_account():
