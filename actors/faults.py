@@ -8,16 +8,12 @@ Tests use them to force an interleaving; the fuzzer draws them per seed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import attrs
 
-from actors.network import Hook
+from actors.network import Hook, Network
 from exchange.machine import Machine
 from exchange.protocol import SCHEDULER, Schedule, Tick
-
-if TYPE_CHECKING:
-    from actors.system import System
 
 
 @attrs.frozen
@@ -39,9 +35,9 @@ class FaultScript(Machine):
 
     handlers = {Tick: "on_tick"}
 
-    def __init__(self, system: System, faults: Sequence[Fault]) -> None:
+    def __init__(self, network: Network, faults: Sequence[Fault]) -> None:
         super().__init__("faults")
-        self.network = system.network  # the one machine that works the network's levers
+        self.network = network  # the one machine that works the network's levers: actor runs only
         self.faults = list(faults)
         self.active: dict[int, Hook] = {}
 

@@ -122,7 +122,7 @@ def build(
         faults_until_ms=scenario.faults_until_ms, fingerprint=fingerprint, venue=venue, lockstep=lockstep,
     )
     if scenario.faults:
-        system.add_agent(FaultScript(system, scenario.faults))
+        system.add_agent(FaultScript(system.network, scenario.faults))
     return system, scripts
 
 

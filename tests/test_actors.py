@@ -47,7 +47,7 @@ def price_race(faults):
     trader = system.add_agent(ScriptedTrader(system, "alice", "alice", [
         (10_000, limit("a1", "alice", BTC, Side.BID, "1", "100000")),
     ]))
-    system.add_agent(FaultScript(system, faults))
+    system.add_agent(FaultScript(system.network, faults))
     return system.run(12), trader
 
 
@@ -91,7 +91,7 @@ def long_then_drop(faults, extra_actions=(), seed=5):
         (1_000, limit("t1", "trader", BTC, Side.BID, "1", "100000")),
         *extra_actions,
     ]))
-    system.add_agent(FaultScript(system, faults))
+    system.add_agent(FaultScript(system.network, faults))
     return system, trader
 
 
@@ -265,7 +265,7 @@ def test_a_stalled_run_is_diagnosed():
     system.set_path("BTC", Constant(D(100000)))
     system.add_account("alice", deposits={"USDC": D(1000)})
     system.add_agent(ScriptedTrader(system, "alice", "alice", [(1_000, LoanRequest("l1", "lend", "USDC", D(500)))]))
-    system.add_agent(FaultScript(system, [Fault("hold", "account:alice", "pool:USDC", 0, 10**9)]))
+    system.add_agent(FaultScript(system.network, [Fault("hold", "account:alice", "pool:USDC", 0, 10**9)]))
     with pytest.raises(RunFailed) as info:
         system.run(3600)
     failure = info.value

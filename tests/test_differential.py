@@ -80,3 +80,15 @@ def test_a_deposit_of_nothing_is_refused_on_both_drivers():
     with pytest.raises(ValueError, match="cannot deposit 0 USDC"):
         ex.deposit("a", "USDC", Decimal(0))
     assert ex.accounts["a"].balances == {} and ex.events[-1]["event"] == "deposit_refused"
+
+
+def test_explain_reads_an_engine_run_as_it_reads_an_actor_run():
+    """One event schema: the engine's log explains the liquidated trader in the same words."""
+    from scenarios import explain, runner
+
+    scenario = loader.load("partial-liquidation")
+    _, engine_events = differential.run_engine(scenario, scenario.seed, scenario.duration_ms)
+    actor_events = runner.run(scenario).result.events
+    words = explain.explain_account(engine_events, "trader")
+    assert words == explain.explain_account(actor_events, "trader")
+    assert any("liquidat" in line for line in words)
