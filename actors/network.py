@@ -14,7 +14,9 @@ messages until released (then they go out together: a burst), ``delay`` adds lat
 ``reorder`` drops FIFO and adds a random delay per message.
 
 Mailboxes are plain deques with a parking lot, so an actor drains its inbox without a
-scheduler pass per message, and the invariant observer can see what is still queued.
+scheduler pass per message, and the invariant observer can see what is still queued. The
+network delivers nothing on its own: the scheduler (actors/runtime.py) calls ``deliver_due``
+once the instant has settled (``quiet``), so everything due at one instant goes out in one pass.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import fnmatch
 import heapq
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -30,26 +32,70 @@ import trio
 
 from actors.determinism import stream
 from exchange.calendar import Calendar
-from exchange.protocol import SCHEDULER
+from exchange.protocol import SCHEDULER, Schedule
+
+
+class Quiet:
+    """How many actors are running (not parked on an empty mailbox), and a lot to wait on until
+    none is: the instant has settled, and the scheduler may deliver or move the clock.
+
+    Counting here costs a few operations per wake-up and no scheduler pass, where asking trio
+    whether every task waits (``wait_all_tasks_blocked``) costs a pass per instant and brings
+    its testing module in."""
+
+    __slots__ = ("busy", "lot")
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.lot = trio.lowlevel.ParkingLot()
+
+    async def wait(self) -> None:
+        if self.busy:
+            await self.lot.park()
 
 
 class Mailbox:
     """An unbounded inbox: ``put`` never blocks; ``wait`` parks until something arrives."""
 
-    __slots__ = ("queue", "_lot")
+    __slots__ = ("queue", "_lot", "_quiet")
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: Quiet) -> None:
         self.queue: deque[tuple[str, Any]] = deque()
         self._lot = trio.lowlevel.ParkingLot()
+        self._quiet = quiet
 
     def put(self, sender: str, message: Any) -> None:
         self.queue.append((sender, message))
-        if len(self._lot):
+        if self._lot:
             self._lot.unpark()
+            self._quiet.busy += 1
 
     async def wait(self) -> None:
         if not self.queue:
+            quiet = self._quiet
+            quiet.busy -= 1
+            if not quiet.busy and quiet.lot:
+                quiet.lot.unpark()
             await self._lot.park()
+
+
+class CalendarInbox:
+    """The scheduler's address: a ``Schedule`` goes straight into the calendar when it arrives
+    (no task wakes to file it), and wakes the scheduler if it is sleeping on real time."""
+
+    __slots__ = ("queue", "_calendar", "_wake")
+
+    def __init__(self, calendar: Calendar, wake: trio.lowlevel.ParkingLot) -> None:
+        self.queue: deque[tuple[str, Any]] = deque()  # always empty: nothing waits here
+        self._calendar = calendar
+        self._wake = wake
+
+    def put(self, sender: str, message: Any) -> None:
+        if not isinstance(message, Schedule):
+            raise TypeError(f"{SCHEDULER} has no handler for {type(message).__name__} from {sender}")
+        self._calendar.on_schedule(sender, message)
+        if self._wake:
+            self._wake.unpark()
 
 
 @attrs.frozen
@@ -111,15 +157,27 @@ class Network:
         self._models: dict[tuple[str, str], Latency] = {}
         self._rngs: dict[str, Any] = {}
         self._seq = 0
-        self._wake = trio.lowlevel.ParkingLot()
+        self.wake = trio.lowlevel.ParkingLot()  # the scheduler, when it sleeps on real time
+        self.quiet = Quiet()
         self.sent = 0
         self.unattended: set[str] = set()  # membership only: addresses no actor reads (the setup)
 
-    def register(self, address: str) -> Mailbox:
+    def register(self, address: str, *, attended: bool = True) -> Mailbox:
+        """A mailbox for ``address``; an attended one has an actor task reading it, which
+        counts as running until it first parks."""
         if address in self.mailboxes:
             raise ValueError(f"address {address} is taken")
-        box = self.mailboxes[address] = Mailbox()
+        box = self.mailboxes[address] = Mailbox(self.quiet)
+        if attended:
+            self.quiet.busy += 1
+        else:
+            self.unattended.add(address)
         return box
+
+    def register_calendar(self, calendar: Calendar) -> None:
+        """The scheduler's address files ``Schedule`` messages into ``calendar`` on arrival."""
+        self.mailboxes[SCHEDULER] = CalendarInbox(calendar, self.wake)  # type: ignore[assignment]
+        self.unattended.add(SCHEDULER)
 
     # -- latency --------------------------------------------------------------------------
     def model(self, sender: str, recipient: str) -> Latency:
@@ -179,35 +237,35 @@ class Network:
         self._seq += 1
         heapq.heappush(self._heap, (when, self._seq, sender, recipient, message))
         self._queued_on[link] = self._queued_on.get(link, 0) + 1
-        if len(self._wake):
-            self._wake.unpark()
+        if self.wake:
+            self.wake.unpark()
 
-    async def run(self) -> None:
-        """Deliver queued messages when their time comes, in (time, seq) order."""
+    def next_due_ms(self) -> int | None:
+        """When the next queued message is due, or None."""
+        return self._heap[0][0] if self._heap else None
+
+    def deliver_due(self, now_ms: int) -> bool:
+        """Put every queued message due by ``now_ms`` into its mailbox, in (time, seq) order, in
+        one pass; whether there was any."""
         heap = self._heap
-        while True:
-            if not heap:
-                await self._wake.park()
-                continue
-            when = heap[0][0]
-            if when > round(trio.current_time() * 1000):
-                with trio.move_on_at(when / 1000):
-                    await self._wake.park()
-                continue
-            while heap and heap[0][0] <= when:
-                _, _, sender, recipient, message = heapq.heappop(heap)
-                link = (sender, recipient)
-                left = self._queued_on[link] - 1
-                if left:
-                    self._queued_on[link] = left
-                else:
-                    del self._queued_on[link]
-                self.mailboxes[recipient].put(sender, message)
-            await trio.lowlevel.checkpoint()
+        if not heap or heap[0][0] > now_ms:
+            return False
+        queued_on, mailboxes = self._queued_on, self.mailboxes
+        while heap and heap[0][0] <= now_ms:
+            _, _, sender, recipient, message = heapq.heappop(heap)
+            link = (sender, recipient)
+            left = queued_on[link] - 1
+            if left:
+                queued_on[link] = left
+            else:
+                del queued_on[link]
+            mailboxes[recipient].put(sender, message)
+        return True
 
-    async def run_lockstep(self, calendar: Calendar) -> None:
+    async def run_lockstep(self, calendar: Calendar, advance: Callable[[int], None], until_ms: int) -> None:
         """Deliver as the direct engine does: the oldest message first, and the next only once
         its recipient has handled it; when nothing is in flight, the calendar's next ticks.
+        Returns at ``until_ms`` once everything due then has happened.
 
         The actors then run exactly the engine's order of events, which is what the
         differential test compares. It gives up what the network is for (latency, levers,
@@ -217,19 +275,16 @@ class Network:
         while True:
             if fifo:
                 sender, recipient, message = fifo.popleft()
-                if recipient == SCHEDULER:
-                    calendar.on_schedule(sender, message)
-                    continue
                 mailboxes[recipient].put(sender, message)
                 if recipient in self.unattended:
                     continue
                 await self._handled.park()
                 continue
             due = calendar.next_ms()
-            if due is None:
-                await trio.sleep_forever()
-            if due > round(trio.current_time() * 1000):
-                await trio.sleep_until(due / 1000)
+            if due is None or due > until_ms:
+                advance(until_ms)
+                return
+            advance(due)
             for address, tick in calendar.due():
                 fifo.append((SCHEDULER, address, tick))
 

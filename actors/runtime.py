@@ -11,8 +11,8 @@ handling and the cause; the run stops with it.
 Actors see the run through a narrow ``Context`` (the network, the log, the observer's hook),
 never the whole system.
 
-The scheduler is the one actor that sleeps: it keeps the calendar and sends ``Tick`` messages
-at the virtual times machines asked for.
+The scheduler is the one task that moves time: it keeps the calendar, delivers what is due at
+each instant once the actors have settled, and jumps virtual time to the next instant.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import trio
 
 from exchange.calendar import Calendar
 from exchange.machine import Effect, Machine, Send
-from exchange.protocol import SCHEDULER, Schedule
+from exchange.protocol import SCHEDULER
 
 if TYPE_CHECKING:
     from actors.events import EventLog
@@ -107,41 +107,108 @@ class Actor:
             raise ActorCrashed(self.address, sender, message, exc) from exc
 
 
+class Stalled(Exception):
+    """Work is pending but nothing has been logged for the stall time."""
+
+
+class VirtualClock(trio.abc.Clock):
+    """Virtual time that moves only when the scheduler moves it, in whole milliseconds.
+
+    No task sleeps on it: the scheduler waits until every actor is parked, then jumps to the
+    next instant anything is due. A deadline (a ``trio.sleep``) would never fire by itself."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return self._now
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        return 0.0 if deadline <= self._now else float("inf")
+
+    def advance(self, ms: int) -> None:
+        if ms / 1000 < self._now:
+            raise ValueError(f"virtual time cannot go back from {self._now * 1000:.0f} ms to {ms} ms")
+        self._now = ms / 1000
+
+
+class Watch:
+    """What the scheduler checks each time it would move the clock: a progress callback (called
+    at each of about a hundred steps, so the run stops there), and the stall rule (work pending
+    and nothing logged for ``stall_ms``)."""
+
+    def __init__(self, log: EventLog, stall_ms: int, pending: Callable[[], bool], diagnosis: Callable[[], str],
+                 progress: Callable[[int], None] | None = None, step_ms: int = 0) -> None:
+        self.log = log
+        self.stall_ms = stall_ms
+        self.pending = pending
+        self.diagnosis = diagnosis
+        self.progress = progress
+        self.step_ms = step_ms
+        self.next_progress_ms = 0 if progress is not None else None
+        self._seen = -1
+        self._seen_at = 0
+
+    def next_stop(self, now: int, due: int) -> int:
+        """The instant to move to: ``due``, or earlier for progress or a stall; raises
+        ``Stalled`` when the stall time has passed."""
+        if self.next_progress_ms is not None and self.progress is not None:
+            while self.next_progress_ms <= now:
+                self.progress(now)
+                self.next_progress_ms += self.step_ms
+            due = min(due, self.next_progress_ms)
+        if self.log.count != self._seen:
+            self._seen, self._seen_at = self.log.count, now
+        if self.pending():
+            stall_at = self._seen_at + self.stall_ms
+            if now >= stall_at:
+                raise Stalled(self.diagnosis())
+            due = min(due, stall_at)
+        return due
+
+
 class Scheduler:
-    """The calendar as the one actor that sleeps: it wakes at each entry's time and sends the
-    ticks due then."""
+    """The run's clock and calendar: once every actor has parked (the instant has settled), it
+    delivers everything due now, the network's queued messages and the calendar's ticks, in one
+    pass; when nothing is due it moves virtual time to the next instant that has something.
+
+    ``Schedule`` messages reach the calendar on arrival (``Network.register_calendar``). With a
+    real-time clock (``realtime``) it sleeps until the next entry instead, woken early by an
+    earlier one."""
 
     def __init__(self, context: Context) -> None:
         self.context = context
         self.address = SCHEDULER
         self.calendar = Calendar()
-        self.mailbox = context.network.register(SCHEDULER)
-        self.current: tuple[str, Any] | None = None
+        context.network.register_calendar(self.calendar)
 
-    async def run(self) -> None:
-        calendar = self.calendar
-        queue = self.mailbox.queue
-        send = self.context.network.send
-        try:
-            while True:
-                while queue:
-                    self.current = sender, message = queue.popleft()
-                    if not isinstance(message, Schedule):
-                        raise TypeError(f"{SCHEDULER} has no handler for {type(message).__name__}")
-                    calendar.on_schedule(sender, message)
-                self.current = None
-                next_ms = calendar.next_ms()
-                if next_ms is not None and next_ms <= now_ms():
-                    for address, tick in calendar.due():
-                        send(SCHEDULER, address, tick)
-                    self.context.after_message()
-                    await trio.lowlevel.checkpoint()
-                    continue
-                if next_ms is not None:
-                    with trio.move_on_at(next_ms / 1000):
-                        await self.mailbox.wait()
-                else:
-                    await self.mailbox.wait()
-        except Exception as exc:
-            sender, message = self.current if self.current is not None else (None, None)
-            raise ActorCrashed(self.address, sender, message, exc) from exc
+    async def run(self, until_ms: int, watch: Watch, clock: VirtualClock | None) -> None:
+        """Run to ``until_ms`` (everything due then included); ``clock`` None: real time."""
+        calendar, network = self.calendar, self.context.network
+        send, quiet = network.send, network.quiet
+        while True:
+            if clock is not None:
+                await quiet.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+            now = now_ms()
+            delivered = network.deliver_due(now)
+            next_tick = calendar.next_ms()
+            if next_tick is not None and next_tick <= now:
+                for address, tick in calendar.due():
+                    send(SCHEDULER, address, tick)
+                delivered = True
+            if delivered:
+                continue
+            if now >= until_ms:
+                return
+            due = min(t for t in (network.next_due_ms(), next_tick, until_ms) if t is not None)
+            due = watch.next_stop(now, due)
+            if clock is not None:
+                clock.advance(due)
+            else:
+                with trio.move_on_at(due / 1000):
+                    await network.wake.park()

@@ -8,10 +8,10 @@
     print(result.fingerprint, result.summary["accounts"]["alice"])
 
 A run is named by (setup, seed). ``run`` drives ``trio.run`` under deterministic scheduling
-with ``MockClock(autojump_threshold=0)`` (virtual time jumps whenever every task waits), or, with
+on a ``VirtualClock`` that the scheduler moves once every actor waits, or, with
 ``realtime_rate``, a clock running that many virtual seconds per real second (wake-up latency
 then decides the order of events due close together: such a run is not reproducible; the
-terminal demo paces an autojump run instead).
+terminal demo paces a virtual run instead).
 Supervision: an actor that raises ends the run with ``RunFailed`` naming the actor, the
 message and the cause; a run where work is pending but nothing is logged for ``stall_ms`` of
 virtual time ends with a diagnosis; the observer's first violation ends it too.
@@ -27,13 +27,12 @@ from typing import Any
 
 import attrs
 import trio
-import trio.testing
 
 from actors import events
 from actors.determinism import deterministic_scheduling
 from actors.network import ZERO_LATENCY, Latency, Network
 from actors.observer import InvariantViolation, Observer
-from actors.runtime import Actor, ActorCrashed, Context, Scheduler
+from actors.runtime import Actor, ActorCrashed, Context, Scheduler, Stalled, VirtualClock, Watch
 from exchange import margin
 from exchange.feed import PricePath
 from exchange.liquidation import LiquidationStep, needs_liquidation
@@ -54,10 +53,6 @@ class RunFailed(Exception):
         self.cause = cause
         self.fingerprint = fingerprint  # of the event log up to the stop: a replay gives the same
         super().__init__(f"run stopped ({kind}) at t={time_ms / 1000:.3f}s, seed {seed}: {message}")
-
-
-class Stalled(Exception):
-    pass
 
 
 @attrs.frozen
@@ -117,8 +112,7 @@ class System:
         self.pools = self.venue.pools
         self.accounts = self.venue.accounts
         self.agents = self.venue.agents
-        self.network.register(SETUP)
-        self.network.unattended.add(SETUP)
+        self.network.register(SETUP, attended=False)
         slowest = max([latency.ms + latency.jitter_ms] + [r.ms + r.jitter_ms for r in (latency_rules or {}).values()])
         grace = grace_ms if grace_ms is not None else 2 * profile.liquidation.loop_interval_ms + 4 * slowest + 1000
         self.grace_ms = grace
@@ -152,11 +146,12 @@ class System:
 
     def run(self, until_s: float, *, realtime_rate: float | None = None) -> RunResult:
         """Run to ``until_s`` virtual seconds; raises ``RunFailed`` if the run cannot finish."""
-        clock = (
-            trio.testing.MockClock(autojump_threshold=0)
-            if realtime_rate is None
-            else trio.testing.MockClock(rate=realtime_rate)
-        )
+        if realtime_rate is None:
+            clock: trio.abc.Clock = VirtualClock()
+        else:
+            from trio.testing import MockClock  # only here: trio.testing imports pytest
+
+            clock = MockClock(rate=realtime_rate)
         # The actors' state lives for the whole run: keep it out of the collector's scans and
         # collect the young generation less often (measured: 44 -> 30 us per account and price
         # tick with 10,000 accounts). The collector never decides anything in a run. No full
@@ -167,24 +162,25 @@ class System:
         gc.set_threshold(50_000, 20, 100)
         try:
             with deterministic_scheduling(self.seed):
-                return trio.run(self.run_async, until_s, clock=clock)
+                return trio.run(self.run_async, until_s, clock if isinstance(clock, VirtualClock) else None,
+                                clock=clock)
         finally:
             gc.set_threshold(*threshold)
             gc.unfreeze()
 
-    async def run_async(self, until_s: float) -> RunResult:
+    async def run_async(self, until_s: float, clock: VirtualClock | None) -> RunResult:
         until_ms = round(until_s * 1000)
+        watch = Watch(self.log, self.stall_ms, self._pending_work, self._diagnosis, self.progress,
+                      max(until_ms // 100, 1))
         try:
             async with trio.open_nursery() as nursery:
                 self._start(nursery)
-                nursery.start_soon(self._watchdog)
-                # Always running, callback or not: an extra task would change the seeded
-                # order in which ready tasks run, and so the run itself.
-                nursery.start_soon(self._report_progress, until_ms)
-                await trio.sleep_until(until_ms / 1000)
-                # Everything due at the end time happens before the run stops (the clock
-                # does not move while this waits).
-                await trio.testing.wait_all_tasks_blocked()
+                if self.network.lockstep:
+                    if clock is None:
+                        raise ValueError("a lockstep run is on virtual time")
+                    await self.network.run_lockstep(self.scheduler.calendar, clock.advance, until_ms)
+                else:
+                    await self.scheduler.run(until_ms, watch, clock)
                 nursery.cancel_scope.cancel()
             if self.observer is not None:
                 self.observer.check()
@@ -213,11 +209,6 @@ class System:
     def _start(self, nursery: trio.Nursery) -> None:
         """Spawn every actor in a fixed order, then carry out the venue's first instant."""
         actors = {m.address: Actor(self.context, m) for m in self.venue.machines()}
-        if self.network.lockstep:
-            nursery.start_soon(self.network.run_lockstep, self.scheduler.calendar)
-        else:
-            nursery.start_soon(self.network.run)
-            nursery.start_soon(self.scheduler.run)
         for actor in actors.values():
             nursery.start_soon(actor.run)
         for sender, effects in self.venue.start(self.scheduler.calendar):
@@ -226,22 +217,6 @@ class System:
                     self.network.send(SETUP, effect.recipient, effect.message)  # type: ignore[union-attr]
             else:
                 actors[sender].carry_out(effects)
-
-    async def _report_progress(self, until_ms: int) -> None:
-        step = max(until_ms // 100, 1)
-        while True:
-            if self.progress is not None:
-                self.progress(round(trio.current_time() * 1000))
-            await trio.sleep(step / 1000)
-
-    async def _watchdog(self) -> None:
-        """End a run that has work pending but logs nothing for ``stall_ms`` of virtual time."""
-        seen = -1
-        while True:
-            await trio.sleep(self.stall_ms / 1000)
-            if self.log.count == seen and self._pending_work():
-                raise Stalled(self._diagnosis())
-            seen = self.log.count
 
     def _pending_work(self) -> bool:
         return bool(

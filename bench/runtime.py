@@ -33,7 +33,7 @@ import trio.testing
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.agents import Agent  # noqa: E402
-from actors.network import Mailbox  # noqa: E402
+from actors.network import Mailbox, Quiet  # noqa: E402
 from actors.paths import Constant, RandomWalk  # noqa: E402
 from actors.system import System  # noqa: E402
 from exchange.engine import Exchange  # noqa: E402
@@ -72,7 +72,8 @@ def hop_costs(n: int = 20000) -> tuple[float, float]:
         return elapsed / (2 * n)
 
     async def mailboxes() -> float:
-        a, b = Mailbox(), Mailbox()
+        quiet = Quiet()
+        a, b = Mailbox(quiet), Mailbox(quiet)
 
         async def echo() -> None:
             while True:

@@ -60,15 +60,25 @@ def test_a_differential_failure_is_saved_shrunk_with_its_replay(tmp_path, monkey
 
 
 def test_each_liquidation_order_starts_where_the_previous_one_left_the_account():
-    """complex-liquidation's first loop (t=41 s) sells ETH then BTC on the book: the BTC row's
-    MMR before is the ETH row's MMR after (1.01363), not the loop's start (1.13729)."""
+    """complex-liquidation's first loop (t=41 s) sells ETH and BTC on the book: each row's MMR
+    before is where the previous row left the account, not the loop's start (1.13729).
+
+    The engine delivers first in, first out, so ETH (ranked first by the plan) fills
+    first: 1.13729 -> 1.01363, then BTC from 1.01363. On the actors the two markets answer
+    concurrently and the seeded scheduler decides which fill the account hears first; the
+    chain holds either way."""
     from scenarios import runner
 
-    run = runner.run(loader.load("complex-liquidation"))
-    book = [s for s in run.result.history["trader"] if s.stage == "book" and s.time_ms == 41_000]
+    scenario = loader.load("complex-liquidation")
+    engine, _ = differential.run_engine(scenario, scenario.seed, scenario.duration_ms)
+    book = [s for s in engine.liquidator.history["trader"] if s.stage == "book" and s.time_ms == 41_000]
     assert [s.market for s in book] == ["ETH_USDC_PERP", "BTC_USDC_PERP"]
     assert round(book[0].mmr_before, 5) == Decimal("1.13729") and round(book[0].mmr_after, 5) == Decimal("1.01363")
     assert book[1].mmr_before == book[0].mmr_after
+    run = runner.run(scenario)
+    book = [s for s in run.result.history["trader"] if s.stage == "book" and s.time_ms == 41_000]
+    assert sorted(s.market for s in book) == ["BTC_USDC_PERP", "ETH_USDC_PERP"]
+    assert round(book[0].mmr_before, 5) == Decimal("1.13729") and book[1].mmr_before == book[0].mmr_after
 
 
 def test_a_deposit_of_nothing_is_refused_on_both_drivers():
