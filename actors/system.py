@@ -32,7 +32,7 @@ from actors import events
 from actors.determinism import deterministic_scheduling
 from actors.network import ZERO_LATENCY, Latency, Network
 from actors.observer import InvariantViolation, Observer
-from actors.runtime import Actor, ActorCrashed, Context, Scheduler, Stalled, VirtualClock, Watch
+from actors.runtime import Actor, ActorCrashed, Context, Inline, Scheduler, Stalled, VirtualClock, Watch
 from exchange import margin
 from exchange.feed import PricePath
 from exchange.liquidation import LiquidationStep, needs_liquidation
@@ -208,15 +208,17 @@ class System:
 
     def _start(self, nursery: trio.Nursery) -> None:
         """Spawn every actor in a fixed order, then carry out the venue's first instant."""
-        actors = {m.address: Actor(self.context, m) for m in self.venue.machines()}
+        # Agents are handled where their messages arrive (``Inline``), except in lockstep, where
+        # every message takes its turn in the engine's order.
+        inline = set() if self.network.lockstep else {a.address for a in self.agents}  # membership only
+        actors = {m.address: Actor(self.context, m) for m in self.venue.machines() if m.address not in inline}
+        for agent in self.agents:
+            if agent.address in inline:
+                Inline(self.context, agent)
         for actor in actors.values():
             nursery.start_soon(actor.run)
         for sender, effects in self.venue.start(self.scheduler.calendar):
-            if sender == SETUP:
-                for effect in effects:
-                    self.network.send(SETUP, effect.recipient, effect.message)  # type: ignore[union-attr]
-            else:
-                actors[sender].carry_out(effects)
+            self.context.carry_out(sender, effects)
 
     def _pending_work(self) -> bool:
         return bool(

@@ -276,8 +276,9 @@ def test_a_stalled_run_is_diagnosed():
 
 class Thief(ScriptedTrader):
     """A deliberate bug for the observer to catch: at 2 s it adds 1 USDC to an account's
-    ledger directly, with no message and no event. The observer looks after messages that log
-    events, so it is caught at the next price tick (3 s)."""
+    ledger directly, with no message and no event. Agents are handled inside the scheduler's
+    delivery at 2 s; the observer looks after the next message an actor handles, the feed's
+    price tick at that same instant, so it is caught at 2 s."""
 
     def __init__(self, system, *args):
         super().__init__(system, *args)
@@ -295,11 +296,11 @@ def test_a_broken_invariant_stops_the_run_with_the_event_and_the_seed():
     with pytest.raises(RunFailed) as info:
         system.run(10)
     failure = info.value
-    assert failure.kind == "invariant" and failure.time_ms == 3000 and failure.seed == 9
+    assert failure.kind == "invariant" and failure.time_ms == 2000 and failure.seed == 9
     text = str(failure)
     assert "invariant 'conservation' broken" in text
     assert "USDC not conserved: 1001 held in the system, 1000 deposited net (difference 1)" in text
-    assert "last event: {'actor': 'feed', 'symbol': 'BTC_USDC_PERP', 'price': Decimal('100300.0')" in text
+    assert "last event: {'actor': 'feed', 'symbol': 'BTC_USDC_PERP', 'price': Decimal('100200.0')" in text
 
 
 def test_refused_cancels_and_deposits_are_answered():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.runtime import Actor
+from actors.runtime import Context
 from scenarios import differential, fuzz, loader
 
 LIBRARY = sorted(p.stem for p in (Path(loader.__file__).parent / "library").glob("*.toml"))
@@ -34,8 +34,9 @@ def test_two_hundred_generated_scenarios_run_alike_on_both_drivers():
 def test_a_driver_that_changes_the_order_of_effects_is_caught_and_named(monkeypatch):
     """A shell that carries out a machine's effects last-first (a driver bug: the machine said
     otherwise) must fail the comparison and name the first event where the logs part."""
-    honest = Actor.carry_out
-    monkeypatch.setattr(Actor, "carry_out", lambda self, effects: honest(self, list(effects)[::-1]))
+    honest = Context.carry_out
+    monkeypatch.setattr(Context, "carry_out",
+                        lambda self, address, effects: honest(self, address, list(effects)[::-1]))
     comparison = differential.compare(loader.load("partial-liquidation"))
     assert not comparison.equal
     assert comparison.mismatches[0].startswith("event ")
@@ -45,8 +46,9 @@ def test_a_driver_that_changes_the_order_of_effects_is_caught_and_named(monkeypa
 def test_a_differential_failure_is_saved_shrunk_with_its_replay(tmp_path, monkeypatch):
     """With a driver that reorders effects, seed 3 differs; the saved failure replays with
     ``run --differential`` and shrinks to a smaller scenario that still differs."""
-    honest = Actor.carry_out
-    monkeypatch.setattr(Actor, "carry_out", lambda self, effects: honest(self, list(effects)[::-1]))
+    honest = Context.carry_out
+    monkeypatch.setattr(Context, "carry_out",
+                        lambda self, address, effects: honest(self, address, list(effects)[::-1]))
     outcome = fuzz.run_differential(3)
     assert not outcome.passed and outcome.label == "differential" and outcome.detail.startswith("event ")
     lines = fuzz.save_failure(outcome, tmp_path)
