@@ -151,6 +151,7 @@ class Network:
         self.rules = dict(rules or {})
         self.mailboxes: dict[str, Mailbox] = {}
         self.hooks: list[Hook] = []
+        self._hooks_on: dict[tuple[str, str], tuple[Hook, ...]] = {}  # link -> the levers on it (a cache)
         self._heap: list[tuple[int, int, str, str, Any]] = []
         self._queued_on: dict[tuple[str, str], int] = {}  # link -> messages in the heap
         self._last_on: dict[tuple[str, str], int] = {}  # link -> last delivery time (FIFO)
@@ -211,18 +212,20 @@ class Network:
         model = self.model(sender, recipient) if (self.rules or self.default.kind != "zero") else ZERO_LATENCY
         latency = model.draw(lambda: self._rng(sender)) if model.kind != "zero" else 0
         fifo = True
-        if self.hooks:
-            for hook in self.hooks:
-                if hook.matches(sender, recipient):
-                    if hook.kind == "hold":
-                        hook.held.append((sender, recipient, message))
-                        return
-                    if hook.kind == "delay":
-                        latency += hook.ms
-                    elif hook.kind == "reorder":
-                        fifo = False
-                        latency += self._rng(sender).randint(0, hook.ms)
         link = (sender, recipient)
+        if self.hooks:
+            on_link = self._hooks_on.get(link)
+            if on_link is None:
+                on_link = self._hooks_on[link] = tuple(h for h in self.hooks if h.matches(sender, recipient))
+            for hook in on_link:
+                if hook.kind == "hold":
+                    hook.held.append((sender, recipient, message))
+                    return
+                if hook.kind == "delay":
+                    latency += hook.ms
+                elif hook.kind == "reorder":
+                    fifo = False
+                    latency += self._rng(sender).randint(0, hook.ms)
         if latency == 0 and not self._queued_on.get(link):
             box = self.mailboxes.get(recipient)
             if box is None:
@@ -294,23 +297,23 @@ class Network:
 
     # -- the fuzzer's levers --------------------------------------------------------------
     def hold(self, sender: str, recipient: str) -> Hook:
-        hook = Hook(sender, recipient, "hold")
-        self.hooks.append(hook)
-        return hook
+        return self._add(Hook(sender, recipient, "hold"))
 
     def delay(self, sender: str, recipient: str, ms: int) -> Hook:
-        hook = Hook(sender, recipient, "delay", ms)
-        self.hooks.append(hook)
-        return hook
+        return self._add(Hook(sender, recipient, "delay", ms))
 
     def reorder(self, sender: str, recipient: str, max_ms: int) -> Hook:
-        hook = Hook(sender, recipient, "reorder", max_ms)
+        return self._add(Hook(sender, recipient, "reorder", max_ms))
+
+    def _add(self, hook: Hook) -> Hook:
         self.hooks.append(hook)
+        self._hooks_on.clear()
         return hook
 
     def remove(self, hook: Hook) -> None:
         """Lift a lever; a hold releases what it kept, in the order it was sent."""
         self.hooks.remove(hook)
+        self._hooks_on.clear()
         held, hook.held = hook.held, []
         for sender, recipient, message in held:
             self.send(sender, recipient, message)

@@ -1,7 +1,12 @@
 """The invariant observer: checks the whole system while the run goes, between messages.
 
-It is not an actor (it sends nothing); it reads every actor's state and everything still on
-the wire, after a handled message, every ``every`` events (0: only at the end). Checked:
+It is not an actor (it sends nothing); it reads the actors' state and everything still on the
+wire, after a handled message, every ``every`` events (0: only at the end). Its cost follows
+what changed, not what exists: each check looks at the sub-accounts that handled a message or
+logged an event since the last one, those with value on its way to them, those whose record a
+market or pool changed, and a few more in turn (``SWEEP``, so a change no message explains is
+found on any of them); conservation adds their holdings to a running total of everyone's. The
+check at the end of a run looks at every sub-account. Checked:
 
 * **conservation**: every asset's physical total (balances, pool cash, fee pots, the fund, and
   the value carried by messages in flight) equals what was deposited minus what was withdrawn;
@@ -75,6 +80,9 @@ class InvariantViolation(Exception):
         )
 
 
+SWEEP = 16  # sub-accounts looked at in turn by every check, whatever they did
+
+
 class Observer:
     def __init__(self, system: System, every: int, grace_ms: int, faults_until_ms: int = 0) -> None:
         self.system = system
@@ -83,9 +91,19 @@ class Observer:
         self.faults_until_ms = faults_until_ms
         self.external: dict[str, Decimal] = {}
         self.checks = 0
+        self.looked = 0  # sub-accounts looked at, over all checks
         self._next_check = every
         self._snapshots: dict[str, Any] = {}
-        self._touched: dict[str, None] = {}
+        self._touched: dict[str, None] = {}  # addresses that logged an event since the last check
+        self._handled: dict[str, None] = {}  # addresses that handled a message since the last check
+        self._address: dict[str, str] = {}  # account address -> id (the venue's accounts, read at the first check)
+        self._ids: list[str] = []
+        self._held: dict[str, dict[str, Decimal]] = {}  # account -> its physical holdings when last looked at
+        self._held_total: dict[str, Decimal] = {}  # the sum of ``_held``
+        self._unhealthy: dict[str, None] = {}  # accounts whose own reports found them unhealthy
+        self._seen_books: dict[str, dict[str, Decimal]] = {}  # perp -> positions when last looked at
+        self._seen_pools: dict[str, tuple[dict[str, Decimal], dict[str, Decimal]]] = {}  # asset -> lenders, borrowers
+        self._turn = 0  # where the sweep goes on
         self._problem: tuple[str, str] | None = None
         self._timed_at = -1
         # account -> (IMR the pre-trade check logged, its event); the latest of a message wins,
@@ -123,7 +141,8 @@ class Observer:
     def _external(self, asset: str, quantity: Decimal) -> None:
         self.external[asset] = self.external.get(asset, ZERO) + quantity
 
-    def after_message(self) -> None:
+    def after_message(self, address: str) -> None:
+        self._handled[address] = None
         if self._claims:
             self._check_claims()
         if self._problem is not None:
@@ -133,12 +152,14 @@ class Observer:
             self.check()
 
     # -- the checks -------------------------------------------------------------------------
-    def check(self) -> None:
+    def check(self, everything: bool = False) -> None:
+        """Look at what changed since the last check (``everything``: at every sub-account)."""
         self.checks += 1
-        for invariant, problems in self._violations():
+        for invariant, problems in self._violations(everything):
             if problems:
                 self._fail(invariant, problems[0])
         self._touched.clear()
+        self._handled.clear()
 
     def _check_claims(self) -> None:
         """Each accepted perp order's IMR, as the pre-trade check logged it, is the truth."""
@@ -156,13 +177,13 @@ class Observer:
     def _fail(self, invariant: str, detail: str) -> None:
         raise InvariantViolation(invariant, detail, self.system.log.last, self.system.seed, now_ms())
 
-    def _violations(self) -> Iterable[tuple[str, list[str]]]:
+    def _violations(self, everything: bool) -> Iterable[tuple[str, list[str]]]:
         system = self.system
         settle = system.profile.settlement_asset
-        accounts = {a: actor.account for a, actor in system.accounts.items()}
         asset_flight: dict[str, Decimal] = {}
         contract_flight: dict[tuple[str, str], Decimal] = {}
         claim_flight: dict[tuple[str, str, str], Decimal] = {}  # (account, "lends"/"borrows", asset)
+        due: dict[str, None] = {}  # the accounts to look at, in a fixed order
         for _, recipient, message in system.network.in_flight():
             kind = type(message)
             if kind in _CARRIERS:
@@ -175,38 +196,91 @@ class Observer:
             if kind in _CLAIMS:
                 for key, quantity in _claims(recipient, message):
                     claim_flight[key] = claim_flight.get(key, ZERO) + quantity
-        holdings = holdings_by_asset(
-            accounts.values(), (m.book for m in system.markets.values()), (p.pool for p in system.pools.values()),
-            system.liquidator.fund, settle,
-        )
-        for asset, quantity in asset_flight.items():
+        accounts = system.accounts
+        if len(self._ids) != len(accounts):
+            self._ids = list(accounts)
+            self._address = {account_address(a): a for a in accounts}
+        if everything:
+            due = dict.fromkeys(accounts)
+        else:
+            for address in (*self._handled, *self._touched, *(r for r, _ in contract_flight),
+                            *(r for r, _, _ in claim_flight)):
+                account_id = self._address.get(address)
+                if account_id is not None:
+                    due[account_id] = None
+            due.update(dict.fromkeys(self._records_changed()))
+            ids = self._ids
+            for i in range(min(SWEEP, len(ids))):
+                due[ids[(self._turn + i) % len(ids)]] = None
+            self._turn = (self._turn + SWEEP) % max(len(ids), 1)
+        for account_id in due:
+            self._look_at(account_id)
+        holdings = dict(self._held_total)
+        venue = holdings_by_asset((), (m.book for m in system.markets.values()), (p.pool for p in system.pools.values()),
+                                  system.liquidator.fund, settle)
+        for asset, quantity in (*venue.items(), *asset_flight.items()):
             holdings[asset] = holdings.get(asset, ZERO) + quantity
         yield "conservation", conservation_violations(holdings, self.external)
-        yield "positions", self._positions(accounts, contract_flight)
-        yield "pools", self._pools(accounts, claim_flight)
-        yield "no negative balance", self._negatives()
+        yield "positions", self._positions(due, contract_flight)
+        yield "pools", self._pools(due, claim_flight)
+        yield "no negative balance", self._negatives(due)
         yield "liquidation is timely", self._timeliness()
-        yield "no silent contamination", self._contamination(accounts)
+        yield "no silent contamination", self._contamination(due)
 
-    def _positions(self, accounts: dict[str, Any], flight: dict[tuple[str, str], Decimal]) -> list[str]:
+    def _records_changed(self) -> Iterable[str]:
+        """Accounts whose position on a book, or lend or borrow in a pool, changed since the
+        last check: only markets and pools that handled a message are read."""
+        system = self.system
+        for symbol, market in system.markets.items():
+            if market.market.is_perp and (market.address in self._handled or symbol not in self._seen_books):
+                now, before = market.book.positions, self._seen_books.get(symbol, {})
+                yield from (a for a in dict.fromkeys([*now, *before]) if now.get(a) != before.get(a))
+                self._seen_books[symbol] = dict(now)
+        for asset, actor in system.pools.items():
+            if actor.address in self._handled or asset not in self._seen_pools:
+                pool, seen = actor.pool, self._seen_pools.get(asset, ({}, {}))
+                for now, before in ((pool.lenders, seen[0]), (pool.borrowers, seen[1])):
+                    yield from (a for a in dict.fromkeys([*now, *before]) if now.get(a) != before.get(a))
+                self._seen_pools[asset] = (dict(pool.lenders), dict(pool.borrowers))
+
+    def _look_at(self, account_id: str) -> None:
+        """Bring the account's share of the running totals, and its health, up to date."""
+        self.looked += 1
+        actor = self.system.accounts[account_id]
+        held = holdings_by_asset((actor.account,), (), (), {}, self.system.profile.settlement_asset)
+        total = self._held_total
+        for asset, quantity in self._held.get(account_id, {}).items():
+            total[asset] -= quantity
+        for asset, quantity in held.items():
+            total[asset] = total.get(asset, ZERO) + quantity
+        self._held[account_id] = held
+        if actor.unhealthy_since_ms is not None and not actor.account.liquidating:
+            self._unhealthy[account_id] = None
+        else:
+            self._unhealthy.pop(account_id, None)
+
+    def _positions(self, due: dict[str, None], flight: dict[tuple[str, str], Decimal]) -> list[str]:
         problems = []
+        accounts = self.system.accounts
         for symbol, market in self.system.markets.items():
             if not market.market.is_perp:
                 continue
             book = market.book.positions
-            net = sum(book.values(), ZERO)
-            if net:
-                problems.append(f"{symbol}: positions sum to {fmt(net)}, not zero")
-            for account_id in dict.fromkeys([*book, *(a for a, acc in accounts.items() if symbol in acc.positions)]):
-                pos = accounts[account_id].positions.get(symbol)
+            if market.address in self._handled or symbol not in self._seen_books:
+                net = sum(book.values(), ZERO)
+                if net:
+                    problems.append(f"{symbol}: positions sum to {fmt(net)}, not zero")
+            for account_id in due:
+                pos = accounts[account_id].account.positions.get(symbol)
                 mine = (pos.quantity if pos is not None else ZERO) + flight.get((account_address(account_id), symbol), ZERO)
                 if mine != book.get(account_id, ZERO):
                     problems.append(f"{symbol}: the market holds {account_id} at {fmt(book.get(account_id, ZERO))}, "
                                     f"the account (with fills on the way) at {fmt(mine)}")
         return problems
 
-    def _pools(self, accounts: dict[str, Any], flight: dict[tuple[str, str, str], Decimal]) -> list[str]:
+    def _pools(self, due: dict[str, None], flight: dict[tuple[str, str, str], Decimal]) -> list[str]:
         problems = []
+        accounts = self.system.accounts
         for asset, actor in self.system.pools.items():
             pool = actor.pool
             expected = pool.lent + pool.fee_income + pool.undistributed - pool.borrowed
@@ -215,18 +289,22 @@ class Observer:
             if pool.cash < 0:
                 problems.append(f"{asset} pool: borrows exceed the lent supply (cash {fmt(pool.cash)})")
             for side, records in (("lends", pool.lenders), ("borrows", pool.borrowers)):
-                for account_id in dict.fromkeys([*records, *(a for a, acc in accounts.items() if getattr(acc, side).get(asset))]):
-                    mine = getattr(accounts[account_id], side).get(asset, ZERO)
-                    mine += flight.get((account_address(account_id), side, asset), ZERO)
-                    if mine != records.get(account_id, ZERO):
-                        problems.append(f"{asset} pool: {account_id} {side} {fmt(records.get(account_id, ZERO))} in the "
+                for account_id in due:
+                    mine = getattr(accounts[account_id].account, side).get(asset)
+                    recorded = records.get(account_id)
+                    if mine is None and recorded is None and not flight:
+                        continue
+                    mine = (mine or ZERO) + flight.get((account_address(account_id), side, asset), ZERO)
+                    if mine != (recorded or ZERO):
+                        problems.append(f"{asset} pool: {account_id} {side} {fmt(recorded or ZERO)} in the "
                                         f"pool, {fmt(mine)} on the account (with what is on its way)")
         return problems
 
-    def _negatives(self) -> list[str]:
+    def _negatives(self, due: dict[str, None]) -> list[str]:
         problems = []
         settle = self.system.profile.settlement_asset
-        for actor in self.system.accounts.values():
+        for account_id in due:
+            actor = self.system.accounts[account_id]
             account = actor.account
             for asset, bal in account.balances.items():
                 if bal.available >= 0 and bal.locked >= 0 or account.borrows.get(asset):
@@ -241,13 +319,15 @@ class Observer:
         """Judged once per virtual instant (a rule about time; most events share one), from when
         each account's own health reports first found it unhealthy and not liquidating: exact
         however sparse the checks (sampling here alone once took a brief recovery between two
-        checks for one long unhealthy spell)."""
+        checks for one long unhealthy spell). Only accounts that were unhealthy when last looked
+        at are read: an account's health changes only while it handles a message."""
         problems: list[str] = []
         now = now_ms()
         if now == self._timed_at:
             return problems
         self._timed_at = now
-        for account_id, actor in self.system.accounts.items():
+        for account_id in self._unhealthy:
+            actor = self.system.accounts[account_id]
             account = actor.account
             reported = actor.unhealthy_since_ms
             if reported is None or account.liquidating:
@@ -259,9 +339,10 @@ class Observer:
                                 f"t={since / 1000:.3f}s and is not being liquidated")
         return problems
 
-    def _contamination(self, accounts: dict[str, Any]) -> list[str]:
+    def _contamination(self, due: dict[str, None]) -> list[str]:
         problems = []
-        for account_id, account in accounts.items():
+        for account_id in due:
+            account = self.system.accounts[account_id].account
             snapshot = (
                 tuple((a, b.available + b.locked) for a, b in account.balances.items() if b.available + b.locked),
                 tuple(account.lends.items()),

@@ -58,7 +58,7 @@ class Context:
 
     __slots__ = ("network", "log", "after_message")
 
-    def __init__(self, network: Network, log: EventLog, after_message: Callable[[], None]) -> None:
+    def __init__(self, network: Network, log: EventLog, after_message: Callable[[str], None]) -> None:
         self.network = network
         self.log = log
         self.after_message = after_message
@@ -96,7 +96,7 @@ class Actor:
                 while queue:
                     self.current = sender, message = queue.popleft()
                     carry_out(address, handle(sender, message, round(trio.current_time() * 1000)))
-                    after()
+                    after(address)
                     burst += 1
                     if burst == _BURST:
                         burst = 0

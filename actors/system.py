@@ -138,9 +138,9 @@ class System:
         self.venue.add_backstop(account_id, capacity)
 
     # -- running ----------------------------------------------------------------------------
-    def after_message(self) -> None:
+    def after_message(self, address: str) -> None:
         if self.observer is not None:
-            self.observer.after_message()
+            self.observer.after_message(address)
         if self.network.lockstep:
             self.network.handled()
 
@@ -183,7 +183,7 @@ class System:
                     await self.scheduler.run(until_ms, watch, clock)
                 nursery.cancel_scope.cancel()
             if self.observer is not None:
-                self.observer.check()
+                self.observer.check(everything=True)
         except* ActorCrashed as group:
             crash = group.exceptions[0]
             assert isinstance(crash, ActorCrashed)

@@ -9,7 +9,10 @@ Reports:
 * orders per second for one order stream through the direct engine (the same machines, no Trio)
   and through the actor system with the invariant observer off and on (after every event);
 * wall time per price tick and memory per sub-account with 10 ... 10,000 sub-accounts that hold
-  a position in the moving market, and the same with as many again holding nothing there.
+  a position in the moving market, and the same with as many again holding nothing there;
+* what the invariant observer costs at scale: 100 and 1,000 sub-accounts, each with a noise
+  trader at one order a second against a market maker, checked every 200 events (a fuzz
+  campaign's setting) against the same run with the observer off.
 
 Wall times are medians of a few repeats in this one process; compare the ratios, the machine
 is shared and noisy.
@@ -32,7 +35,7 @@ import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.agents import Agent  # noqa: E402
+from actors.agents import Agent, MarketMaker, NoiseTrader  # noqa: E402
 from actors.network import Mailbox, Quiet  # noqa: E402
 from actors.paths import Constant, RandomWalk  # noqa: E402
 from actors.system import System  # noqa: E402
@@ -188,6 +191,36 @@ def per_tick(holders: int, idle: int, ticks: int = 20) -> tuple[float, float]:
     return (long - short) / ticks, per_account
 
 
+# -- the observer at scale -------------------------------------------------------------------
+
+
+def crowd_run(accounts: int, seconds: int, check_every: int | None) -> tuple[float, int]:
+    """(wall seconds, events) of ``accounts`` noise traders at one order a second on a BTC perp
+    quoted by one market maker, prices moving every second."""
+    system = System(PROFILE, seed=4, check_every=check_every, keep_events=False, fingerprint=False)
+    system.set_path("BTC", RandomWalk(D(100000), D(0), D("0.3"), 1000, random.Random(5)))
+    system.add_account("mm", deposits={"USDC": D(10_000_000)}, settings=Settings(leverage_limit=D(20)), markets=[BTC])
+    system.add_agent(MarketMaker(system, "maker", "mm", [BTC], size=D("0.5")))
+    for i in range(accounts):
+        system.add_account(f"n{i}", deposits={"USDC": D(100_000)}, settings=Settings(leverage_limit=D(10)),
+                           markets=[BTC])
+        system.add_agent(NoiseTrader(system, f"noise{i}", f"n{i}", [BTC], interval_ms=1000, max_steps=5))
+    gc.collect()
+    start = time.perf_counter()
+    result = system.run(seconds)
+    return time.perf_counter() - start, result.event_count
+
+
+def observer_cost(accounts: int, seconds: int) -> tuple[float, int]:
+    """(wall time with the observer every 200 events / without, events), medians of three."""
+    ratios, events = [], 0
+    for _ in range(3):
+        off, events = crowd_run(accounts, seconds, None)
+        on, _ = crowd_run(accounts, seconds, 200)
+        ratios.append(on / off)
+    return statistics.median(ratios), events
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, a quick look")
@@ -209,6 +242,10 @@ def main() -> None:
     print(f"    actor system, observer every 1,000 events      {sparse:10,.0f} orders/s   ({sparse / core:.0%})")
     print(f"    actor system, observer after every event       {every:10,.0f} orders/s   ({every / core:.1%};"
           f" first {len(stream) // 10:,} orders)")
+    print("  the observer every 200 events against none (noise traders at one order a second):")
+    for n, seconds in ((100, 20), (1000, 10) if args.quick else (1000, 20)):
+        ratio, events = observer_cost(n, seconds)
+        print(f"    {n:>6,} sub-accounts, {seconds} s ({events:,} events): {ratio:.2f}x")
     print("  price ticks (BTC moves every second):")
     print(f"    {'holders':>8} {'idle':>8} {'ms/tick':>9} {'us/holder':>10} {'KB/account':>11}")
     for n in sizes:

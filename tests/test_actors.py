@@ -408,6 +408,56 @@ def test_an_order_outside_the_price_band_is_refused_by_the_book_with_its_numbers
     assert trader.refused["far"].code is ErrorCode.INVALID_PRICE
 
 
+def crowd(idle: int) -> System:
+    """One trader buying from a maker every second, beside ``idle`` sub-accounts holding USDC."""
+    system = System(PROFILE, seed=3, check_every=1)
+    system.set_path("BTC", Constant(D(100000)))
+    system.add_account("mm", deposits={"USDC": D(1_000_000)}, markets=[BTC])
+    system.add_account("trader", deposits={"USDC": D(100_000)}, markets=[BTC])
+    for i in range(idle):
+        system.add_account(f"idle{i}", deposits={"USDC": D(1000)})
+    system.add_agent(MarketMaker(system, "maker", "mm", [BTC], size=D("0.1")))
+    system.add_agent(ScriptedTrader(system, "bot", "trader",
+                                    [(1000 * s, market_order(f"b{s}", "trader", BTC, Side.BID, "0.01"))
+                                     for s in range(1, 10)]))
+    return system
+
+
+def test_the_observer_looks_at_what_changed_not_at_every_account():
+    """With 500 idle sub-accounts beside two that trade, a check after every message looks at
+    the accounts that handled or logged something since the last (one or two here) and a sweep
+    of ``SWEEP`` more in turn, not at all 502; only the check at the end looks at every one."""
+    from actors.observer import SWEEP
+
+    system = crowd(500)
+    system.run(10)
+    observer = system.observer
+    assert observer.checks > 500  # every deposit at t=0 is a message, then the trading
+    assert (observer.looked - 502) / (observer.checks - 1) <= SWEEP + 3
+
+
+class SilentThief(ScriptedTrader):
+    """Adds 1 USDC straight into another sub-account's ledger at 5 s: no message, no event."""
+
+    def __init__(self, system, name, account_id, victim):
+        super().__init__(system, name, account_id, [(5_000, None)])
+        self.victim = system.accounts[victim].account
+
+    def on_tick(self, sender, message):
+        self.victim.credit("USDC", D(1))
+
+
+def test_a_silent_change_to_an_account_nobody_touches_is_found_by_the_sweep():
+    """The victim handles nothing after t=0, so only the sweep looks at it; with 101 accounts
+    and ``SWEEP`` a check, it is reached within ceil(101 / SWEEP) = 7 checks (one per message
+    here), and conservation, the first invariant checked, is what breaks."""
+    system = crowd(99)
+    system.add_agent(SilentThief(system, "thief", "trader", "idle57"))
+    with pytest.raises(RunFailed) as info:
+        system.run(10)
+    assert "USDC not conserved" in str(info.value) and info.value.time_ms == 5000
+
+
 @pytest.mark.parametrize("every", [1, 200])
 def test_an_account_left_unliquidated_breaks_timeliness_however_sparse_the_checks(every):
     """The liquidator's messages to the trader are held from t=4s: at t=5s the trader is at MMR
