@@ -349,10 +349,13 @@ def campaign(
     progress: Callable[[FuzzOutcome], None] | None = None,
     differential: bool = False,
 ) -> Campaign:
-    """Run seeds, in this process (``jobs`` 1), a process pool, or the given Executor.
+    """Run seeds, in this process (``jobs`` 1), a process pool of ``jobs``, or the given Executor.
 
-    With a ``time_budget`` (seconds), no new seed starts after it runs out. ``differential``
-    compares the engine with the actors on each seed instead of hunting races.
+    An executor is kept as busy as it has workers, asked of it (``executor_workers``, asked
+    again as a run goes on, so a cluster that grows is used): one seed in flight per worker, so
+    none waits while another sits queued. With a ``time_budget`` (seconds), no new seed starts
+    after it runs out. ``differential`` compares the engine with the actors on each seed instead
+    of hunting races.
     """
     one = run_differential if differential else run_seed
     start = time.perf_counter()
@@ -370,26 +373,64 @@ def campaign(
             if deadline is not None and time.perf_counter() > deadline:
                 break
             record(one(seed, settings))
-    else:
-        own = executor is None
-        pool = executor if executor is not None else ProcessPoolExecutor(max_workers=jobs)
-        try:
-            for future in _bounded(pool, one, seeds, settings, max(jobs, 1) * 2, deadline):
-                record(future.result())
-        finally:
-            if own:
-                pool.shutdown(cancel_futures=True)
+        return _finished(outcomes, start, 1)
+    own = executor is None
+    pool = executor if executor is not None else ProcessPoolExecutor(max_workers=jobs)
+    workers = _Workers(pool, jobs)
+    try:
+        for future in _bounded(pool, one, seeds, settings, workers, deadline):
+            record(future.result())
+    finally:
+        if own:
+            pool.shutdown(cancel_futures=True)
+    return _finished(outcomes, start, workers.most)
+
+
+def _finished(outcomes: list[FuzzOutcome], start: float, jobs: int) -> Campaign:
     outcomes.sort(key=lambda o: o.seed)
     return Campaign(tuple(outcomes), time.perf_counter() - start, jobs)
 
 
+def executor_workers(executor: Executor) -> int | None:
+    """How many tasks ``executor`` runs at once, or None if it does not say.
+
+    The standard library's pools know their ``max_workers``, and a dask ``ClientExecutor`` its
+    client, whose workers' threads are the answer; neither is public API, hence the care.
+    """
+    client = getattr(executor, "_client", None)
+    if client is not None and callable(getattr(client, "nthreads", None)):
+        return sum(client.nthreads().values())
+    workers = getattr(executor, "_max_workers", None)
+    return workers if isinstance(workers, int) else None
+
+
+class _Workers:
+    """The executor's width, asked at most every ``REFRESH_S`` seconds (a cluster may grow)."""
+
+    REFRESH_S = 2.0
+
+    def __init__(self, executor: Executor, default: int) -> None:
+        self._executor = executor
+        self._default = max(default, 1)
+        self._asked = -self.REFRESH_S
+        self._now = self._default
+        self.most = 0  # the widest it was seen, for seeds/s per job
+
+    def __call__(self) -> int:
+        if time.monotonic() - self._asked >= self.REFRESH_S:
+            self._asked = time.monotonic()
+            self._now = max(executor_workers(self._executor) or self._default, 1)
+            self.most = max(self.most, self._now)
+        return self._now
+
+
 def _bounded(pool: Executor, one: Callable[[int, FuzzSettings], FuzzOutcome], seeds: Iterator[int],
-             settings: FuzzSettings, window: int, deadline: float | None) -> Iterator[Future[FuzzOutcome]]:
-    """Keep ``window`` seeds in flight; stop submitting at the deadline."""
+             settings: FuzzSettings, width: Callable[[], int], deadline: float | None) -> Iterator[Future[FuzzOutcome]]:
+    """Keep ``width()`` seeds in flight; stop submitting at the deadline."""
     running: set[Future[FuzzOutcome]] = set()  # membership only: results are sorted by seed
     exhausted = False
     while running or not exhausted:
-        while not exhausted and len(running) < window and (deadline is None or time.perf_counter() < deadline):
+        while not exhausted and len(running) < width() and (deadline is None or time.perf_counter() < deadline):
             seed = next(seeds, None)
             if seed is None:
                 exhausted = True

@@ -94,6 +94,32 @@ def test_a_campaign_fans_out_over_any_executor():
     assert [(o.seed, o.label, o.events) for o in spread.outcomes] == [(o.seed, o.label, o.events) for o in here.outcomes]
 
 
+def test_a_dask_campaign_keeps_every_worker_busy():
+    """A two-worker cluster on loopback: the campaign asks the executor how wide it is (2), and
+    the cluster's task stream shows both workers running seeds, two at a time."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        executor = client.get_executor()
+        assert fuzz.executor_workers(executor) == 2
+        with get_task_stream(client) as stream:
+            campaign = fuzz.campaign(range(10), executor=executor)
+    assert [o.seed for o in campaign.outcomes] == list(range(10)) and campaign.jobs == 2
+    runs = [t for t in stream.data if t["key"].startswith("run_seed")]
+    assert len(runs) == 10 and len({t["worker"] for t in runs}) == 2
+    spans = [(s["start"], s["stop"]) for t in runs for s in t["startstops"] if s["action"] == "compute"]
+    overlap = max(sum(1 for a, b in spans if a <= start < b) for start, _ in spans)
+    assert overlap == 2
+
+
+def test_the_standard_pools_say_how_wide_they_are():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=3) as processes, ThreadPoolExecutor(max_workers=5) as threads:
+        assert fuzz.executor_workers(processes) == 3 and fuzz.executor_workers(threads) == 5
+
+
 def test_a_time_budget_stops_new_runs():
     campaign = fuzz.campaign(range(1000), time_budget=0.3)
     assert 1 <= len(campaign.outcomes) < 1000
