@@ -52,16 +52,26 @@ def now_ms() -> int:
     return round(trio.current_time() * 1000)
 
 
-class Context:
-    """What an actor may touch of its run: the network, the event log, and the observer's look
-    between messages."""
+class RealTime:
+    """The run's time in milliseconds, read from trio's clock (a real-time run)."""
 
-    __slots__ = ("network", "log", "after_message")
+    @property
+    def ms(self) -> int:
+        return now_ms()
+
+
+class Context:
+    """What an actor may touch of its run: the network, the event log, the observer's look
+    between messages, and the time (``clock.ms``: a plain attribute on virtual time, read
+    once per message)."""
+
+    __slots__ = ("network", "log", "after_message", "clock")
 
     def __init__(self, network: Network, log: EventLog, after_message: Callable[[str], None]) -> None:
         self.network = network
         self.log = log
         self.after_message = after_message
+        self.clock: VirtualClock | RealTime = RealTime()
 
     def carry_out(self, address: str, effects: Iterable[Effect]) -> None:
         """Sends go on the network from ``address``; events go to the log, in order."""
@@ -90,12 +100,13 @@ class Actor:
         carry_out = self.context.carry_out
         address = self.address
         after = self.context.after_message
+        clock = self.context.clock
         try:
             while True:
                 burst = 0
                 while queue:
                     self.current = sender, message = queue.popleft()
-                    carry_out(address, handle(sender, message, round(trio.current_time() * 1000)))
+                    carry_out(address, handle(sender, message, clock.ms))
                     after(address)
                     burst += 1
                     if burst == _BURST:
@@ -122,6 +133,7 @@ class VirtualClock(trio.abc.Clock):
 
     def __init__(self) -> None:
         self._now = 0.0
+        self.ms = 0
 
     def start_clock(self) -> None:
         pass
@@ -134,8 +146,9 @@ class VirtualClock(trio.abc.Clock):
 
     def advance(self, ms: int) -> None:
         if ms / 1000 < self._now:
-            raise ValueError(f"virtual time cannot go back from {self._now * 1000:.0f} ms to {ms} ms")
+            raise ValueError(f"virtual time cannot go back from {self.ms} ms to {ms} ms")
         self._now = ms / 1000
+        self.ms = ms
 
 
 class Watch:
@@ -205,7 +218,7 @@ class Inline:
             while queue:
                 sender, message = queue[0]
                 try:
-                    effects = handle(sender, message, now_ms())
+                    effects = handle(sender, message, self.context.clock.ms)
                 except Exception as exc:
                     raise ActorCrashed(address, sender, message, exc) from exc
                 queue.popleft()

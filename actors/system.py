@@ -32,7 +32,7 @@ from actors import events
 from actors.determinism import deterministic_scheduling
 from actors.network import ZERO_LATENCY, Latency, Network
 from actors.observer import InvariantViolation, Observer
-from actors.runtime import Actor, ActorCrashed, Context, Inline, Scheduler, Stalled, VirtualClock, Watch
+from actors.runtime import Actor, ActorCrashed, Context, Inline, RealTime, Scheduler, Stalled, VirtualClock, Watch
 from exchange import margin
 from exchange.feed import PricePath
 from exchange.liquidation import LiquidationStep, needs_liquidation
@@ -40,6 +40,10 @@ from exchange.machine import Machine
 from exchange.profile import Profile
 from exchange.subaccount import SubAccountMachine
 from exchange.venue import SETUP, Venue
+
+
+def _nothing(address: str) -> None:
+    """No observer: nothing to look at between messages."""
 
 
 class RunFailed(Exception):
@@ -119,6 +123,8 @@ class System:
         self.observer = Observer(self, check_every, grace, faults_until_ms) if check_every is not None else None
         if self.observer is not None:
             self.log.listener = self.observer.on_event
+        if not lockstep:  # the look between messages goes straight to the observer
+            self.context.after_message = self.observer.after_message if self.observer is not None else _nothing
 
     # -- building ---------------------------------------------------------------------------
     def add_account(self, account_id: str, **kwargs: Any) -> SubAccountMachine:
@@ -170,6 +176,7 @@ class System:
 
     async def run_async(self, until_s: float, clock: VirtualClock | None) -> RunResult:
         until_ms = round(until_s * 1000)
+        self.context.clock = clock if clock is not None else RealTime()
         watch = Watch(self.log, self.stall_ms, self._pending_work, self._diagnosis, self.progress,
                       max(until_ms // 100, 1))
         try:

@@ -96,7 +96,7 @@ def test_a_campaign_fans_out_over_any_executor():
 
 def test_a_dask_campaign_keeps_every_worker_busy():
     """A two-worker cluster on loopback: the campaign asks the executor how wide it is (2), and
-    the cluster's task stream shows both workers running seeds, two at a time."""
+    the cluster's task stream shows both workers running seeds at the same time, each its share."""
     from distributed import Client, LocalCluster, get_task_stream
 
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster, \
@@ -110,7 +110,9 @@ def test_a_dask_campaign_keeps_every_worker_busy():
     assert len(runs) == 10 and len({t["worker"] for t in runs}) == 2
     spans = [(s["start"], s["stop"]) for t in runs for s in t["startstops"] if s["action"] == "compute"]
     overlap = max(sum(1 for a, b in spans if a <= start < b) for start, _ in spans)
-    assert overlap == 2
+    assert overlap >= 2  # both at once (each worker's clock stamps its own tasks, so not exactly 2)
+    per_worker = [sum(1 for t in runs if t["worker"] == w) for w in {t["worker"] for t in runs}]
+    assert min(per_worker) >= 2
 
 
 def test_the_standard_pools_say_how_wide_they_are():
