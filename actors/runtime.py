@@ -232,8 +232,11 @@ class Scheduler:
     delivers everything due now, the network's queued messages and the calendar's ticks, in one
     pass; when nothing is due it moves virtual time to the next instant that has something.
 
+    On virtual time this step is run by the last actor to park (``Quiet.settled``), so moving
+    the clock costs no task step or scheduler pass of its own; the run's main task waits until
+    the step finds the run over, or fails (a stall, an agent that crashed), and raises that.
     ``Schedule`` messages reach the calendar on arrival (``Network.register_calendar``). With a
-    real-time clock (``realtime``) it sleeps until the next entry instead, woken early by an
+    real-time clock it is a task that sleeps until the next entry instead, woken early by an
     earlier one."""
 
     def __init__(self, context: Context) -> None:
@@ -241,31 +244,69 @@ class Scheduler:
         self.address = SCHEDULER
         self.calendar = Calendar()
         context.network.register_calendar(self.calendar)
+        self._ended = trio.lowlevel.ParkingLot()
+        self._failure: BaseException | None = None
+        self._over = False
 
     async def run(self, until_ms: int, watch: Watch, clock: VirtualClock | None) -> None:
         """Run to ``until_ms`` (everything due then included); ``clock`` None: real time."""
-        calendar, network = self.calendar, self.context.network
-        send, quiet = network.send, network.quiet
+        if clock is None:
+            await self._run_realtime(until_ms, watch)
+            return
+        quiet = self.context.network.quiet
+        quiet.settled = lambda: self._settle(until_ms, watch, clock)
+        if not quiet.busy:
+            self._settle(until_ms, watch, clock)
+        if not self._over:
+            await self._ended.park()
+        if self._failure is not None:
+            raise self._failure
+
+    def _deliver(self, now: int) -> bool:
+        """Everything due at ``now``, in one pass; whether there was anything."""
+        network, calendar = self.context.network, self.calendar
+        delivered = network.deliver_due(now)
+        next_tick = calendar.next_ms()
+        if next_tick is not None and next_tick <= now:
+            for address, tick in calendar.due():
+                network.send(SCHEDULER, address, tick)
+            delivered = True
+        return delivered
+
+    def _next(self, now: int, until_ms: int, watch: Watch) -> int:
+        due = min(t for t in (self.context.network.next_due_ms(), self.calendar.next_ms(), until_ms) if t is not None)
+        return watch.next_stop(now, due)
+
+    def _settle(self, until_ms: int, watch: Watch, clock: VirtualClock) -> None:
+        """Every actor waits: deliver what is due now, else move the clock on, until some actor
+        has work or the run is over."""
+        quiet = self.context.network.quiet
+        try:
+            while not quiet.busy:
+                now = clock.ms
+                if self._deliver(now):
+                    continue  # it went to agents only, or woke actors: the loop ends
+                if now >= until_ms:
+                    self._end()
+                    return
+                clock.advance(self._next(now, until_ms, watch))
+        except BaseException as exc:  # raised where the main task waits, not in this actor
+            self._failure = exc
+            self._end()
+
+    def _end(self) -> None:
+        self._over = True
+        self.context.network.quiet.settled = None
+        self._ended.unpark_all()
+
+    async def _run_realtime(self, until_ms: int, watch: Watch) -> None:
+        network = self.context.network
         while True:
-            if clock is not None:
-                await quiet.wait()
-            else:
-                await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
             now = now_ms()
-            delivered = network.deliver_due(now)
-            next_tick = calendar.next_ms()
-            if next_tick is not None and next_tick <= now:
-                for address, tick in calendar.due():
-                    send(SCHEDULER, address, tick)
-                delivered = True
-            if delivered:
+            if self._deliver(now):
                 continue
             if now >= until_ms:
                 return
-            due = min(t for t in (network.next_due_ms(), next_tick, until_ms) if t is not None)
-            due = watch.next_stop(now, due)
-            if clock is not None:
-                clock.advance(due)
-            else:
-                with trio.move_on_at(due / 1000):
-                    await network.wake.park()
+            with trio.move_on_at(self._next(now, until_ms, watch) / 1000):
+                await network.wake.park()
