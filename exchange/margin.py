@@ -129,16 +129,27 @@ def _borrow_risk(account: SubAccount, asset: str, borrowed: Decimal, floor: Deci
 
 
 def collateral_value(account: SubAccount, asset: str, quantity: Decimal, price: Decimal) -> tuple[Decimal, Decimal]:
-    """(weight, value) of ``quantity`` of ``asset`` at ``price`` (spec 2.1-2.2)."""
+    """(weight, value) of ``quantity`` of ``asset`` at ``price`` (spec 2.1-2.2).
+
+    The last answer per asset is kept on the account, keyed by its inputs: most health checks
+    revalue holdings that have not moved."""
+    cache_key = ("collateral", asset)
+    cached = account.risk_cache.get(cache_key)
+    if cached is not None and cached[0] == (quantity, price):
+        return cached[1]  # type: ignore[return-value]
     notional = quantity * price
     if quantity <= 0:
-        return ONE, notional  # an unreconciled negative balance counts in full
-    haircut = account.profile.assets[asset].haircut
-    if account.profile.haircut_mode == "marginal":
-        value = haircut.marginal_value(notional)
-        return (value / notional if notional else haircut.cap), value
-    weight = haircut.weight_at(notional)
-    return weight, notional * weight
+        result = ONE, notional  # an unreconciled negative balance counts in full
+    else:
+        haircut = account.profile.assets[asset].haircut
+        if account.profile.haircut_mode == "marginal":
+            value = haircut.marginal_value(notional)
+            result = (value / notional if notional else haircut.cap), value
+        else:
+            weight = haircut.weight_at(notional)
+            result = weight, notional * weight
+    account.risk_cache[cache_key] = ((quantity, price), result)
+    return result
 
 
 # ---------------------------------------------------------------------------------------
