@@ -10,6 +10,7 @@ Refusals keep the core's message, numbers included, under the venue's error code
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -327,9 +328,11 @@ def _iso_ms(unix_ms: int) -> str:
 def _mark_row(session: Session, symbol: str) -> Json:
     machine = session.venue.markets[symbol]
     clock = machine.funding
+    # The estimate integrates the premium up to now; on a copy, so that reading it never moves
+    # the market's own running sum (a read must not change a later funding rate's last digit).
     return {"symbol": symbol, "markPrice": money(machine.mark), "indexPrice": money(machine.index),
-            "fundingRate": money(clock.estimate(session.now_ms)) if clock is not None else None,
-            "nextFundingTimestamp": session.venue_ms(clock.next_funding_ms()) if clock is not None else None}
+            "fundingRate": money(copy.copy(clock).estimate(session.now_ms)) if clock is not None else None,
+            "nextFundingTimestamp": session.venue_ms(clock.next_funding_ms) if clock is not None else None}
 
 
 def mark_prices(session: Session, params: Params) -> Json:
