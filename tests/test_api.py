@@ -46,6 +46,15 @@ seed = 3
 kind = "steps"
 points = [[0, 100000], [{DROP_S}, 90500]]
 
+# From t=42 s the perp's mark is 0.1% over the index (a ramp from t=41 s), so funding (every 20 s here) is paid;
+# interest accrues every 10 s.
+[prices.BTC_USDC_PERP]
+points = [[0, 0], [41, 0], [42, 0.001]]
+
+[profile_overrides]
+interest_interval = 10
+markets = {{ BTC_USDC_PERP = {{ funding_interval = 20 }} }}
+
 [[accounts]]
 id = "maker"
 deposits = {{ USDC = 10000000, BTC = 100 }}
@@ -174,7 +183,7 @@ def test_markets_ticker_book_and_funding_through_ccxt(server: Server) -> None:
     perp = markets[PERP]
     assert perp["precision"]["price"] == 0.1 and perp["precision"]["amount"] == 0.00001
     assert perp["info"]["imfFunction"] == {"type": "sqrt", "base": "0.01333333", "factor": "0.00002494"}
-    assert perp["info"]["fundingInterval"] == 3_600_000
+    assert perp["info"]["fundingInterval"] == 20_000
     assert markets["BTC/USDC"]["spot"]
     book = ex.fetch_order_book(PERP, limit=5)
     # The maker quotes 4 levels of 0.5 BTC, 10 bps around the mark of 100,000.
@@ -185,7 +194,8 @@ def test_markets_ticker_book_and_funding_through_ccxt(server: Server) -> None:
     assert ticker["last"] == 100100.0
     funding = ex.fetch_funding_rate(PERP)
     assert funding["markPrice"] == 100000.0 and funding["indexPrice"] == 100000.0
-    assert funding["nextFundingTimestamp"] == venue_start_ms(server) + 3_600_000
+    start = venue_start_ms(server)
+    assert funding["nextFundingTimestamp"] - start in (20_000, 40_000)  # the first interval ends at t=20 s
     assert ex.fetch_status()["status"] == "ok"
     # /api/v1/time is the wall clock, a bare number of ms, as the venue serves it (ccxt 4.5.90's
     # fetch_time reads index 0 of that number, so it is checked raw).
@@ -475,6 +485,24 @@ def test_liquidation_seen_through_ccxt(server: Server) -> None:
     assert all(f["info"]["systemOrderType"] is None for f in user_only)
     (position,) = ex.fetch_positions() or [None]
     assert position is not None and 0 < float(position["contracts"]) < 1.0  # partial: smaller, not gone
+
+
+def test_funding_and_interest_histories(server: Server) -> None:
+    """The victim's long pays funding once the mark is over the index (from t=42 s: the first
+    payment is at t=60 s); the borrower's USDC borrow accrues interest every 10 s."""
+    victim = server.ccxt("victim")
+    victim.load_markets()
+    payments: list[Any] = []
+    deadline = time.monotonic() + 40  # bound the wait: t=60 s is 12 s of real time at rate 5
+    while not payments and time.monotonic() < deadline:
+        time.sleep(0.5)
+        payments = victim.fetch_funding_history(PERP)
+    assert payments, "no funding payment reached the client"
+    assert payments[0]["amount"] < 0 and payments[0]["symbol"] == PERP  # a long pays a positive rate
+    rates = victim.fetch_funding_rate_history(PERP)
+    assert any(r["fundingRate"] > 0 for r in rates)
+    interest = server.ccxt("borrower").privateGetWapiV1HistoryInterest()
+    assert interest and all(row["paymentType"] == "Borrow" and Decimal(row["quantity"]) < 0 for row in interest)
 
 
 def test_stop_prints_the_summary_and_the_log_replays(server: Server, tmp_path: Path) -> None:
