@@ -60,9 +60,19 @@ class ServeOptions:
 def account_keys(scenario: loader.Scenario) -> dict[str, auth.KeyPair]:
     """Every sub-account's credentials: the scenario's ``api_key`` if given, else a fresh pair."""
     keys = {}
-    for account in scenario.accounts:
-        configured = getattr(account, "api_key", None)
-        keys[account.id] = auth.KeyPair(configured, None) if configured else auth.generate_key()
+    for i, account in enumerate(scenario.accounts):
+        if account.api_key is None:
+            keys[account.id] = auth.generate_key()
+            continue
+        try:
+            auth.public_key(account.api_key)
+        except ValueError as exc:
+            raise InputError(scenario.source, f"accounts[{i}].api_key", account.api_key,
+                             f"base64 of a 32-byte ED25519 public key ({exc})") from None
+        keys[account.id] = auth.KeyPair(account.api_key, None)
+    taken = [k.api_key for k in keys.values()]
+    if len(set(taken)) != len(taken):
+        raise InputError(scenario.source, "accounts[].api_key", "the same api_key twice", "one key per sub-account")
     return keys
 
 

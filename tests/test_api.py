@@ -32,6 +32,8 @@ from backpack_exchange_sdk.public import PublicClient
 from nacl.signing import SigningKey
 
 PERP = "BTC/USDC:USDC"
+SDK_SEED = b"\x07" * 32  # the sdk sub-account's key is configured in the scenario, not generated
+SDK_PUBLIC = base64.b64encode(bytes(SigningKey(SDK_SEED).verify_key)).decode()
 RATE = 5
 DROP_S = 40  # virtual seconds: BTC steps from 100,000 to 90,500
 
@@ -83,6 +85,7 @@ deposits = {{ USDC = 10000 }}
 [[accounts]]
 id = "sdk"
 deposits = {{ USDC = 10000 }}
+api_key = "{SDK_PUBLIC}"
 
 [[market_makers]]
 name = "mm"
@@ -147,6 +150,18 @@ def venue_start_ms(srv: Server) -> int:
     return ccxt.Exchange.parse8601(created + "Z")
 
 
+def test_bad_configured_key_and_host_are_input_errors(tmp_path: Path) -> None:
+    scenario = tmp_path / "bad.toml"
+    scenario.write_text(SCENARIO.replace(SDK_PUBLIC, "bm90IGEga2V5"))
+    cli = [sys.executable, "-m", "scenarios.cli", "serve", str(scenario), "--port", "0"]
+    done = subprocess.run(cli, capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=60)
+    assert done.returncode == 2
+    assert "accounts[5].api_key" in done.stderr and "decodes to 9 bytes" in done.stderr
+    done = subprocess.run([*cli[:-2], "--host", "0.0.0.0"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, timeout=60)
+    assert done.returncode == 2 and "--public" in done.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # Raw requests, signed here by the rule the clients follow (notes: instruction, sorted
 # params, timestamp, window), to send what no client library would.
@@ -186,8 +201,10 @@ def test_markets_ticker_book_and_funding_through_ccxt(server: Server) -> None:
     assert perp["info"]["fundingInterval"] == 20_000
     assert markets["BTC/USDC"]["spot"]
     book = ex.fetch_order_book(PERP, limit=5)
-    # The maker quotes 4 levels of 0.5 BTC, 10 bps around the mark of 100,000.
-    assert book["bids"][0] == [99950.0, 0.5] and book["asks"][0] == [100050.0, 0.5]
+    # The maker quotes 4 levels of 0.5 BTC, 5 bps apart from 10 bps around the mark of 100,000;
+    # the victim's buy took the two best asks, which come back when the maker next refreshes.
+    assert book["bids"][:2] == [[99950.0, 0.5], [99900.0, 0.5]]
+    assert book["asks"][0] in ([100050.0, 0.5], [100150.0, 0.5])
     assert int(book["nonce"]) > 0 and abs(book["timestamp"] - time.time() * 1000) < 60_000
     ticker = ex.fetch_ticker(PERP)
     # The victim's opening buy of 1 BTC took the two best asks, 0.5 at 100,050 and 0.5 at 100,100.
@@ -323,7 +340,8 @@ def test_sdk_client(server: Server) -> None:
     public = PublicClient(base_url=base)
     assert any(m["symbol"] == "BTC_USDC_PERP" for m in public.get_markets())
     keys = server.keys["sdk"]
-    client = AuthenticationClient(keys["api_key"], keys["secret"], base_url=base)
+    assert keys == {"api_key": SDK_PUBLIC}  # a configured key: the server never had its secret
+    client = AuthenticationClient(SDK_PUBLIC, base64.b64encode(SDK_SEED).decode(), base_url=base)
     assert client.get_balances()["USDC"]["available"] == "10000"
     order = client.execute_order("Limit", "Bid", "BTC_USDC_PERP", price="95000", quantity="0.01", clientId=7)
     assert order["status"] == "New" and order["clientId"] == 7
