@@ -45,6 +45,15 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @attrs.frozen
+class Served:
+    """A finished session: the run (summarized as ``marginsim run`` does) and the venue-wide
+    invariants checked on the quiet venue at the end (conservation, pools, positions, balances)."""
+
+    run: ScenarioRun
+    violations: tuple[str, ...]
+
+
+@attrs.frozen
 class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -101,7 +110,7 @@ def result_of(session: Session, fingerprint: str) -> ScenarioRun:
     return ScenarioRun(session.scenario, session.seed, until_ms, result, None, ())
 
 
-def serve(scenario_ref: str, options: ServeOptions, overrides: list[str] | None = None) -> ScenarioRun:
+def serve(scenario_ref: str, options: ServeOptions, overrides: list[str] | None = None) -> Served:
     """Serve ``scenario_ref`` until stopped (or ``until_s``); the finished run."""
     check_host(options.host, options.public)
     scenario = loader.load(scenario_ref, overrides or [])
@@ -125,7 +134,7 @@ def serve(scenario_ref: str, options: ServeOptions, overrides: list[str] | None 
               "the API keys are the only protection", file=sys.stderr)
     trio.run(_serve, gateway, options)
     session.log_end()
-    return result_of(session, session.log.close())
+    return Served(result_of(session, session.log.close()), tuple(session.invariant_violations()))
 
 
 async def _serve(gateway: Gateway, options: ServeOptions) -> None:

@@ -179,9 +179,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     options = ServeOptions(args.host, args.port, args.rate, args.seed, args.keys, args.log, args.until, args.public,
                            args.rate_limit)
-    outcome = serve(args.scenario, options, args.overrides)
+    served = serve(args.scenario, options, args.overrides)
     out = Console()
-    print_summary(outcome, out if out.is_terminal else Console(width=160))
+    print_summary(served.run, out if out.is_terminal else Console(width=160))
+    if served.violations:
+        print("invariants broken at the end:", *served.violations, sep="\n  ")
+        return 1
+    print("invariants hold at the end (conservation, pools, positions, balances)")
     return 0
 
 
