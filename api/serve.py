@@ -38,7 +38,7 @@ from api.session import Session
 from api.streams import Streams
 from exchange.validation import InputError
 from scenarios import loader
-from scenarios.runner import ScenarioRun
+from scenarios.runner import ScenarioRun, judge
 
 PACE_S = 0.01  # real seconds between two moves of virtual time
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -103,11 +103,13 @@ def check_host(host: str, public: bool) -> None:
 
 
 def result_of(session: Session, fingerprint: str) -> ScenarioRun:
-    """The session as a finished run, for the same summary ``marginsim run`` prints."""
+    """The session as a finished run, for the same summary ``marginsim run`` prints: the
+    scenario's expectations judged on what the clients made of it."""
     until_ms = session.now_ms
     result = RunResult(session.seed, until_ms, fingerprint, session.events, len(session.events),
                        dict(session.summary()), session.venue.liquidator.history)
-    return ScenarioRun(session.scenario, session.seed, until_ms, result, None, ())
+    outcomes = tuple(judge(e, result, session.scripts) for e in session.scenario.expectations)
+    return ScenarioRun(session.scenario, session.seed, until_ms, result, None, outcomes)
 
 
 def serve(scenario_ref: str, options: ServeOptions, overrides: list[str] | None = None) -> Served:
@@ -152,29 +154,32 @@ async def _serve(gateway: Gateway, options: ServeOptions) -> None:
     async def shutdown_trigger() -> None:
         await stop.wait()
 
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(lambda task_status=trio.TASK_STATUS_IGNORED: hypercorn_serve(
-            app, config, shutdown_trigger=shutdown_trigger, task_status=task_status))
-        address = binds[0].split("://", 1)[1]
-        print(f"serving http://{address} ws://{address}/ws", flush=True)
-        nursery.start_soon(_signals, stop)
-        while not stop.is_set():
-            gateway.sync()
-            if gateway.session.finished:
-                break
-            with trio.move_on_after(PACE_S):
-                await stop.wait()
-        gateway.accepting = False
+    # The signals are ours from before the first request to the end: a second Ctrl-C while
+    # stopping must not cut the log short.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(_signals, signals, stop)
+            async with trio.open_nursery() as server:
+                binds = await server.start(lambda task_status=trio.TASK_STATUS_IGNORED: hypercorn_serve(
+                    app, config, shutdown_trigger=shutdown_trigger, task_status=task_status))
+                address = binds[0].split("://", 1)[1]
+                print(f"serving http://{address} ws://{address}/ws", flush=True)
+                while not stop.is_set():
+                    gateway.sync()
+                    if gateway.session.finished:
+                        break
+                    with trio.move_on_after(PACE_S):
+                        await stop.wait()
+                gateway.accepting = False  # requests still in flight finish; new ones get 503
+                stop.set()
+                streams.close()
+                server.cancel_scope.deadline = trio.current_time() + 2 * config.graceful_timeout
+            outer.cancel_scope.cancel()
+
+
+async def _signals(signals: Any, stop: trio.Event) -> None:
+    async for _ in signals:
         stop.set()
-        streams.close()
-        nursery.cancel_scope.deadline = trio.current_time() + 2
-
-
-async def _signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-        async for _ in received:
-            stop.set()
-            return
 
 
 # ---------------------------------------------------------------------------------------

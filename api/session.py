@@ -183,7 +183,7 @@ class Session:
         self.seed = seed
         self.start_wall_ms = start_wall_ms
         self.until_ms = until_ms
-        venue, _ = runner.build_venue(scenario, seed)
+        venue, self.scripts = runner.build_venue(scenario, seed)
         self.venue = venue
         self.profile = scenario.profile
         self.view = VenueView(venue.accounts, venue.markets)
