@@ -138,9 +138,9 @@ def _market(session: Session, symbol: str | None, *, perp_only: bool = False) ->
 
 
 def _asset(session: Session, symbol: str | None) -> str:
-    if symbol not in session.profile.assets:
+    if symbol is None or symbol not in session.profile.assets:
         raise ApiError(400, "INVALID_SYMBOL", f"no asset {symbol!r}; this venue has {', '.join(session.profile.assets)}")
-    return symbol  # type: ignore[return-value]
+    return symbol
 
 
 def _limit(r: Reader, default: int, maximum: int) -> int:
@@ -425,7 +425,7 @@ def order_json(session: Session, record: OrderRecord, order: Order | None = None
         "autoBorrow": flags.get("autoBorrow"), "autoBorrowRepay": flags.get("autoBorrowRepay"),
         "autoLend": flags.get("autoLend"), "autoLendRedeem": flags.get("autoLendRedeem"),
         "triggerPrice": None, "triggerQuantity": None, "origin": record.origin,
-        "systemOrderType": SYSTEM_ORDER_TYPE.get(record.origin),  # type: ignore[call-overload]
+        "systemOrderType": SYSTEM_ORDER_TYPE.get(record.origin),
         "createdAt": session.venue_ms(record.created_ms),
     }
 
@@ -532,7 +532,7 @@ def open_orders(session: Session, account: str, params: Params) -> Json:
 
 
 def order_history(session: Session, account: str, params: Params) -> Json:
-    r = Reader(params, ("orderId", "symbol", "limit", "offset", "marketType"))
+    r = Reader(params, ("orderId", "symbol", "limit", "offset", "marketType", "from", "to"))
     order_id, symbol = r.text("orderId"), r.text("symbol")
     r.choice("marketType", ("SPOT", "PERP"))
     rows = [o for o in reversed(session.view.accounts[account].orders.values())
@@ -556,7 +556,7 @@ def capital(session: Session, account: str, params: Params) -> Json:
 
 
 def collateral_summary(session: Session, account: str, params: Params) -> Json:
-    Reader(params, ("subaccountId",))
+    Reader(params, ())
     s = margin.summarize(session.account(account))
     return {
         "assetsValue": money(s.assets_value), "liabilitiesValue": money(s.liabilities_value),
@@ -743,7 +743,7 @@ def fill_json(session: Session, account: str, event: Json) -> Json:
         "tradeId": event["fill_id"], "orderId": event["order_id"], "symbol": event["market"],
         "side": str(event["side"]), "price": money(event["price"]), "quantity": money(event["quantity"]),
         "fee": money(event["fee"]), "feeSymbol": event["fee_asset"], "isMaker": bool(event["maker"]),
-        "systemOrderType": SYSTEM_ORDER_TYPE.get(origin),  # type: ignore[call-overload]
+        "systemOrderType": SYSTEM_ORDER_TYPE.get(origin),
         "liquidationFee": money(event["liquidation_fee"]), "timestamp": iso(session, event["t"]),
         "clientId": None,
     }
@@ -762,7 +762,7 @@ def fill_history(session: Session, account: str, params: Params) -> Json:
 
 
 def funding_history(session: Session, account: str, params: Params) -> Json:
-    r = Reader(params, ("symbol", "limit", "offset", "subaccountId"))
+    r = Reader(params, ("symbol", "limit", "offset"))
     symbol = r.text("symbol")
     rows = [e for e in reversed(session.view.accounts[account].funding) if symbol is None or e["market"] == symbol]
     return [{"symbol": e["market"], "fundingRate": money(e["rate"]), "quantity": money(e["amount"]),
@@ -771,7 +771,7 @@ def funding_history(session: Session, account: str, params: Params) -> Json:
 
 
 def interest_history(session: Session, account: str, params: Params) -> Json:
-    r = Reader(params, ("symbol", "limit", "offset", "source", "positionId", "subaccountId"))
+    r = Reader(params, ("symbol", "limit", "offset", "source", "positionId"))
     symbol = r.text("symbol")
     out = []
     for e in reversed(session.view.accounts[account].interest):
@@ -787,7 +787,7 @@ def interest_history(session: Session, account: str, params: Params) -> Json:
 
 
 def loan_history(session: Session, account: str, params: Params) -> Json:
-    r = Reader(params, ("symbol", "limit", "offset", "type", "sources", "positionId", "subaccountId"))
+    r = Reader(params, ("symbol", "limit", "offset", "type", "sources", "positionId"))
     symbol = r.text("symbol")
     sides = {"borrow": "Borrow", "redeem": "Borrow", "lend": "Lend", "repay": "Lend"}
     return [{"eventType": e["event"].capitalize(), "side": sides[e["event"]], "symbol": e["asset"],
@@ -844,6 +844,19 @@ PRIVATE: dict[tuple[str, str], Private] = {
 }
 
 
+def _common(account: str, path: str, params: Params) -> tuple[dict[str, Any], str]:
+    """The venue's parameters common to many private routes: ``subaccountId`` (a key speaks for
+    its own sub-account only: any other is not found) and ``sortDirection`` of a history."""
+    rest = dict(params)
+    target = rest.pop("subaccountId", None)
+    if target is not None and str(target) != account:
+        raise ApiError(404, "RESOURCE_NOT_FOUND", f"no sub-account {target} for this key")
+    direction = rest.pop("sortDirection", None) if path.startswith("/wapi/v1/history/") else None
+    if direction is not None and direction not in ("Asc", "Desc"):
+        raise bad_request(f"sortDirection must be Asc or Desc, found {direction!r}")
+    return rest, direction or "Desc"
+
+
 def dispatch(session: Session, account: str | None, method: str, path: str, params: Any) -> Json:
     """One request at the venue: logged at its instant, then answered (a live and a replayed
     request both come through here, so both logs get the same events)."""
@@ -851,7 +864,12 @@ def dispatch(session: Session, account: str | None, method: str, path: str, para
     try:
         if account is None:
             return PUBLIC[path](session, params)
-        return PRIVATE[(method, path)].handler(session, account, params)
+        if isinstance(params, dict):
+            params, direction = _common(account, path, params)
+        result = PRIVATE[(method, path)].handler(session, account, params)
+        if isinstance(params, dict) and direction == "Asc" and isinstance(result, list):
+            result.reverse()
+        return result
     except ApiError as exc:
         session.log_refused(method, path, exc.status, exc.code, str(exc), stage="venue")
         exc.logged = True

@@ -38,11 +38,11 @@ API = "api"  # the actor name of API events in the log
 
 # How the venue names who placed an order (fills' ``systemOrderType``) and the fill types a
 # history query may filter on (spec 16).
-SYSTEM_ORDER_TYPE = {
-    Origin.LIQUIDATION_AUTOCLOSE: "LiquidatePositionOnBook",
-    Origin.BACKSTOP_LIQUIDITY_PROVIDER: "LiquidatePositionOnBackstop",
-    Origin.ADL_AUTOCLOSE: "LiquidatePositionOnAdl",
-    Origin.COLLATERAL_CONVERSION: "CollateralConversion",
+SYSTEM_ORDER_TYPE: dict[str, str] = {
+    Origin.LIQUIDATION_AUTOCLOSE.value: "LiquidatePositionOnBook",
+    Origin.BACKSTOP_LIQUIDITY_PROVIDER.value: "LiquidatePositionOnBackstop",
+    Origin.ADL_AUTOCLOSE.value: "LiquidatePositionOnAdl",
+    Origin.COLLATERAL_CONVERSION.value: "CollateralConversion",
 }
 FILL_TYPES = {
     "User": {Origin.USER},

@@ -261,7 +261,7 @@ class Streams:
             "Z": money(record.executed_quote), "V": flags.get("selfTradePrevention", "RejectTaker"),
             "O": record.origin, "r": record.reduce_only, "T": self._us(event["t"]),
         }
-        system = SYSTEM_ORDER_TYPE.get(record.origin)  # type: ignore[call-overload]
+        system = SYSTEM_ORDER_TYPE.get(record.origin)
         if system is not None:
             data["systemOrderType"] = system
         if kind == "order_placed":

@@ -122,6 +122,12 @@ def test_orders_are_refused_with_account_liquidating_while_it_runs(tmp_path: Pat
     assert fills and {f["systemOrderType"] for f in fills} == {"LiquidatePositionOnBook"}
     orders = dispatch(session, "victim", "GET", "/wapi/v1/history/orders", {})
     assert {o["origin"] for o in orders} == {"USER", "LIQUIDATION_AUTOCLOSE"}
+    oldest_first = dispatch(session, "victim", "GET", "/wapi/v1/history/orders", {"sortDirection": "Asc"})
+    assert oldest_first == orders[::-1] and oldest_first[0]["id"] == opened["id"]
+    assert dispatch(session, "victim", "GET", "/api/v1/capital/collateral", {"subaccountId": "victim"})
+    with pytest.raises(ApiError) as other:  # a key speaks for its own sub-account only
+        dispatch(session, "victim", "GET", "/api/v1/capital/collateral", {"subaccountId": "maker"})
+    assert (other.value.status, other.value.code) == (404, "RESOURCE_NOT_FOUND")
 
 
 def test_a_recorded_session_replays_identically(tmp_path: Path) -> None:
