@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -349,6 +350,29 @@ def test_sdk_client(server: Server) -> None:
     cancelled = client.cancel_open_order("BTC_USDC_PERP", clientId=7)
     assert cancelled["status"] == "Cancelled"
     assert client.get_collateral()["netEquity"] == "10000"
+
+
+def test_a_client_that_hangs_up_mid_request_loses_nothing(server: Server) -> None:
+    """The order is sent in full and the socket closed before the answer: the order stands
+    (it reached the venue whole, so it is there, and in the log)."""
+    params = {"symbol": "BTC_USDC_PERP", "side": "Bid", "orderType": "Limit", "quantity": "0.01", "price": "95500",
+              "clientId": 99}
+    body = json.dumps(params).encode()
+    headers = signed_headers(server, "sdk", "orderExecute", params, secret=base64.b64encode(SDK_SEED).decode())
+    host, port = server.http.removeprefix("http://").split(":")
+    lines = ["POST /api/v1/order HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}",
+             *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall("\r\n".join(lines).encode() + body)
+    client = AuthenticationClient(SDK_PUBLIC, base64.b64encode(SDK_SEED).decode(), base_url=server.http + "/")
+    standing: list[Any] = []
+    for _ in range(50):  # the server may still be on it: ask until it answers with the order (bounded)
+        standing = [o for o in client.get_open_orders(symbol="BTC_USDC_PERP") if o["clientId"] == 99]
+        if standing:
+            break
+        time.sleep(0.1)
+    assert len(standing) == 1 and standing[0]["price"] == "95500"
+    client.cancel_open_order("BTC_USDC_PERP", clientId=99)
 
 
 def test_async_ccxt(server: Server) -> None:
