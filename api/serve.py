@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from actors.events import read_log, render
+from actors.events import read_log
 from actors.system import RunResult
 from api import auth
 from api.app import Gateway, build_app, wall_ms
@@ -106,7 +107,7 @@ def result_of(session: Session, fingerprint: str) -> ScenarioRun:
     """The session as a finished run, for the same summary ``marginsim run`` prints: the
     scenario's expectations judged on what the clients made of it."""
     until_ms = session.now_ms
-    result = RunResult(session.seed, until_ms, fingerprint, session.events, len(session.events),
+    result = RunResult(session.seed, until_ms, fingerprint, session.kept, session.event_count,
                        dict(session.summary()), session.venue.liquidator.history)
     outcomes = tuple(judge(e, result, session.scripts) for e in session.scenario.expectations)
     return ScenarioRun(session.scenario, session.seed, until_ms, result, None, outcomes)
@@ -201,6 +202,13 @@ class Replay:
 
 def replay(log_path: Path, new_log: Path | None = None) -> Replay:
     """Re-run a served session from its log: the same requests at the same virtual instants."""
+    if new_log is not None:
+        return _replay(log_path, new_log)
+    with tempfile.TemporaryDirectory() as tmp:
+        return _replay(log_path, Path(tmp) / "replay.jsonl")
+
+
+def _replay(log_path: Path, new_log: Path) -> Replay:
     if not log_path.is_file():
         raise InputError(str(log_path), "LOG", str(log_path), "an event log written by `marginsim serve --log`")
     try:
@@ -233,7 +241,7 @@ def replay(log_path: Path, new_log: Path | None = None) -> Replay:
         session.advance(end_ms)
         session.log_end()
     fingerprint = session.log.close()
-    difference = _first_difference(original, session)
+    difference = _first_difference(original, read_log(new_log))
     return Replay(result_of(session, fingerprint), requests, _fingerprint(log_path), fingerprint, difference)
 
 
@@ -241,8 +249,7 @@ def _fingerprint(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _first_difference(original: list[dict[str, Any]], session: Session) -> str | None:
-    again = [json.loads(render(e)) for e in session.events]
+def _first_difference(original: list[dict[str, Any]], again: list[dict[str, Any]]) -> str | None:
     for i, (a, b) in enumerate(zip(original, again)):
         if a != b:
             return f"event {i + 1} differs:\n  recorded: {a}\n  replayed: {b}"

@@ -55,6 +55,10 @@ FILL_TYPES = {
     "CollateralConversionAndSpotLiquidation": {Origin.COLLATERAL_CONVERSION, Origin.LIQUIDATION_AUTOCLOSE},
 }
 HISTORY_KEPT = 10_000  # per account and kind; older rows fall off (a long bot session)
+# What the end-of-run summary and the scenario's expectations read back; every other event is
+# written to the log and let go, so a session's memory does not grow with its length.
+# (Health samples only when an expectation reads one "at" a time.)
+SUMMARY_EVENTS = frozenset({"trade", "funding_payment"})
 
 
 @attrs.define
@@ -188,9 +192,11 @@ class Session:
         self.profile = scenario.profile
         self.view = VenueView(venue.accounts, venue.markets)
         self.engine = Exchange(scenario.profile, venue=venue)
-        self.events = self.engine.events
         self.log = EventLog(log_path, keep=False)  # the file and the fingerprint, written as the run goes
-        self._absorbed = 0
+        self.kept: list[Event] = []  # the summary's events and the samples expectations read
+        at_times = any(e.params.get("at_ms") is not None for e in scenario.expectations)
+        self._keep = SUMMARY_EVENTS | {"health"} if at_times else SUMMARY_EVENTS
+        self.event_count = 0
         self._order_ids = 0
         self._log({"event": "api_session", "actor": API, "t": 0, "scenario": source, "seed": seed,
                    "overrides": list(overrides), "start_wall_ms": start_wall_ms})
@@ -219,15 +225,18 @@ class Session:
 
     # -- the log ----------------------------------------------------------------------------
     def _log(self, event: Event) -> None:
-        self.events.append(event)
+        self.engine.events.append(event)
 
     def _absorb(self) -> None:
-        events, absorb, append = self.events, self.view.absorb, self.log.append
-        while self._absorbed < len(events):
-            event = events[self._absorbed]
+        """Log, read and let go of what the machines logged since the last call."""
+        events, absorb, append, kept, keep = self.engine.events, self.view.absorb, self.log.append, self.kept, self._keep
+        for event in events:
             append(event)
             absorb(event)
-            self._absorbed += 1
+            if event["event"] in keep:
+                kept.append(event)
+        self.event_count += len(events)
+        events.clear()
 
     def log_request(self, account: str | None, method: str, path: str, params: object) -> None:
         """An API request that reaches the venue, at its virtual arrival time."""
@@ -260,7 +269,7 @@ class Session:
         return self.venue.accounts[account_id].account
 
     def summary(self) -> Mapping[str, Any]:
-        return self.venue.summary(self.events)
+        return self.venue.summary(self.kept)
 
     def invariant_violations(self) -> list[str]:
         return self.engine.invariant_violations()

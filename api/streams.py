@@ -69,7 +69,8 @@ class Streams:
         self.gateway = gateway
         self.session: Session = gateway.session
         self.connections: list[Connection] = []
-        self._seen = len(self.session.events)
+        self._fresh: list[dict[str, Any]] = []  # events logged since the last publish
+        self.session.view.listeners.append(self._fresh.append)
         self._books: dict[str, tuple[dict[Decimal, Decimal], dict[Decimal, Decimal], int]] = {}
         self._tops: dict[str, tuple[Any, Any]] = {}
 
@@ -181,14 +182,11 @@ class Streams:
     # -- what goes out -----------------------------------------------------------------------
     def publish(self) -> None:
         """Stream what was logged since the last call."""
-        events = self.session.events
+        fresh, self._fresh[:] = list(self._fresh), []
         if not self.connections:
-            self._seen = len(events)
             self._books.clear()
             self._tops.clear()
             return
-        fresh = events[self._seen:]
-        self._seen = len(events)
         wanted = set().union(*(c.streams for c in self.connections))
         balances: list[str] = []
         for event in fresh:
