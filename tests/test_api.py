@@ -220,6 +220,15 @@ def test_markets_ticker_book_and_funding_through_ccxt(server: Server) -> None:
     assert abs(raw(server, "GET", "/api/v1/time")[1] - time.time() * 1000) < 60_000
     assert ex.publicGetApiV1Securities() == []
     assert [t["price"] for t in ex.fetch_trades(PERP)][:2] == [100050.0, 100100.0]
+    # Candles are on the venue's clock, which runs RATE times faster than the wall: ask up to a
+    # venue time (ccxt's default end is the wall clock's now, already in the venue's past).
+    (candle,) = ex.fetch_ohlcv(PERP, "1d", params={"until": start + 86_400_000})[:1]  # [t, o, h, l, c, v]
+    assert candle[1] == 100050.0 and candle[2] >= 100100.0 and candle[5] >= 1.0
+    # ccxt files the venue's openInterest (base units) under openInterestValue.
+    assert ex.fetch_open_interest(PERP)["openInterestValue"] >= 1.0  # the victim's long, at least
+    status, haircuts = raw(server, "GET", "/api/v1/collateral")
+    btc = next(row for row in haircuts if row["symbol"] == "BTC")
+    assert status == 200 and btc["haircutFunction"]["kind"]["type"] in ("identity", "inverseSqrt")
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,6 +249,7 @@ def test_limit_order_rests_is_listed_and_cancelled(server: Server) -> None:
     assert Decimal(summary["netEquityLocked"]) == Decimal("0.1") * 100000 * Decimal(summary["imf"])
     cancelled = ex.cancel_order(order["id"], PERP)
     assert cancelled["status"] == "canceled"
+    assert ex.fetch_order(order["id"], PERP)["status"] == "canceled"  # ccxt reads the order history
     assert ex.fetch_open_orders(PERP) == []
     assert ex.fetch_balance()["USDC"]["free"] == before["free"]
 
@@ -404,11 +414,12 @@ def test_websocket_trades_book_orders_positions_balances(server: Server) -> None
             orders = asyncio.ensure_future(ex.watch_orders(PERP))
             positions = asyncio.ensure_future(ex.watch_positions([PERP]))
             balance = asyncio.ensure_future(ex.watch_balance())
+            ticker = asyncio.ensure_future(ex.watch_ticker(PERP))
             await asyncio.sleep(0.5)  # let the subscriptions reach the server before trading
             await rest.create_order(PERP, "market", "buy", 0.01)
             await rest.create_order(PERP, "market", "sell", 0.01)
-            done = await asyncio.wait_for(asyncio.gather(book, trades, orders, positions, balance), 20)
-            return dict(zip(("book", "trades", "orders", "positions", "balance"), done))
+            done = await asyncio.wait_for(asyncio.gather(book, trades, orders, positions, balance, ticker), 20)
+            return dict(zip(("book", "trades", "orders", "positions", "balance", "ticker"), done))
         finally:
             await ex.close()
             await rest.close()
@@ -420,6 +431,7 @@ def test_websocket_trades_book_orders_positions_balances(server: Server) -> None
     assert seen["orders"][0]["symbol"] == PERP
     assert seen["positions"][0]["symbol"] == PERP
     assert "USDC" in seen["balance"]
+    assert seen["ticker"]["symbol"] == PERP and seen["ticker"]["last"] > 0
 
 
 def test_private_subscription_needs_a_good_signature(server: Server) -> None:
@@ -545,6 +557,8 @@ def test_funding_and_interest_histories(server: Server) -> None:
     assert any(r["fundingRate"] > 0 for r in rates)
     interest = server.ccxt("borrower").privateGetWapiV1HistoryInterest()
     assert interest and all(row["paymentType"] == "Borrow" and Decimal(row["quantity"]) < 0 for row in interest)
+    settled = victim.privateGetWapiV1HistorySettlement()  # PnL realized every 10 s (the profile's default)
+    assert settled and {row["source"] for row in settled} <= {"RealizePnl", "BackstopLiquidityFundProceeds"}
 
 
 def test_stop_prints_the_summary_and_the_log_replays(server: Server, tmp_path: Path) -> None:
