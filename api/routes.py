@@ -406,14 +406,15 @@ def read_order(session: Session, account: str, params: Params) -> Order:
     flags = {name: bool(r.boolean(key)) for name, key in (
         ("post_only", "postOnly"), ("reduce_only", "reduceOnly"), ("auto_borrow", "autoBorrow"),
         ("auto_borrow_repay", "autoBorrowRepay"), ("auto_lend", "autoLend"), ("auto_lend_redeem", "autoLendRedeem"))}
+    quantity, price, quote = r.decimal("quantity"), r.decimal("price"), r.decimal("quoteQuantity")
     return Order(
-        session.next_order_id(), account, spec.symbol, side, order_type, r.decimal("quantity"), r.decimal("price"),
-        quote_quantity=r.decimal("quoteQuantity"), time_in_force=TimeInForce(tif or "GTC"),
-        self_trade_prevention=SelfTradePrevention(stp or "RejectTaker"), client_id=client_id, **flags,
+        session.next_order_id(), account, spec.symbol, side, order_type, quantity, price, quote_quantity=quote,
+        time_in_force=TimeInForce(tif or "GTC"), self_trade_prevention=SelfTradePrevention(stp or "RejectTaker"),
+        client_id=client_id, **flags,
     )
 
 
-def order_json(session: Session, record: OrderRecord, order: Order | None = None) -> Json:
+def order_json(session: Session, record: OrderRecord) -> Json:
     flags = record.flags
     return {
         "id": record.order_id, "clientId": flags.get("clientId"), "symbol": record.market, "side": record.side,
@@ -737,7 +738,7 @@ def _window(session: Session, r: Reader, rows: list[Json]) -> list[Json]:
             and (end is None or session.venue_ms(e["t"]) <= end)]
 
 
-def fill_json(session: Session, account: str, event: Json) -> Json:
+def fill_json(session: Session, event: Json) -> Json:
     origin = str(event["origin"])
     return {
         "tradeId": event["fill_id"], "orderId": event["order_id"], "symbol": event["market"],
@@ -758,7 +759,7 @@ def fill_history(session: Session, account: str, params: Params) -> Json:
     rows = [e for e in reversed(session.view.accounts[account].fills)
             if (symbol is None or e["market"] == symbol) and (order_id is None or e["order_id"] == order_id)
             and (origins is None or str(e["origin"]) in origins)]
-    return [fill_json(session, account, e) for e in _page(r, _window(session, r, rows))]
+    return [fill_json(session, e) for e in _page(r, _window(session, r, rows))]
 
 
 def funding_history(session: Session, account: str, params: Params) -> Json:

@@ -135,7 +135,15 @@ def serve(scenario_ref: str, options: ServeOptions, overrides: list[str] | None 
     if options.host not in LOOPBACK:
         print(f"marginsim serve: WARNING: listening on {options.host}, reachable from other machines; "
               "the API keys are the only protection", file=sys.stderr)
-    trio.run(_serve, gateway, options)
+    try:
+        trio.run(_serve, gateway, options)
+    except* OSError as failed:  # the bind: the port is taken, or the address is not this machine's
+        session.log.close()
+        cause: BaseException = failed
+        while isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+        raise InputError("--port", "--host/--port", f"{options.host}:{options.port}",
+                         f"an address and port free to listen on ({cause}); --port 0 takes a free one") from None
     session.log_end()
     return Served(result_of(session, session.log.close()), tuple(session.invariant_violations()))
 

@@ -127,6 +127,7 @@ def start_server(tmp: Path, *extra: str) -> Server:
     line = process.stdout.readline()
     assert line.startswith("serving http://127.0.0.1:"), (line, process.stderr.read() if process.stderr else "")
     _, http, ws = line.split()
+    assert keys.stat().st_mode & 0o777 == 0o600  # secrets: readable by their owner only
     return Server(process, http, ws, json.loads(keys.read_text()), log)
 
 
