@@ -723,6 +723,42 @@ def limit_withdrawal(session: Session, account: str, params: Params) -> Json:
     return {"maxWithdrawalQuantity": money(largest), "symbol": asset}
 
 
+def withdraw(session: Session, account: str, params: Params) -> Json:
+    """A withdrawal under the core's rule (available equity stays >= 0); the chain is not simulated."""
+    r = Reader(params, ("symbol", "quantity", "address", "blockchain", "clientId", "twoFactorToken", "autoBorrow",
+                        "autoLendRedeem"))
+    asset = _asset(session, r.text("symbol", required=True))
+    quantity = r.decimal("quantity", required=True, positive=True)
+    address, chain = r.text("address", required=True), r.text("blockchain", required=True)
+    client_id = r.integer("clientId", maximum=2**32 - 1)
+    r.text("twoFactorToken")
+    r.boolean("autoLendRedeem")
+    assert quantity is not None
+    result = session.engine.withdraw(account, asset, quantity, auto_borrow=bool(r.boolean("autoBorrow")))
+    session.after_request()
+    if isinstance(result, Rejection):
+        raise refused(result)
+    event = session.view.accounts[account].transfers[-1]
+    return {"id": str(event["seq"]), "symbol": asset, "quantity": money(quantity), "fee": "0", "address": address,
+            "blockchain": chain, "clientId": client_id, "status": "confirmed", "createdAt": iso(session, event["t"])}
+
+
+def _transfers(session: Session, account: str, params: Params, kind: str) -> Json:
+    r = Reader(params, ("limit", "offset", "from", "to", "excludePlatform"))
+    r.boolean("excludePlatform")
+    rows = [e for e in reversed(session.view.accounts[account].transfers) if e["event"] == kind]
+    return [{"id": str(e["seq"]), "symbol": e["asset"], "quantity": money(e["quantity"]), "fee": "0",
+             "status": "confirmed", "createdAt": iso(session, e["t"])} for e in _page(r, _window(session, r, rows))]
+
+
+def deposits(session: Session, account: str, params: Params) -> Json:
+    return _transfers(session, account, params, "deposit")
+
+
+def withdrawals(session: Session, account: str, params: Params) -> Json:
+    return _transfers(session, account, params, "withdrawal")
+
+
 # ---------------------------------------------------------------------------------------
 # History
 
@@ -836,6 +872,9 @@ PRIVATE: dict[tuple[str, str], Private] = {
     ("GET", "/api/v1/account/limits/order"): Private("maxOrderQuantity", limit_order),
     ("GET", "/api/v1/account/limits/borrow"): Private("maxBorrowQuantity", limit_borrow),
     ("GET", "/api/v1/account/limits/withdrawal"): Private("maxWithdrawalQuantity", limit_withdrawal),
+    ("POST", "/wapi/v1/capital/withdrawals"): Private("withdraw", withdraw, True),
+    ("GET", "/wapi/v1/capital/withdrawals"): Private("withdrawalQueryAll", withdrawals),
+    ("GET", "/wapi/v1/capital/deposits"): Private("depositQueryAll", deposits),
     ("GET", "/wapi/v1/history/fills"): Private("fillHistoryQueryAll", fill_history),
     ("GET", "/wapi/v1/history/orders"): Private("orderHistoryQueryAll", order_history),
     ("GET", "/wapi/v1/history/funding"): Private("fundingHistoryQueryAll", funding_history),

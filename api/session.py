@@ -91,6 +91,7 @@ class AccountView:
     interest: list[Event] = attrs.field(factory=list)
     loans: list[Event] = attrs.field(factory=list)
     settlements: list[Event] = attrs.field(factory=list)
+    transfers: list[Event] = attrs.field(factory=list)  # deposits and withdrawals
 
 
 @attrs.define
@@ -166,6 +167,8 @@ class VenueView:
             _keep(view.loans, event)
         elif kind in ("pnl_realized", "fund_cover"):
             _keep(view.settlements, event)
+        elif kind in ("deposit", "withdrawal"):
+            _keep(view.transfers, event)
 
 
 def _keep(rows: list[Event], event: Event) -> None:

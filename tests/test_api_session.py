@@ -190,3 +190,28 @@ def test_streams_show_the_liquidation_and_depth_on_one_sequence(tmp_path: Path) 
     assert depth[0]["U"] == snapshot + 1
     assert all(b["U"] == a["u"] + 1 for a, b in zip(depth, depth[1:]))
     assert depth[-1]["u"] == int(depth_json(session, "BTC_USDC_PERP")["lastUpdateId"])
+
+
+def test_withdrawal_follows_the_cores_rule(tmp_path: Path) -> None:
+    """10,000 USDC and a 1 BTC long at 100,075 locking 5% of its notional: the largest
+    withdrawal is what keeps available equity at zero, and it is the number the refusal names."""
+    session = _session(tmp_path)
+    session.advance(1000)
+    _open_long(session)
+    (deposit,) = dispatch(session, "victim", "GET", "/wapi/v1/capital/deposits", {})
+    assert (deposit["symbol"], deposit["quantity"]) == ("USDC", "10000")
+    largest = dispatch(session, "victim", "GET", "/api/v1/account/limits/withdrawal", {"symbol": "USDC"})
+    # Net equity 10,000 - 50.0375 fee - 75 unrealized (mark 100,000 vs entry 100,075) = 9,874.9625;
+    # locked 100,000 x 0.05 = 5,000: 4,874.9625 may go.
+    assert largest["maxWithdrawalQuantity"] == "4874.9625"
+    ask = {"symbol": "USDC", "quantity": "5000", "address": "0xabc", "blockchain": "Ethereum"}
+    before = dispatch(session, "victim", "GET", "/api/v1/capital", {})
+    with pytest.raises(ApiError) as refused:
+        dispatch(session, "victim", "POST", "/wapi/v1/capital/withdrawals", ask)
+    assert refused.value.code == "INSUFFICIENT_MARGIN"
+    assert "4874.9625" in str(refused.value)
+    assert dispatch(session, "victim", "GET", "/api/v1/capital", {}) == before
+    done = dispatch(session, "victim", "POST", "/wapi/v1/capital/withdrawals", {**ask, "quantity": "1000"})
+    assert done["status"] == "confirmed" and done["quantity"] == "1000"
+    (withdrawal,) = dispatch(session, "victim", "GET", "/wapi/v1/capital/withdrawals", {})
+    assert withdrawal["quantity"] == "1000"
