@@ -105,6 +105,10 @@ def test_orders_are_refused_with_account_liquidating_while_it_runs(tmp_path: Pat
     session.advance(1000)
     opened = _open_long(session)
     assert opened["status"] == "Filled" and opened["executedQuantity"] == "1"
+    resting = dispatch(session, "victim", "POST", "/api/v1/order", {"symbol": "BTC_USDC_PERP", "side": "Bid",
+                                                                     "orderType": "Limit", "quantity": "0.001",
+                                                                     "price": "96000"})
+    assert resting["status"] == "New"
     t = 1000
     while not session.account("victim").liquidating:  # the first liquidation loop after the drop
         t += 100
@@ -115,6 +119,10 @@ def test_orders_are_refused_with_account_liquidating_while_it_runs(tmp_path: Pat
         dispatch(session, "victim", "POST", "/api/v1/order",
                  {"symbol": "BTC_USDC_PERP", "side": "Bid", "orderType": "Limit", "quantity": "0.01", "price": "90000"})
     assert (refused.value.status, refused.value.code) == (400, "ACCOUNT_LIQUIDATING")
+    # The liquidation cancelled the victim's resting order first.
+    (cancelled,) = dispatch(session, "victim", "GET", "/wapi/v1/history/orders", {"orderId": resting["id"]})
+    assert cancelled["status"] == "Cancelled"
+    assert dispatch(session, "victim", "GET", "/api/v1/orders", {}) == []
     assert "sub-account victim is being liquidated" in str(refused.value)
     assert dispatch(session, "victim", "GET", "/api/v1/capital", {}) == balances  # the refusal changed nothing
     session.advance(t + 10_000)
