@@ -533,7 +533,7 @@ def open_orders(session: Session, account: str, params: Params) -> Json:
 
 
 def order_history(session: Session, account: str, params: Params) -> Json:
-    r = Reader(params, ("orderId", "symbol", "limit", "offset", "marketType", "from", "to"))
+    r = Reader(params, ("orderId", "symbol", "limit", "offset", "marketType", "from", "to", "strategyId"))
     order_id, symbol = r.text("orderId"), r.text("symbol")
     r.choice("marketType", ("SPOT", "PERP"))
     rows = [o for o in reversed(session.view.accounts[account].orders.values())
@@ -787,7 +787,7 @@ def fill_json(session: Session, event: Json) -> Json:
 
 
 def fill_history(session: Session, account: str, params: Params) -> Json:
-    r = Reader(params, ("symbol", "limit", "offset", "from", "to", "fillType", "marketType", "orderId"))
+    r = Reader(params, ("symbol", "limit", "offset", "from", "to", "fillType", "marketType", "orderId", "strategyId"))
     symbol, order_id = r.text("symbol"), r.text("orderId")
     fill_type = r.choice("fillType", tuple(FILL_TYPES))
     r.choice("marketType", ("SPOT", "PERP"))
@@ -808,8 +808,8 @@ def funding_history(session: Session, account: str, params: Params) -> Json:
 
 
 def interest_history(session: Session, account: str, params: Params) -> Json:
-    r = Reader(params, ("symbol", "limit", "offset", "source", "positionId"))
-    symbol = r.text("symbol")
+    r = Reader(params, ("symbol", "asset", "limit", "offset", "source", "positionId"))
+    symbol = r.text("asset") or r.text("symbol")
     out = []
     for e in reversed(session.view.accounts[account].interest):
         if symbol is not None and e["asset"] != symbol:

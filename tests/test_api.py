@@ -361,6 +361,18 @@ def test_sdk_client(server: Server) -> None:
     cancelled = client.cancel_open_order("BTC_USDC_PERP", clientId=7)
     assert cancelled["status"] == "Cancelled"
     assert client.get_collateral()["netEquity"] == "10000"
+    batch = client.execute_batch_orders([
+        {"symbol": "BTC_USDC_PERP", "side": "Bid", "orderType": "Limit", "quantity": "0.01", "price": "95000"},
+        {"symbol": "BTC_USDC_PERP", "side": "Bid", "orderType": "Limit", "quantity": "0.02", "price": "95100"}])
+    assert [o["status"] for o in batch] == ["New", "New"]
+    assert len(client.cancel_open_orders("BTC_USDC_PERP")) == 2
+    # The SDK's defaults (limit, offset, sortDirection, ...) are accepted on every history call.
+    assert [o["id"] for o in client.get_order_history(symbol="BTC_USDC_PERP")][:1] == [batch[1]["id"]]
+    assert client.get_fill_history(symbol="BTC_USDC_PERP") == []
+    assert client.get_funding_payments() == [] and client.get_interest_history() == []
+    assert client.get_open_positions() == [] and client.get_borrow_lend_positions() == []
+    assert client.get_account()["leverageLimit"] == "10"
+    assert client.get_max_order_quantity("BTC_USDC_PERP", "Bid", price="95000")["maxOrderQuantity"] != "0"
 
 
 def test_a_client_that_hangs_up_mid_request_loses_nothing(server: Server) -> None:
