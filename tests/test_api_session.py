@@ -109,6 +109,9 @@ def test_orders_are_refused_with_account_liquidating_while_it_runs(tmp_path: Pat
                                                                      "orderType": "Limit", "quantity": "0.001",
                                                                      "price": "96000"})
     assert resting["status"] == "New"
+    (position,) = dispatch(session, "victim", "GET", "/api/v1/position", {})
+    # Spec 7: the worst case of the position and its risk-increasing orders, long 1 + bid 0.001.
+    assert (position["netQuantity"], position["netExposureQuantity"]) == ("1", "1.001")
     t = 1000
     while not session.account("victim").liquidating:  # the first liquidation loop after the drop
         t += 100
