@@ -26,7 +26,7 @@ from api.routes import PRIVATE, PUBLIC, ApiError, dispatch
 from api.session import Session
 
 MAX_BODY = 64 * 1024
-METHODS = ["GET", "POST", "DELETE", "PATCH", "PUT"]
+METHODS = ["GET", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"]  # every one answers JSON, even a 405
 
 
 def wall_ms() -> int:
