@@ -286,26 +286,20 @@ KLINE_SECONDS = {"1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 
                  "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400, "3d": 259200, "1w": 604800}
 
 
-def klines(session: Session, params: Params) -> Json:
-    r = Reader(params, ("symbol", "interval", "startTime", "endTime", "priceType"))
-    symbol = _market(session, r.text("symbol", required=True)).symbol
-    interval = r.choice("interval", tuple(KLINE_SECONDS), required=True)
-    assert interval is not None
-    r.choice("priceType", ("Last",))
-    width = KLINE_SECONDS[interval] * 1000
-    start = r.integer("startTime")
-    end = r.integer("endTime")
-    candles: dict[int, dict[str, Any]] = {}
+def candles(session: Session, symbol: str, width_ms: int, start_ms: int | None = None,
+            end_ms: int | None = None) -> dict[int, dict[str, Any]]:
+    """The market's trades as candles of ``width_ms`` on the venue's clock, by start (Unix ms)."""
+    out: dict[int, dict[str, Any]] = {}
     for t in session.view.markets[symbol].trades:
         venue_ms = session.venue_ms(t["t"])
-        if start is not None and venue_ms < start * 1000 or end is not None and venue_ms >= end * 1000:
+        if start_ms is not None and venue_ms < start_ms or end_ms is not None and venue_ms >= end_ms:
             continue
-        slot = venue_ms // width * width
-        c = candles.get(slot)
+        slot = venue_ms // width_ms * width_ms
+        c = out.get(slot)
         price, quantity = t["price"], t["quantity"]
         if c is None:
-            candles[slot] = {"open": price, "high": price, "low": price, "close": price, "volume": quantity,
-                             "quoteVolume": price * quantity, "trades": 1}
+            out[slot] = {"open": price, "high": price, "low": price, "close": price, "volume": quantity,
+                         "quoteVolume": price * quantity, "trades": 1}
         else:
             c["high"] = max(c["high"], price)
             c["low"] = min(c["low"], price)
@@ -313,8 +307,20 @@ def klines(session: Session, params: Params) -> Json:
             c["volume"] += quantity
             c["quoteVolume"] += price * quantity
             c["trades"] += 1
+    return out
+
+
+def klines(session: Session, params: Params) -> Json:
+    r = Reader(params, ("symbol", "interval", "startTime", "endTime", "priceType"))
+    symbol = _market(session, r.text("symbol", required=True)).symbol
+    interval = r.choice("interval", tuple(KLINE_SECONDS), required=True)
+    assert interval is not None
+    r.choice("priceType", ("Last",))
+    width = KLINE_SECONDS[interval] * 1000
+    start, end = r.integer("startTime"), r.integer("endTime")
+    rows = candles(session, symbol, width, None if start is None else start * 1000, None if end is None else end * 1000)
     out = []
-    for slot, c in candles.items():
+    for slot, c in rows.items():
         row = {"start": _iso_ms(slot), "end": _iso_ms(slot + width)}
         row |= {k: money(v) if isinstance(v, Decimal) else str(v) for k, v in c.items()}
         out.append(row)

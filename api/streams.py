@@ -10,13 +10,14 @@ events logged since the last call and turns them into stream messages; a depth s
 the levels that changed since its last message, with ``U``/``u`` on the same sequence as REST
 ``lastUpdateId``. A connection whose client does not keep up (``BUFFER`` messages behind) is
 closed rather than let grow without bound. A stream the server does not produce yet (for
-example ``account.rfqUpdate`` or ``kline.*``) is accepted and stays silent.
+example ``account.rfqUpdate``) is accepted and stays silent.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from api import auth
 from api.app import wall_ms
-from api.routes import ticker_row
+from api.routes import KLINE_SECONDS, candles, ticker_row
 from api.session import SYSTEM_ORDER_TYPE, Session, money
 from exchange import margin
 from exchange.decimals import ZERO
@@ -177,6 +178,8 @@ class Streams:
         symbol = rest.split(".")[-1]
         if kind not in PUBLIC_KINDS or symbol not in markets:
             return f"no stream {name!r}; public streams are <kind>.<market> with kind in {', '.join(PUBLIC_KINDS)}"
+        if kind == "kline" and rest.split(".")[0] not in KLINE_SECONDS:
+            return f"no stream {name!r}; kline.<interval>.<market> with interval in {', '.join(KLINE_SECONDS)}"
         return None
 
     # -- what goes out -----------------------------------------------------------------------
@@ -233,6 +236,9 @@ class Streams:
                                           "m": str(event["taker_side"]) == "Ask"}, None
             if f"ticker.{symbol}" in wanted:
                 yield f"ticker.{symbol}", self._ticker(symbol, when), None
+            for interval, seconds in KLINE_SECONDS.items():
+                if f"kline.{interval}.{symbol}" in wanted:
+                    yield f"kline.{interval}.{symbol}", self._kline(symbol, seconds * 1000, event), None
         elif actor.startswith("account:"):
             account = actor[8:]
             if kind in ("order_placed", "fill", "order_closed"):
@@ -246,6 +252,14 @@ class Streams:
         row = ticker_row(self.session, symbol)
         return {"e": "ticker", "E": when, "s": symbol, "o": row["firstPrice"], "c": row["lastPrice"], "h": row["high"],
                 "l": row["low"], "v": row["volume"], "V": row["quoteVolume"], "n": int(row["trades"])}
+
+    def _kline(self, symbol: str, width_ms: int, event: dict[str, Any]) -> dict[str, Any]:
+        """The candle the trade falls in, as it stands after it (not closed: ``X`` false)."""
+        slot = self.session.venue_ms(event["t"]) // width_ms * width_ms
+        c = candles(self.session, symbol, width_ms, slot, slot + width_ms)[slot]
+        return {"e": "kline", "E": self._us(event["t"]), "s": symbol, "t": _iso(slot), "T": _iso(slot + width_ms),
+                "o": money(c["open"]), "c": money(c["close"]), "h": money(c["high"]), "l": money(c["low"]),
+                "v": money(c["volume"]), "n": c["trades"], "X": False}
 
     def _order_update(self, account: str, kind: str, event: dict[str, Any]) -> dict[str, Any] | None:
         record = self.session.view.accounts[account].orders.get(event["order_id"])
@@ -335,6 +349,10 @@ def _changes(before: dict[Decimal, Decimal], after: dict[Decimal, Decimal]) -> l
     out = [[money(p), money(q)] for p, q in after.items() if before.get(p) != q]
     out += [[money(p), "0"] for p in before if p not in after]
     return out
+
+
+def _iso(unix_ms: int) -> str:
+    return datetime.fromtimestamp(unix_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _error(code: int, message: str) -> dict[str, Any]:

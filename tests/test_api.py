@@ -428,11 +428,12 @@ def test_websocket_trades_book_orders_positions_balances(server: Server) -> None
             positions = asyncio.ensure_future(ex.watch_positions([PERP]))
             balance = asyncio.ensure_future(ex.watch_balance())
             ticker = asyncio.ensure_future(ex.watch_ticker(PERP))
+            candles = asyncio.ensure_future(ex.watch_ohlcv(PERP, "1m"))
             await asyncio.sleep(0.5)  # let the subscriptions reach the server before trading
             await rest.create_order(PERP, "market", "buy", 0.01)
             await rest.create_order(PERP, "market", "sell", 0.01)
-            done = await asyncio.wait_for(asyncio.gather(book, trades, orders, positions, balance, ticker), 20)
-            return dict(zip(("book", "trades", "orders", "positions", "balance", "ticker"), done))
+            done = await asyncio.wait_for(asyncio.gather(book, trades, orders, positions, balance, ticker, candles), 20)
+            return dict(zip(("book", "trades", "orders", "positions", "balance", "ticker", "candles"), done))
         finally:
             await ex.close()
             await rest.close()
@@ -445,6 +446,7 @@ def test_websocket_trades_book_orders_positions_balances(server: Server) -> None
     assert seen["positions"][0]["symbol"] == PERP
     assert "USDC" in seen["balance"]
     assert seen["ticker"]["symbol"] == PERP and seen["ticker"]["last"] > 0
+    assert seen["candles"][-1][5] > 0  # [time, open, high, low, close, volume] of the running minute
 
 
 def test_private_subscription_needs_a_good_signature(server: Server) -> None:
