@@ -429,11 +429,13 @@ def test_websocket_trades_book_orders_positions_balances(server: Server) -> None
             balance = asyncio.ensure_future(ex.watch_balance())
             ticker = asyncio.ensure_future(ex.watch_ticker(PERP))
             candles = asyncio.ensure_future(ex.watch_ohlcv(PERP, "1m"))
+            tops = asyncio.ensure_future(ex.watch_bids_asks([PERP]))
             await asyncio.sleep(0.5)  # let the subscriptions reach the server before trading
             await rest.create_order(PERP, "market", "buy", 0.01)
             await rest.create_order(PERP, "market", "sell", 0.01)
-            done = await asyncio.wait_for(asyncio.gather(book, trades, orders, positions, balance, ticker, candles), 20)
-            return dict(zip(("book", "trades", "orders", "positions", "balance", "ticker", "candles"), done))
+            done = await asyncio.wait_for(asyncio.gather(book, trades, orders, positions, balance, ticker, candles,
+                                                         tops), 20)
+            return dict(zip(("book", "trades", "orders", "positions", "balance", "ticker", "candles", "tops"), done))
         finally:
             await ex.close()
             await rest.close()
@@ -447,6 +449,8 @@ def test_websocket_trades_book_orders_positions_balances(server: Server) -> None
     assert "USDC" in seen["balance"]
     assert seen["ticker"]["symbol"] == PERP and seen["ticker"]["last"] > 0
     assert seen["candles"][-1][5] > 0  # [time, open, high, low, close, volume] of the running minute
+    top = seen["tops"][PERP]
+    assert top["bid"] < top["ask"] and top["bidVolume"] > 0
 
 
 def test_private_subscription_needs_a_good_signature(server: Server) -> None:
