@@ -47,6 +47,7 @@ from exchange.protocol import (
     RequestDone,
     RequestRefused,
     TransferOut,
+    UpdateSettings,
     Withdraw,
     account_address,
 )
@@ -265,6 +266,11 @@ class Exchange:
         """Move funds between sub-accounts of one owner under the withdrawal rule (spec 13)."""
         done = self._request(source, TransferOut(self._request_id(), target, asset, quantity, auto_borrow))
         return done if isinstance(done, Rejection) else quantity
+
+    def update_settings(self, account_id: str, **changes: Any) -> RequestDone | Rejection:
+        """PATCH a sub-account's settings (``leverage_limit``, ``auto_lend``, ...); a leverage
+        limit the account's exposure does not fit is refused with the numbers."""
+        return self._request(account_id, UpdateSettings(self._request_id(), **changes))
 
     def reconcile(self, account_id: str) -> None:
         """Let a sub-account settle after its ledger was changed from outside (tests do)."""

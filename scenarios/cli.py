@@ -1,4 +1,4 @@
-"""The ``marginsim`` command line: run, list, explain, demo, fuzz, position.
+"""The ``marginsim`` command line: run, list, explain, demo, fuzz, position, serve, replay.
 
 Exit status: 0 when a run's expectations all hold, 1 when one fails (or the run stopped early:
 an actor crashed, an invariant broke, it stalled), 2 when the input is bad (the message names
@@ -134,7 +134,73 @@ def build_parser() -> argparse.ArgumentParser:
     position.add_argument("--leverage", type=_decimal, help="sub-account leverage limit (default: the profile's)")
     position.add_argument("--profile", default="backpack",
                           help="venue profile: " + ", ".join(available_profiles()) + " or a .toml path")
+    _api_commands(commands)
     return parser
+
+
+def _api_commands(commands: Any) -> None:
+    """``serve`` and ``replay``: the Backpack-compatible API (api/)."""
+    server = commands.add_parser(
+        "serve", help="serve a scenario as a Backpack-compatible REST and WebSocket API",
+        description="Run a scenario's venue on a real-time clock and serve the Backpack Exchange API over it, so "
+        "unmodified ccxt and Backpack SDK clients can trade, borrow, lend and be liquidated. Prints `serving "
+        "http://HOST:PORT ws://HOST:PORT/ws` when ready; Ctrl-C (or SIGTERM) stops it and prints the run summary.",
+        epilog="Keys: an [[accounts]] entry may set api_key (base64 ED25519 public key); the others get fresh "
+        "keys, written with --keys. Replay a session with `marginsim replay LOG`.",
+    )
+    server.add_argument("scenario", metavar="SCENARIO", help="a scenario .toml file or a shipped scenario's name")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    server.add_argument("--port", type=int, default=8000, help="TCP port; 0 takes a free one (default %(default)s)")
+    server.add_argument("--rate", type=float, default=1.0,
+                        help="virtual seconds per real second (default %(default)s; 60 makes an hour a minute)")
+    server.add_argument("--seed", type=int, help="the run's seed (default: the scenario's)")
+    server.add_argument("--keys", type=Path, metavar="FILE",
+                        help="write every sub-account's api_key and secret here as JSON (mode 0600)")
+    server.add_argument("--log", type=Path, metavar="EVENTS.jsonl",
+                        help="write the event log, API requests included (replay it with `marginsim replay`)")
+    server.add_argument("--until", type=float, metavar="SECONDS", help="stop at this virtual time (default: never)")
+    server.add_argument("--public", action="store_true", help="allow a --host other than loopback")
+    server.add_argument("--rate-limit", type=_positive_int, default=50, metavar="N",
+                        help="requests per second per API key before 429 TOO_MANY_REQUESTS (default %(default)s)")
+    server.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a scenario field (repeatable)")
+    replayer = commands.add_parser(
+        "replay", help="re-run a served session from its event log",
+        description="Re-run the scenario of a `marginsim serve --log` file with every logged API request injected "
+        "at the same virtual instant, print the run summary, and say whether the new log equals the recorded one "
+        "(exit 0) or where it first differs (exit 1).",
+    )
+    replayer.add_argument("log", type=Path, metavar="LOG", help="an events .jsonl file written by serve --log")
+    replayer.add_argument("--log", type=Path, dest="new_log", metavar="EVENTS.jsonl", help="write the replay's log")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from api.serve import ServeOptions, serve
+
+    options = ServeOptions(args.host, args.port, args.rate, args.seed, args.keys, args.log, args.until, args.public,
+                           args.rate_limit)
+    served = serve(args.scenario, options, args.overrides)
+    out = Console()
+    print_summary(served.run, out if out.is_terminal else Console(width=160))
+    if served.violations:
+        print("invariants broken at the end:", *served.violations, sep="\n  ")
+        return 1
+    print("invariants hold at the end (conservation, pools, positions, balances)")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from api.serve import replay
+
+    result = replay(args.log, args.new_log)
+    out = Console()
+    print_summary(result.run, out if out.is_terminal else Console(width=160))
+    if result.identical:
+        print(f"replayed {result.requests} API requests: the log is identical ({len(result.run.result.events):,} "
+              f"events, fingerprint {result.fingerprint})")
+        return 0
+    print(f"replayed {result.requests} API requests: the log differs from the recording\n{result.first_difference}")
+    return 1
 
 
 def _positive_int(text: str) -> int:
@@ -160,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"run": _run, "list": _list, "explain": _explain, "demo": _demo, "fuzz": _fuzz, "position": _position}
+    handlers = {"run": _run, "list": _list, "explain": _explain, "demo": _demo, "fuzz": _fuzz, "position": _position,
+                "serve": _serve, "replay": _replay}
     try:
         return handlers[args.command](args)
     except InputError as exc:

@@ -65,6 +65,7 @@ class AccountSpec:
     auto_borrow_settlements: bool
     auto_repay_borrows: bool
     markets: tuple[str, ...]
+    api_key: str | None = None  # marginsim serve: base64 ED25519 public key (checked by api.auth)
 
 
 @attrs.frozen
@@ -505,6 +506,7 @@ def _account(r: Reader, profile: Profile) -> AccountSpec:
         auto_borrow_settlements=r.boolean("auto_borrow_settlements", required=False, default=True),
         auto_repay_borrows=r.boolean("auto_repay_borrows", required=False, default=False),
         markets=_markets(r, "markets", profile, required=False),
+        api_key=r.string("api_key", required=False, default=None),
     )
     r.done()
     return spec
