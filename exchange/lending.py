@@ -249,6 +249,18 @@ class LendingPool:
         self.cash += quantity
         return Grant(self.asset, account, "repay", quantity)
 
+    def waive_entry_fee(self, account: str, fee: Decimal) -> Decimal:
+        """Take back the entry fee of a borrow that served nothing (its order was refused or
+        expired unfilled, and the borrow was repaid), while the fee still sits undistributed (no
+        interest tick has shared it out since). Returns what was waived."""
+        owed = self.borrowers.get(account, ZERO)
+        if not ZERO < fee <= min(self.undistributed, owed):
+            return ZERO
+        self._set(self.borrowers, account, owed - fee)
+        self.borrowed -= fee
+        self.undistributed -= fee
+        return fee
+
     def write_off(self, account: str) -> dict[str, Decimal]:
         """A bankrupt borrower's debt leaves the pool; the lenders' claims shrink by it in kind.
 

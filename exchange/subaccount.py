@@ -57,6 +57,7 @@ from exchange.orders import (
     Rejection,
     Side,
     TimeInForce,
+    duplicate_order_id,
 )
 from exchange.pretrade import Accepted, check_order
 from exchange.protocol import (
@@ -203,6 +204,9 @@ class SubAccountMachine(Machine):
         self.deferred: list[tuple[str, Any]] = []
         self.awaiting: dict[str, _Pending] = {}
         self.busy_assets: dict[str, None] = {}  # assets with an automatic pool request in flight
+        # Order id -> (asset, quantity, entry fee) borrowed to fund it, until it ends; an order
+        # that ends with nothing executed gives the borrow back, fee waived (it served nothing).
+        self.order_borrows: dict[str, tuple[str, Decimal, Decimal]] = {}
         self.loop_on_hold: LiquidationLoop | None = None  # a loop that waits for lent collateral
         self.lends_unredeemable: set[str] = set()  # membership only: what a pool refused to return
         self.reconciling: str | None = None  # what the current USDC cover waits for
@@ -275,6 +279,13 @@ class SubAccountMachine(Machine):
         self._place(order, sender)
 
     def _place(self, order: Order, owner: str | None) -> None:
+        if order.order_id in self.account.open_orders or any(
+            p.kind is Asked.ORDER and p.payload.order_id == order.order_id for p in self.awaiting.values()
+        ):
+            # Refused here, before anything is reserved: the book would refuse it too, and the
+            # ledger, which keys orders by id, would lose track of the one that rests.
+            self._refuse_order(order, duplicate_order_id(order.order_id, f"sub-account {self.account.id}"), owner)
+            return
         result = check_order(self.account, order)
         if isinstance(result, Rejection):
             self._refuse_order(order, result, owner)
@@ -338,7 +349,7 @@ class SubAccountMachine(Machine):
             OrderUpdate(order.order_id, self.account.id, order.market, OrderStatus.EXPIRED, ZERO, ZERO, ZERO)
         )
         self._refuse_order(order, message.rejection, self.owners.pop(order.order_id, None))
-        self._order_ended(order)
+        self._order_ended(order, ZERO)
 
     def on_cancel_refused(self, sender: str, message: CancelRefused) -> None:
         self.emit("cancel_refused", order_id=message.order_id, code=message.rejection.code,
@@ -383,13 +394,16 @@ class SubAccountMachine(Machine):
         """The order has ended and every fill of it is booked: log it, tell its owner."""
         self.emit("order_closed", order_id=final.order_id, market=final.market, status=final.status,
                       reason=final.reason, executed=final.executed_quantity)
-        self._order_ended(order)
+        self._order_ended(order, final.executed_quantity)
         self._notify(self.owners.pop(final.order_id, None), OrderChanged(final))
 
-    def _order_ended(self, order: Order) -> None:
+    def _order_ended(self, order: Order, executed: Decimal) -> None:
         """Per-order spot flags, conversions that settle USDC, liquidation orders."""
         spec = self.profile.markets[order.market]
-        if not spec.is_perp:
+        drawn = self.order_borrows.pop(order.order_id, None)
+        if drawn is not None and not executed:
+            self._give_back(*drawn)
+        elif not spec.is_perp:
             received = spec.base if order.side is Side.BID else spec.quote
             paid = spec.quote if order.side is Side.BID else spec.base
             if order.auto_borrow_repay:
@@ -521,6 +535,9 @@ class SubAccountMachine(Machine):
         kind = pending.kind
         if kind is Asked.ORDER:
             order = pending.payload
+            for grant in message.grants:
+                if grant.action == "borrow":
+                    self.order_borrows[order.order_id] = (grant.asset, grant.quantity, grant.entry_fee)
             refused: Rejection | None = None
             if message.rejection is not None:
                 reason = ExpiryReason.INSUFFICIENT_BORROWABLE_QUANTITY if message.rejection.code in (
@@ -536,6 +553,9 @@ class SubAccountMachine(Machine):
                         ErrorCode.INSUFFICIENT_FUNDS, "funds moved while the pool answered", {}, ExpiryReason.INSUFFICIENT_FUNDS)
             if refused is not None:
                 self._refuse_order(order, refused, pending.sender)
+                drawn = self.order_borrows.pop(order.order_id, None)
+                if drawn is not None:
+                    self._give_back(*drawn)
                 if self.reconciling == order.order_id:  # a conversion the pool would not fund
                     self.reconciling = None
                 run = self.liquidation
@@ -589,6 +609,10 @@ class SubAccountMachine(Machine):
         self.emit(grant.action, asset=grant.asset, quantity=grant.quantity, entry_fee=grant.entry_fee)
 
     def on_interest(self, sender: str, message: InterestNotice) -> None:
+        if message.borrow_interest > 0:  # a tick has shared the entry fees out: they stay paid
+            for order_id, (asset, quantity, _fee) in list(self.order_borrows.items()):
+                if asset == message.asset:
+                    self.order_borrows[order_id] = (asset, quantity, ZERO)
         self.account.apply_interest(message.asset, message.borrow_interest, message.lend_interest)
         self.emit("interest", asset=message.asset, borrow_interest=message.borrow_interest,
                       lend_interest=message.lend_interest, borrow_rate=message.borrow_rate,
@@ -617,6 +641,16 @@ class SubAccountMachine(Machine):
         self._lock(asset, amount)
         self._ask_pool(asset, _Pending(kind, None, asset, (asset, amount)), repay=amount)
         return True
+
+    def _give_back(self, asset: str, quantity: Decimal, fee: Decimal) -> None:
+        """Return a borrow that funded an order which executed nothing, entry fee waived: a
+        refused or unfilled order leaves the account as it was."""
+        if asset in self.busy_assets or self.account.available(asset) < quantity:
+            self._repay_from_available(asset)  # what can be repaid now; the rest stays a borrow
+            return
+        self.busy_assets[asset] = None
+        self._lock(asset, quantity)
+        self._ask_pool(asset, _Pending(Asked.AUTO, None, asset, (asset, quantity)), repay=quantity, waive_fee=fee)
 
     def _lend_available(self, asset: str) -> None:
         amount = self.account.available(asset)
