@@ -112,6 +112,11 @@ class LendingParams:
     open_borrow_lend_limit: Decimal | None = None
 
 
+# The most of any asset a user file may name: a trillion units at an 1e-8 step is 20 digits, so
+# every sum and product of the core stays inside Decimal's 28 significant digits.
+MAX_QUANTITY = Decimal(10) ** 12
+
+
 @attrs.frozen
 class Asset:
     symbol: str
@@ -120,6 +125,7 @@ class Asset:
     borrow_imf: SqrtFunction
     borrow_mmf: SqrtFunction
     lending: LendingParams
+    max_quantity: Decimal = MAX_QUANTITY  # the most a user file may name (deposits, orders, loans)
 
 
 @attrs.frozen
@@ -196,6 +202,15 @@ class Profile:
     def perp_markets(self) -> list[Market]:
         return [m for m in self.markets.values() if m.is_perp]
 
+    def max_price(self, symbol: str) -> Decimal:
+        """The highest price a user file may give an asset's index or a market: the largest
+        band maximum of the markets that trade it (every market's, for an asset none trades)."""
+        market = self.markets.get(symbol)
+        if market is not None:
+            return market.bands.max_price
+        bands = [m.bands.max_price for m in self.markets.values() if m.base == symbol]
+        return max(bands or [m.bands.max_price for m in self.markets.values()])
+
 
 # ---------------------------------------------------------------------------------------
 # Loading
@@ -244,6 +259,9 @@ def _read_text(name_or_path: str) -> tuple[str, str]:
             return path.read_text(encoding="utf-8"), str(path)
         except OSError as exc:
             raise InputError(str(path), "<file>", exc.strerror, "a readable profile file") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(str(path), "<file>", f"a byte that is not UTF-8 at offset {exc.start}",
+                             "a TOML profile file in UTF-8") from None
     resource = resources.files("exchange") / "profiles" / f"{name_or_path}.toml"
     if not resource.is_file():
         raise InputError(
@@ -257,8 +275,8 @@ def parse_profile(data: Mapping[str, Any], source: str) -> Profile:
     name = top.string("name")
     top.string("description", required=False, default="")
     settlement = top.string("settlement_asset")
-    realize = top.decimal("realize_interval", minimum=ZERO)
-    interest = top.decimal("interest_interval", positive=True)
+    realize_ms = top.millis("realize_interval")
+    interest_ms = top.millis("interest_interval", positive=True)
     haircut_mode = top.string("haircut_mode", choices=("average", "marginal"))
     default_lev = top.decimal("default_leverage_limit", minimum=ONE)
     max_lev = top.decimal("max_leverage_limit", minimum=default_lev)
@@ -268,7 +286,7 @@ def parse_profile(data: Mapping[str, Any], source: str) -> Profile:
     liquidation = LiquidationParams(
         fee_rate=liq.decimal("fee_rate", minimum=ZERO, maximum=ONE),
         max_fraction_per_loop=liq.decimal("max_fraction_per_loop", positive=True, maximum=ONE),
-        loop_interval_ms=_ms(liq.decimal("loop_interval", positive=True)),
+        loop_interval_ms=liq.millis("loop_interval", positive=True),
         end_mmr=liq.decimal("end_mmr", positive=True, maximum=ONE),
         auto_close_mmr=liq.decimal("auto_close_mmr", minimum=ONE),
         backstop_residual_to_fund=liq.boolean("backstop_residual_to_fund"),
@@ -295,8 +313,8 @@ def parse_profile(data: Mapping[str, Any], source: str) -> Profile:
         assets=assets,
         markets=markets,
         liquidation=liquidation,
-        realize_interval_ms=_ms(realize),
-        interest_interval_ms=_ms(interest),
+        realize_interval_ms=realize_ms,
+        interest_interval_ms=interest_ms,
         haircut_mode=haircut_mode,
         default_leverage_limit=default_lev,
         max_leverage_limit=max_lev,
@@ -308,10 +326,6 @@ def _with_defaults(table: Reader, defaults: Reader | None) -> Reader:
     if defaults is None:
         return table
     return Reader(deep_merge(defaults.data, table.data), table.source, table.path)
-
-
-def _ms(seconds: Decimal) -> int:
-    return int(seconds * 1000)
 
 
 def _sqrt_function(r: Reader, key: str) -> SqrtFunction:
@@ -357,6 +371,8 @@ def _parse_asset(symbol: str, r: Reader) -> Asset:
         borrow_imf=_sqrt_function(r, "borrow_imf"),
         borrow_mmf=_sqrt_function(r, "borrow_mmf"),
         lending=lending,
+        max_quantity=r.decimal("max_quantity", required=False, default=MAX_QUANTITY, positive=True,
+                               maximum=MAX_QUANTITY),
     )
     r.done()
     return asset
@@ -406,7 +422,7 @@ def _parse_market(symbol: str, r: Reader, assets: Mapping[str, Asset], settlemen
         fields.update(
             imf=_sqrt_function(r, "imf"),
             mmf=_sqrt_function(r, "mmf"),
-            funding_interval_ms=_ms(r.decimal("funding_interval", positive=True)),
+            funding_interval_ms=r.millis("funding_interval", positive=True),
             funding_lower_bound_bps=lower,
             funding_upper_bound_bps=r.decimal("funding_upper_bound_bps", minimum=ZERO),
             position_limit_weight=r.decimal("position_limit_weight", minimum=ZERO, required=False, default=ONE),
