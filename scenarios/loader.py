@@ -203,7 +203,8 @@ def resolve(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise InputError(str(path), "<file>", "no such file", "a scenario file or the name of a shipped scenario")
+            found = "a directory" if path.is_dir() else "no such file"
+            raise InputError(str(path), "<file>", found, "a scenario .toml file or the name of a shipped scenario")
         return path
     found = shipped().get(name_or_path)
     if found is None:
@@ -216,20 +217,36 @@ def resolve(name_or_path: str) -> Path:
 def load(name_or_path: str, overrides: list[str] | None = None) -> Scenario:
     """Read, apply ``--set key=value`` overrides, validate. Raises InputError, runs nothing."""
     path = resolve(name_or_path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(str(path), "<file>", f"a byte that is not UTF-8 at offset {exc.start}",
+                         "a TOML scenario file in UTF-8") from None
+    except OSError as exc:
+        raise InputError(str(path), "<file>", exc.strerror, "a readable scenario file") from None
     try:
         data = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         line = _decode_line(str(exc))
         raise InputError(str(path), "<file>", str(exc), "valid TOML", line=line) from None
+    assigned: dict[str, str] = {}  # field path -> the --set that gave it
     for assignment in overrides or []:
         data = apply_override(data, assignment, str(path))
+        assigned[_canonical(assignment.split("=", 1)[0])] = assignment
     try:
         return _parse(data, str(path), path.parent)
     except InputError as exc:
-        if exc.line is None and exc.source == str(path):
+        setter = next((a for key, a in assigned.items() if exc.field == key or exc.field.startswith((key + ".", key + "["))), None)
+        if setter is not None and exc.source == str(path):  # the value came from the command line
+            exc = InputError(f"--set {setter}", exc.field, exc.found, exc.allowed, hint=exc.hint)
+        elif exc.line is None and exc.source == str(path):
             exc = InputError(exc.source, exc.field, exc.found, exc.allowed, line=locate(text, exc.field), hint=exc.hint)
         raise exc from None
+
+
+def _canonical(key: str) -> str:
+    """A --set key as the loader names fields: ``accounts[0].id``."""
+    return ".".join(f"{n}[{i}]" if i is not None else n for n, i in _segments(key.strip())) or key.strip()
 
 
 def _decode_line(message: str) -> int | None:
@@ -240,8 +257,9 @@ def _decode_line(message: str) -> int | None:
 def apply_override(data: dict[str, Any], assignment: str, source: str) -> dict[str, Any]:
     """``key.path=value`` (``accounts[0].leverage_limit=20``): the value is read as TOML, or
     taken as a string when it is not TOML (``scenario.profile=backpack-2025-10``)."""
+    where = f"--set {assignment}"
     if "=" not in assignment:
-        raise InputError(f"{source} (--set)", assignment, assignment, "key=value, e.g. scenario.seed=7")
+        raise InputError(where, "KEY=VALUE", assignment, "key=value, e.g. scenario.seed=7")
     key, raw = assignment.split("=", 1)
     try:
         value = tomllib.loads(f"v = {raw}", parse_float=Decimal)["v"]
@@ -249,10 +267,18 @@ def apply_override(data: dict[str, Any], assignment: str, source: str) -> dict[s
         value = raw
     segments = _segments(key.strip())
     if not segments:
-        raise InputError(f"{source} (--set)", key, key, "a field path, e.g. accounts[0].leverage_limit")
+        raise InputError(where, key, key, "a field path, e.g. accounts[0].leverage_limit (an array entry by [index])")
     target: Any = data
+    walked: list[str] = []
     for i, (name, index) in enumerate(segments):
         last = i == len(segments) - 1
+        here = ".".join(walked + [name])
+        if not isinstance(target, dict):
+            raise InputError(where, key, target, f"a path through tables: {'.'.join(walked)} is not a table")
+        if isinstance(target.get(name), list) and index is None:
+            example = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key.strip())
+            raise InputError(where, key, f"{here} is an array", "an entry by its index, e.g. "
+                             + (example if example != key.strip() else f"{here}[0]"))
         if index is None:
             if last:
                 target[name] = value
@@ -261,11 +287,13 @@ def apply_override(data: dict[str, Any], assignment: str, source: str) -> dict[s
         else:
             items = target.get(name)
             if not isinstance(items, list) or index >= len(items):
-                raise InputError(f"{source} (--set)", key, None, f"an existing {name}[...] entry")
+                count = f"{len(items)} entries" if isinstance(items, list) else "no such array"
+                raise InputError(where, key, count, f"an existing {name}[...] entry (numbered from 0)")
             if last:
                 items[index] = value
             else:
                 target = items[index]
+        walked.append(f"{name}[{index}]" if index is not None else name)
     return data
 
 
