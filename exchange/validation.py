@@ -43,7 +43,8 @@ class InputError(ValueError):
         self.hint = hint
         where = f"{source}:{line}" if line is not None else source
         found_text = "nothing (the field is missing)" if found is _MISSING else toml_words(found)
-        message = f"{where}: field `{field}`: found {found_text}; allowed: {allowed}"
+        subject = "" if field == source else f"field `{field}`: "  # a flag names itself once
+        message = f"{where}: {subject}found {found_text}; allowed: {allowed}"
         if hint:
             message += f" ({hint})"
         super().__init__(message)
@@ -57,7 +58,7 @@ def toml_words(value: object) -> str:
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, Decimal):
-        return str(value)
+        return str(value).replace("E+", "e").replace("E", "e")  # 1e400, as written, not 1E+400
     if isinstance(value, Mapping):
         return "{ " + ", ".join(f"{k} = {toml_words(v)}" for k, v in value.items()) + " }" if value else "{}"
     if isinstance(value, (list, tuple)):
@@ -167,7 +168,7 @@ class Reader:
         """Seconds, read as whole milliseconds of virtual time, at most ``MAX_SECONDS``."""
         seconds = self.decimal(key, required=required, default=default, minimum=None if positive else minimum,
                                maximum=MAX_SECONDS, positive=positive, step=MILLISECOND,
-                               unit="seconds; times are whole milliseconds")
+                               unit="seconds, at most 30 days, in whole milliseconds")
         return int(seconds * 1000)
 
     def optional_decimal(self, key: str, **limits: Any) -> Decimal | None:
@@ -281,14 +282,14 @@ class Reader:
 
 
 def _describe_range(kind: str, minimum: object, maximum: object, positive: bool) -> str:
-    parts = [kind]
+    bounds = []
     if positive:
-        parts.append("> 0")
+        bounds.append("> 0")
     if minimum is not None:
-        parts.append(f">= {minimum}")
+        bounds.append(f">= {minimum}")
     if maximum is not None:
-        parts.append(f"<= {maximum}")
-    return " ".join(parts)
+        bounds.append(f"<= {maximum}")
+    return " ".join([kind, " and ".join(bounds)]) if bounds else kind
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

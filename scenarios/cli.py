@@ -31,7 +31,7 @@ from exchange.ledger import Settings, SubAccount
 from exchange.liquidation import describe_step
 from exchange.orders import Fill, Side
 from exchange.profile import MAX_QUANTITY, available_profiles, load_profile
-from exchange.validation import MAX_SECONDS, MILLISECOND, InputError
+from exchange.validation import MAX_SECONDS, MILLISECOND, InputError, did_you_mean
 from scenarios import differential, explain, fuzz, loader, runner
 
 HISTORY_LINES = 12  # liquidation steps printed per sub-account after a run
@@ -478,7 +478,7 @@ def _print_campaign(args: argparse.Namespace, result: fuzz.Campaign, *, interrup
     """The campaign's table; when interrupted, of the runs that finished (failures not saved)."""
     out = Console() if Console().is_terminal else Console(width=160)
     title = ("differential campaign" if args.differential else "fuzz campaign") + (
-        " (interrupted: the runs that finished)" if interrupted else "")
+        " (interrupted)" if interrupted else "")
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -493,8 +493,10 @@ def _print_campaign(args: argparse.Namespace, result: fuzz.Campaign, *, interrup
     table.add_row("seeds/s", f"{result.seeds_per_second:.2f}")
     table.add_row("seeds/s per job", f"{result.seeds_per_second / args.jobs:.2f} ({args.jobs} job(s))")
     out.print(table)
-    if interrupted and result.failures:
-        out.print("failing seeds (not saved): " + ", ".join(str(o.seed) for o in result.failures), highlight=False)
+    if interrupted:
+        out.print(f"interrupted: the table counts the {len(result.outcomes)} run(s) that finished"
+                  + ("; failing seeds (not saved, rerun them with --seed S --runs 1): "
+                     + ", ".join(str(o.seed) for o in result.failures) if result.failures else ""), highlight=False)
 
 
 # -- position -------------------------------------------------------------------------------------
@@ -504,26 +506,25 @@ def _position(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     market = profile.markets.get(args.market)
     if market is None or not market.is_perp:
-        perps = ", ".join(m.symbol for m in profile.perp_markets())
-        print(f"marginsim: --market {args.market} is not a perp market of {profile.name}; choose one of {perps}",
-              file=sys.stderr)
-        return 2
+        perps = [m.symbol for m in profile.perp_markets()]
+        what = "not a perp market" if market is not None else "not a market"
+        raise InputError("--market", "--market", args.market, f"a perp market ({args.market} is {what} of "
+                         f"{profile.name}): " + ", ".join(perps), hint=did_you_mean(args.market, perps))
     largest = market.max_quantity or profile.assets[market.base].max_quantity
     if args.size == 0 or abs(args.size) > largest or args.size % market.step_size != 0:
-        raise InputError("--size", "--size", fmt(args.size), f"a non-zero multiple of {fmt(market.step_size)}, "
+        raise InputError("--size", "--size", args.size, f"a non-zero multiple of {fmt(market.step_size)}, "
                          f"at most {fmt(largest)} either way (negative for a short)")
     if args.collateral < 0 or args.collateral % profile.assets[profile.settlement_asset].step:
-        raise InputError("--collateral", "--collateral", fmt(args.collateral),
+        raise InputError("--collateral", "--collateral", args.collateral,
                          f"0 or more {profile.settlement_asset}, in steps of "
                          f"{fmt(profile.assets[profile.settlement_asset].step)}")
     top = market.bands.max_price
     for flag, price in (("--entry", args.entry), ("--mark", args.mark)):
         if price is not None and not 0 < price <= top:
-            raise InputError(flag, flag, fmt(price), f"a price > 0 and at most {fmt(top)} (the market's maximum)")
+            raise InputError(flag, flag, price, f"a price > 0 and at most {fmt(top)} (the market's maximum)")
     leverage = args.leverage if args.leverage is not None else profile.default_leverage_limit
     if not 1 <= leverage <= profile.max_leverage_limit:
-        print(f"marginsim: --leverage must be between 1 and {profile.max_leverage_limit}", file=sys.stderr)
-        return 2
+        raise InputError("--leverage", "--leverage", leverage, f"a leverage limit from 1 to {profile.max_leverage_limit}")
     mark = args.mark if args.mark is not None else args.entry
     account = SubAccount("example", profile, settings=Settings(leverage_limit=leverage))
     account.deposit(profile.settlement_asset, args.collateral)
