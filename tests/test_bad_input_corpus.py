@@ -439,3 +439,13 @@ def test_an_interrupted_log_is_explained_as_such(tmp_path: Path, capsys: pytest.
     code, text = cli(["explain", str(path)], capsys)
     assert code == 0
     assert "interrupted at t=4.250s of 10s" in text
+
+
+def test_a_position_no_mark_can_save_gets_an_answer_not_a_crash(capsys: pytest.CaptureFixture[str]) -> None:
+    """10,000 BTC long on 10,000 USDC: the maintenance fraction grows with the square root of
+    the notional (at 100,000: 1e9 x 0.00001496 x sqrt(1e9) dwarfs any equity), so no mark up
+    to the market's 1,000,000 keeps it healthy. It used to double the search price until a
+    Decimal overflow."""
+    code, text = cli(["position", "--size", "10000"], capsys)
+    assert code == 0
+    assert "not available: no mark up to the market's maximum price 1000000 keeps this position healthy" in text

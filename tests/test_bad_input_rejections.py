@@ -10,6 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from exchange import margin
 from exchange.engine import Exchange
 from exchange.orders import ErrorCode, Order, OrderType, Rejection, Side, TimeInForce
 from exchange.profile import load_profile
@@ -30,7 +31,9 @@ def state(ex: Exchange) -> dict[str, Any]:
     pools = {a: (p.lent, p.borrowed, p.cash, p.undistributed, dict(p.lenders), dict(p.borrowers))
              for a, p in sorted(ex.pools.items())}
     books = {s: {a: sorted(b.open_orders(a)) for a in ex.accounts} for s, b in sorted(ex.books.items())}
-    return {"accounts": accounts, "pools": pools, "books": books}
+    health = {a: (t.net_equity, t.imr, t.mmr, t.available) for a, t in
+              ((a, margin.totals(acc)) for a, acc in sorted(ex.accounts.items()))}
+    return {"accounts": accounts, "pools": pools, "books": books, "health": health}
 
 
 def venue() -> Exchange:
@@ -123,6 +126,8 @@ def test_a_transfer_to_a_stranger_changes_nothing():
     refused = ex.transfer("alice", "maker", "USDC", D(10))
     assert isinstance(refused, Rejection) and "maker is not a sub-account of alice" in refused.message
     assert state(ex) == before
+    logged = [e for e in ex.events if e["event"] == "transfer_refused"]
+    assert logged[-1]["target"] == "maker" and logged[-1]["quantity"] == D(10)
 
 
 def test_loan_refusals_change_nothing():
@@ -136,6 +141,43 @@ def test_loan_refusals_change_nothing():
         assert isinstance(refused, Rejection) and refused.code is ErrorCode.INSUFFICIENT_FUNDS, action
         assert words in refused.message
         assert state(ex) == before, action
+
+
+def test_a_post_only_auto_lend_redeem_order_that_would_cross_lends_again():
+    """alice lends her 10,000 USDC; a post-only bid for 2 SOL at 151 with autoLendRedeem
+    redeems 302 USDC (2 x 151) to lock, then expires because it would cross the ask at 150.
+    The 302 go back to the pool: her lend is 10,000 again and the pool as before."""
+    ex = venue()
+    assert ex.lend("alice", "USDC", D(10000)).quantity == D(10000)
+    ex.advance_to(1000)
+    assert ex.place(limit("maker", "ask", "SOL_USDC", Side.ASK, "5", "150")).accepted
+    before = state(ex)
+    outcome = ex.place(limit("alice", "po", "SOL_USDC", Side.BID, "2", "151", post_only=True, auto_lend_redeem=True))
+    assert outcome.updates and outcome.updates[-1].status.value == "Expired" and not outcome.fills
+    redeems = [e for e in ex.events if e["event"] == "redeem" and e["actor"] == "account:alice"]
+    assert redeems and redeems[-1]["quantity"] == D(302)
+    assert state(ex) == before
+    assert ex.accounts["alice"].lends == {"USDC": D(10000)}
+    assert ex.invariant_violations() == []
+
+
+def test_a_leverage_cut_refused_for_margin_changes_nothing_and_says_why():
+    """alice holds 0.5 BTC-PERP at 100,000 on 10,000 USDC (IMF at 10x is 0.1: 5,000 of margin,
+    less 25 of fees). A 1x limit would need 50,000: refused with the available equity it would
+    leave, 9,975 - 50,000 = -40,025; her settings and every margin number stay."""
+    ex = venue()
+    assert ex.place(limit("maker", "m", "BTC_USDC_PERP", Side.ASK, "0.5", "100000")).accepted
+    assert ex.place(limit("alice", "a", "BTC_USDC_PERP", Side.BID, "0.5", "100000")).fills
+    before = state(ex)
+    from exchange.protocol import UpdateSettings
+
+    refused = ex._request("alice", UpdateSettings("s1", D(1)))
+    assert isinstance(refused, Rejection) and refused.code is ErrorCode.INSUFFICIENT_MARGIN
+    assert refused.details["available_after"] == D("-40025")
+    assert refused.message == "a 1x limit would take available equity to -40025"
+    assert state(ex) == before
+    logged = [e for e in ex.events if e["event"] == "settings_refused"]
+    assert logged[-1]["leverage_limit"] == D(1) and logged[-1]["available_after"] == D("-40025")
 
 
 def test_a_refused_leverage_change_changes_nothing():
