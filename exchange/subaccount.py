@@ -238,7 +238,7 @@ class SubAccountMachine(Machine):
 
     def _unlock(self, asset: str, quantity: Decimal) -> None:
         bal = self.account.balance(asset)
-        bal.locked -= quantity
+        bal.locked = bal.locked - quantity or ZERO  # released in full: 0 as before, not 0.0
         bal.available += quantity
 
     def _ask_pool(self, asset: str, pending: _Pending, **amounts: Any) -> str:

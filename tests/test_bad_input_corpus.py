@@ -344,6 +344,37 @@ def test_csv_price_file_refused_with_its_line(tmp_path: Path, capsys: pytest.Cap
     assert "eth.csv" in text
 
 
+# (case id, TOML after `extends = "backpack"`, what the message must name): profile files
+PROFILE_CASES = [
+    ("profile-tick-huge", "[markets.BTC_USDC_PERP]\ntick_size = 1e400\n", "markets.BTC_USDC_PERP.tick_size"),
+    ("profile-step-zero", "[markets.BTC_USDC_PERP]\nstep_size = 0\n", "markets.BTC_USDC_PERP.step_size"),
+    ("profile-bands", "[markets.BTC_USDC_PERP.price_bands]\nmin_price = 10\nmax_price = 5\n",
+     "markets.BTC_USDC_PERP.price_bands.max_price"),
+    ("profile-max-price", "[markets.BTC_USDC_PERP.price_bands]\nmax_price = 1e30\n",
+     "markets.BTC_USDC_PERP.price_bands.max_price"),
+    ("profile-funding-submilli", "[markets.BTC_USDC_PERP]\nfunding_interval = 0.0001\n",
+     "markets.BTC_USDC_PERP.funding_interval"),
+    ("profile-funding-bound", "[markets.BTC_USDC_PERP]\nfunding_upper_bound_bps = 1e9\n",
+     "markets.BTC_USDC_PERP.funding_upper_bound_bps"),
+    ("profile-asset-step", "[assets.USDC]\nstep = -1\n", "assets.USDC.step"),
+    ("profile-rate", "[assets.USDC.lending]\nr0 = 1e30\n", "assets.USDC.lending.r0"),
+    ("profile-interest-zero", "interest_interval = 0\n", "interest_interval"),
+    ("profile-realize-submilli", "realize_interval = 0.0005\n", "realize_interval"),
+    ("profile-leverage", "max_leverage_limit = 1e9\n", "max_leverage_limit"),
+    ("profile-loops", "[liquidation]\nmax_book_loops = 0\n", "liquidation.max_book_loops"),
+    ("profile-not-toml", "this is = = not toml\n", "valid TOML"),
+    ("profile-extends-unknown", 'extends = "nope"\n', "extends"),
+]
+
+
+@pytest.mark.parametrize(("snippet", "field"), [c[1:] for c in PROFILE_CASES], ids=[c[0] for c in PROFILE_CASES])
+def test_profile_field_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], snippet: str, field: str) -> None:
+    profile = tmp_path / "p.toml"
+    head = 'name = "p"\n' + ('' if snippet.startswith("extends") else 'extends = "backpack"\n')
+    profile.write_text(head + snippet, encoding="utf-8")
+    refused(["position", "--profile", str(profile)], field, capsys)
+
+
 def test_a_csv_file_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "eth.csv").write_bytes(b"0,100\n\xff\xfe,1\n")
     path = tmp_path / "s.toml"
@@ -406,7 +437,7 @@ def test_a_time_bound_is_in_the_message(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_the_corpus_is_large_enough() -> None:
-    cases = FILE_CASES + HEAD_CASES + SET_CASES + FLAG_CASES + LOG_CASES + CSV_CASES
+    cases = FILE_CASES + HEAD_CASES + SET_CASES + FLAG_CASES + LOG_CASES + CSV_CASES + PROFILE_CASES
     assert len(cases) + 9 >= 120  # the nine single tests above
     assert len({c[0] for c in cases}) == len(cases)
 
