@@ -56,17 +56,6 @@ class RunFailed(Exception):
         super().__init__(f"run stopped ({kind}) at t={time_ms / 1000:.3f}s, seed {seed}: {message}")
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the run at ``time_ms``; its log ends with an ``interrupted``
-    event, so whoever reads it back knows it is not a whole run."""
-
-    def __init__(self, seed: int, time_ms: int, fingerprint: str) -> None:
-        self.seed = seed
-        self.time_ms = time_ms
-        self.fingerprint = fingerprint
-        super().__init__(f"interrupted at t={time_ms / 1000:.3f}s")
-
-
 class Stalled(Exception):
     pass
 
@@ -80,6 +69,17 @@ class RunResult:
     event_count: int
     summary: dict[str, Any]
     history: Mapping[str, list[LiquidationStep]]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run at ``time_ms``; its log ends with an ``interrupted``
+    event, so whoever reads it back knows it is not a whole run."""
+
+    def __init__(self, seed: int, time_ms: int, fingerprint: str) -> None:
+        self.seed = seed
+        self.time_ms = time_ms
+        self.fingerprint = fingerprint
+        super().__init__(f"interrupted at t={time_ms / 1000:.3f}s")
 
 
 class System:
