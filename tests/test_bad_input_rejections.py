@@ -199,3 +199,106 @@ def test_a_cancel_of_an_unknown_order_changes_nothing():
     refused = ex.cancel("alice", "BTC_USDC", "nope")
     assert isinstance(refused, Rejection)
     assert state(ex) == before
+
+
+ACTORS_SCENARIO = """\
+[scenario]
+name = "refusals"
+duration = 4
+
+[prices.BTC]
+kind = "constant"
+price = 100000
+
+[[accounts]]
+id = "maker"
+deposits = { BTC = 1 }
+markets = ["BTC_USDC"]
+
+[[accounts]]
+id = "alice"
+owner = "alice"
+deposits = { USDC = 10000 }
+markets = ["BTC_USDC"]
+
+[[accounts]]
+id = "alice-2"
+owner = "alice"
+
+[[actions]]
+at = 0.5
+account = "alice"
+type = "withdraw"
+asset = "USDC"
+quantity = 20000
+
+[[actions]]
+at = 0.6
+account = "alice"
+type = "transfer"
+target = "alice-2"
+asset = "USDC"
+quantity = 20000
+
+[[actions]]
+at = 1
+account = "alice"
+type = "order"
+id = "x"
+market = "BTC_USDC"
+side = "buy"
+quantity = 0.05
+price = 99000
+
+[[actions]]
+at = 1.5
+account = "alice"
+type = "order"
+id = "x"
+market = "BTC_USDC"
+side = "buy"
+quantity = 0.05
+price = 98000
+
+[[actions]]
+at = 2
+account = "maker"
+type = "order"
+id = "m"
+market = "BTC_USDC"
+side = "sell"
+quantity = 0.05
+price = 99000
+
+[[expect]]
+kind = "balance"
+account = "alice"
+asset = "USDC"
+min = 5050
+max = 5050
+"""
+
+
+def test_the_actors_refuse_the_same_way_and_nothing_stays_locked(tmp_path):
+    """Through the actor runtime: the withdrawal and transfer of 20,000 of 10,000 USDC are
+    refused and logged (they once crashed the account actor while logging), the second order x
+    is refused, the first fills for 4,950 USDC (0.05 x 99,000; alice's fee is charged in the
+    BTC she receives), and alice ends with 10,000 - 4,950 = 5,050 USDC, none of it locked."""
+    from scenarios import loader, runner
+
+    path = tmp_path / "s.toml"
+    path.write_text(ACTORS_SCENARIO, encoding="utf-8")
+    scenario = loader.load(str(path))
+    system, scripts = runner.build(scenario, scenario.seed)
+    result = system.run(scenario.duration_ms / 1000)
+    assert all(runner.judge(e, result, scripts).passed for e in scenario.expectations)
+    usdc = system.accounts["alice"].account.balances["USDC"]
+    assert (usdc.available, usdc.locked) == (D(5050), 0)
+    assert not system.accounts["alice"].account.open_orders
+    events = result.events
+    kinds = [e["event"] for e in events if e["actor"] == "account:alice"]
+    assert "withdrawal_refused" in kinds and "transfer_refused" in kinds
+    refusals = [e for e in events if e["event"] == "order_rejected" and e["order_id"] == "x"]
+    assert len(refusals) == 1 and "already open on sub-account alice" in refusals[0]["message"]
+    closed = [e for e in events if e["event"] == "order_closed" and e["order_id"] == "x"]
+    assert closed and closed[-1]["status"] == "Filled"
