@@ -2,7 +2,8 @@
 
 Exit status: 0 when a run's expectations all hold, 1 when one fails (or the run stopped early:
 an actor crashed, an invariant broke, it stalled), 2 when the input is bad (the message names
-the file, the line, the field and what is allowed).
+the file and line, the --set value or the flag, the field and what is allowed), 130 when Ctrl-C
+or SIGTERM interrupted it (``interrupted at t=...``).
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a scenario and check its expectations",
         description="Run a scenario file (or a shipped scenario by name) on the actor runtime, print a summary "
         "per sub-account and market, the expectations with pass/fail, and the run's fingerprint. Exit 0 when "
-        "every expectation holds, 1 when one fails, 2 on a bad file.",
+        "every expectation holds, 1 when one fails, 2 on a bad file or flag, 130 when interrupted (Ctrl-C, SIGTERM: "
+        "the --log then ends with an `interrupted` event).",
     )
     run.add_argument("scenario", metavar="FILE", help="a scenario .toml file or a shipped scenario's name")
     _run_options(run)
@@ -142,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         "maker, noise traders, gamblers near their leverage cap, gaps and wicks in prices) with swarm-drawn "
         "faults (reordered, held and delayed links, a stale feed, a lagging liquidator). Each run is checked by "
         "the invariant observer and, after the faults stop, for liveness. Failures are saved with the command "
-        "that replays them and a shrunk version. Exit 0 when every run passes, 1 otherwise.",
+        "that replays them and a shrunk version. Exit 0 when every run passes, 1 otherwise; Ctrl-C prints the table "
+        "of the runs that finished and exits 130.",
     )
     fuzzer.add_argument("--runs", type=_positive_int,
                         help=f"how many seeds (default {DEFAULT_RUNS}; with --time-budget alone, as many as fit)")
