@@ -45,6 +45,9 @@ MAX_SHOCK = Decimal(10)  # a shock at most multiplies a price by 11
 MAX_PREMIUM = Decimal("0.5")  # a mark within +-50% of its index
 MAX_DRIFT = Decimal(100000)  # annual drift of a random walk (a crash scenario uses -6,000)
 MAX_VOLATILITY = Decimal(1000)  # annual: 100,000%
+MAX_DRIFT_MOVE = Decimal(5)  # |drift| x the run's length in years
+MAX_NOISE_MOVE = Decimal(2)  # volatility x sqrt(the run's length in years)
+YEAR_MS = Decimal(365 * 24 * 3600 * 1000)
 MAX_BPS = Decimal(10000)
 MAX_STEPS = 10**9
 MAX_LATENCY_MS = int(MAX_SECONDS) * 1000
@@ -389,7 +392,7 @@ def _parse(data: Mapping[str, Any], source: str, folder: Path) -> Scenario:
     premiums: dict[str, PathSpec] = {}
     for symbol, table in top.tables("prices", required=False):
         if symbol in profile.assets:
-            prices[symbol] = _path(table, folder, profile.max_price(symbol))
+            prices[symbol] = _path(table, folder, profile.max_price(symbol), duration_ms)
         elif symbol in profile.markets and profile.markets[symbol].is_perp:
             premiums[symbol] = _premium(table)
         else:
@@ -478,8 +481,10 @@ def _price(r: Reader, key: str, high: Decimal) -> Decimal:
     return r.decimal(key, positive=True, maximum=high)
 
 
-def _path(r: Reader, folder: Path, high: Decimal) -> PathSpec:
-    """An index path; its prices (after every shock) stay positive and at most ``high``."""
+def _path(r: Reader, folder: Path, high: Decimal, duration_ms: int) -> PathSpec:
+    """An index path; its prices (after every shock) stay positive and at most ``high``. A
+    random walk cannot promise that, so its drift and volatility are bounded over the run's
+    length instead (see ``_walk_bounds``)."""
     kind = r.string("kind", choices=PATH_KINDS)
     # A shock multiplies the price by (1 + change): above -1, or the price would reach zero.
     shocks = (_points(r, "shocks", "change", Decimal(-1), MAX_SHOCK, strict_low=True, example="[[30, -0.10]]")
@@ -497,6 +502,7 @@ def _path(r: Reader, folder: Path, high: Decimal) -> PathSpec:
                                         maximum=MAX_DRIFT),
                         volatility=r.decimal("volatility", minimum=Decimal(0), maximum=MAX_VOLATILITY),
                         step_ms=r.millis("step", required=False, default=Decimal(1), positive=True), shocks=shocks)
+        _walk_bounds(r, spec, duration_ms)
         extremes = [spec.price]
     else:
         spec = PathSpec(kind, points=_csv(r, folder, high), shocks=shocks)
@@ -510,6 +516,22 @@ def _path(r: Reader, folder: Path, high: Decimal) -> PathSpec:
                       f"{max(extremes)} would reach {max(extremes) * rise}")
     r.done()
     return spec
+
+
+def _walk_bounds(r: Reader, spec: PathSpec, duration_ms: int) -> None:
+    """Over the whole run the drift alone may move a random walk by a factor of at most e^5
+    (148x), and one standard deviation of its noise by at most e^2 (7.4x): beyond that its
+    prices leave any range a venue quotes (and Decimal's digits) long before the run ends."""
+    years = Decimal(duration_ms) / YEAR_MS
+    moved = abs(spec.drift) * years
+    if moved > MAX_DRIFT_MOVE:
+        raise r.error("drift", spec.drift, f"an annual drift whose move over the run's {Decimal(duration_ms) / 1000} s, "
+                      f"|drift| x years, is at most {MAX_DRIFT_MOVE} (this one is {moved:.4f})")
+    spread = spec.volatility * years.sqrt()
+    if spread > MAX_NOISE_MOVE:
+        raise r.error("volatility", spec.volatility, f"an annual volatility whose spread over the run's "
+                      f"{Decimal(duration_ms) / 1000} s, volatility x sqrt(years), is at most {MAX_NOISE_MOVE} "
+                      f"(this one is {spread:.4f})")
 
 
 def _csv(r: Reader, folder: Path, high: Decimal) -> tuple[tuple[int, Decimal], ...]:

@@ -67,6 +67,8 @@ FILE_CASES = [
      "prices.SOL.volatility"),
     ("gbm-volatility-huge", '[prices.SOL]\nkind = "gbm"\nstart = 150\nvolatility = 1e9\n', "prices.SOL.volatility"),
     ("gbm-drift-huge", '[prices.SOL]\nkind = "gbm"\nstart = 150\nvolatility = 1\ndrift = 1e9\n', "prices.SOL.drift"),
+    ("gbm-drift-over-the-run", '[prices.SOL]\nkind = "gbm"\nstart = 150\nvolatility = 1\ndrift = 20000000\n',
+     "prices.SOL.drift"),
     ("path-kind", '[prices.SOL]\nkind = "spline"\n', "prices.SOL.kind"),
     ("price-unknown-symbol", '[prices.DOGE]\nkind = "constant"\nprice = 1\n', "prices.DOGE"),
     ("csv-missing", '[prices.ETH]\nkind = "csv"\nfile = "nope.csv"\n', "prices.ETH.file"),
@@ -480,3 +482,17 @@ def test_a_position_no_mark_can_save_gets_an_answer_not_a_crash(capsys: pytest.C
     code, text = cli(["position", "--size", "10000"], capsys)
     assert code == 0
     assert "not available: no mark up to the market's maximum price 1000000 keeps this position healthy" in text
+
+
+def test_a_random_walk_too_wild_for_its_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Volatility 50 over a day: 50 x sqrt(1/365) = 2.617 > 2, refused with that number; the
+    same walk over an hour (50 x sqrt(1/8760) = 0.534) loads."""
+    path = tmp_path / "s.toml"
+    walk = '\n[prices.SOL]\nkind = "gbm"\nstart = 150\nvolatility = 50\n'
+    path.write_text(BASE.replace("duration = 10", "duration = 86400") + walk, encoding="utf-8")
+    text = refused(["run", str(path)], "prices.SOL.volatility", capsys)
+    assert "(this one is 2.6171)" in text
+    from scenarios import loader
+
+    path.write_text(BASE.replace("duration = 10", "duration = 3600") + walk, encoding="utf-8")
+    assert loader.load(str(path)).prices["SOL"].volatility == 50
