@@ -205,7 +205,8 @@ class SubAccountMachine(Machine):
         self.awaiting: dict[str, _Pending] = {}
         self.busy_assets: dict[str, None] = {}  # assets with an automatic pool request in flight
         # Order id -> what the pool redeemed and lent to fund it, until it ends: an order that
-        # ends with nothing executed gives it back (a borrow's entry fee waived, it served nothing).
+        # ends with nothing executed gives it back (the pool waives a borrow's entry fee if no
+        # interest tick has shared it out yet).
         self.order_draws: dict[str, list[Grant]] = {}
         self.loop_on_hold: LiquidationLoop | None = None  # a loop that waits for lent collateral
         self.lends_unredeemable: set[str] = set()  # membership only: what a pool refused to return
@@ -617,9 +618,6 @@ class SubAccountMachine(Machine):
         self.emit(grant.action, asset=grant.asset, quantity=grant.quantity, entry_fee=grant.entry_fee)
 
     def on_interest(self, sender: str, message: InterestNotice) -> None:
-        if message.borrow_interest > 0:  # a tick has shared the entry fees out: they stay paid
-            for grants in self.order_draws.values():
-                grants[:] = [attrs.evolve(g, entry_fee=ZERO) if g.asset == message.asset else g for g in grants]
         self.account.apply_interest(message.asset, message.borrow_interest, message.lend_interest)
         self.emit("interest", asset=message.asset, borrow_interest=message.borrow_interest,
                       lend_interest=message.lend_interest, borrow_rate=message.borrow_rate,

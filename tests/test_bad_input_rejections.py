@@ -302,3 +302,24 @@ def test_the_actors_refuse_the_same_way_and_nothing_stays_locked(tmp_path):
     assert len(refusals) == 1 and "already open on sub-account alice" in refusals[0]["message"]
     closed = [e for e in events if e["event"] == "order_closed" and e["order_id"] == "x"]
     assert closed and closed[-1]["status"] == "Filled"
+
+
+def test_an_order_borrow_kept_past_an_interest_tick_keeps_its_entry_fee():
+    """The same auto-borrow bid, resting below the ask this time, across the hourly tick: the
+    tick shares the entry fee out to lenders, so cancelling the order repays the 302 USDC but
+    waives nothing. What stays owed is the entry fee (0.000004) plus the hour's interest the
+    tick charged on 302.000004, read from its own event."""
+    ex = venue()
+    ex.deposit("alice", "SOL", D(10))
+    assert ex.withdraw("alice", "USDC", D(10000)) == D(10000)
+    ex.advance_to(1000)
+    assert ex.place(limit("maker", "ask", "SOL_USDC", Side.ASK, "5", "150")).accepted
+    assert ex.place(limit("alice", "rest", "SOL_USDC", Side.BID, "2", "149", auto_borrow=True)).accepted
+    fee = next(e for e in ex.events if e["event"] == "borrow" and e["actor"] == "account:alice")["entry_fee"]
+    assert fee > 0
+    ex.advance_to(3_600_000)
+    interest = next(e for e in ex.events if e["event"] == "interest" and e["actor"] == "account:alice")
+    assert isinstance(ex.cancel("alice", "SOL_USDC", "rest"), object)
+    assert not [e for e in ex.events if e["event"] == "entry_fee_waived"]
+    assert ex.accounts["alice"].borrows == {"USDC": fee + interest["borrow_interest"]}
+    assert ex.invariant_violations() == []
