@@ -9,10 +9,8 @@ on every machine, whatever its floating-point library.
 from __future__ import annotations
 
 import bisect
-import csv
 import random
 from decimal import Decimal
-from pathlib import Path
 
 import attrs
 
@@ -95,18 +93,3 @@ class Shifted:
     def at(self, time_ms: int) -> Decimal:
         price = self.base.at(time_ms)
         return price * self.factor if time_ms >= self.time_ms else price
-
-
-def replay(path: Path) -> Steps:
-    """A CSV of ``time,price`` rows (seconds, price; a header row is allowed) as a step path."""
-    points = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.reader(handle):
-            if not row or row[0].strip().lower() in ("time", "t", "seconds"):
-                continue
-            points.append((int(Decimal(row[0]) * 1000), Decimal(row[1].strip())))
-    if not points:
-        raise ValueError(f"{path}: no time,price rows")
-    points.sort()
-    return Steps(tuple(points))
-

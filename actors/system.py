@@ -70,6 +70,17 @@ class RunResult:
     history: Mapping[str, list[LiquidationStep]]
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run at ``time_ms``; its log ends with an ``interrupted``
+    event, so whoever reads it back knows it is not a whole run."""
+
+    def __init__(self, seed: int, time_ms: int, fingerprint: str) -> None:
+        self.seed = seed
+        self.time_ms = time_ms
+        self.fingerprint = fingerprint
+        super().__init__(f"interrupted at t={time_ms / 1000:.3f}s")
+
+
 class System:
     """The venue as actors: a scheduler, a network, markets, pools, a feed, a liquidator,
     sub-accounts and agents."""
@@ -205,6 +216,10 @@ class System:
         except* Stalled as group:
             raise RunFailed("stall", str(group.exceptions[0]), self.seed, round(trio.current_time() * 1000),
                             fingerprint=self.log.close()) from None
+        except* KeyboardInterrupt:
+            now_ms = round(trio.current_time() * 1000)
+            self.log.append({"event": "interrupted", "actor": "system", "t": now_ms, "until": until_ms})
+            raise Interrupted(self.seed, now_ms, self.log.close()) from None
         finally:
             fingerprint = self.log.close()
         return RunResult(self.seed, until_ms, fingerprint, self.log.events, self.log.count, self.summary(),

@@ -58,6 +58,7 @@ from exchange.orders import (
     Side,
     TimeInForce,
     check_order_shape,
+    duplicate_order_id,
 )
 from exchange.profile import Profile
 
@@ -302,11 +303,9 @@ class OrderBook:
             return MatchResult(order, [], [], rejection)
         order_id = order.order_id
         if order_id in self._orders:
-            return MatchResult(order, [], [], Rejection(
-                ErrorCode.INVALID_ORDER,
-                f"order id {order_id} is already open on {self.symbol}; use a new id",
-                {"market": self.symbol, "order_id": order_id},
-            ))
+            refused = duplicate_order_id(order_id, self.symbol)
+            return MatchResult(order, [], [], Rejection(refused.code, refused.message,
+                                                        refused.details | {"market": self.symbol}))
         price = order.price
         is_bid = order.side is _BID
         best = self._best_ask if is_bid else self._best_bid

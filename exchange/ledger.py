@@ -216,9 +216,10 @@ class SubAccount:
         self._reduce(self.borrows, asset, quantity)
 
     def apply_interest(self, asset: str, borrow_interest: Decimal, lend_interest: Decimal) -> None:
-        """Hourly interest capitalised into the borrow and the lend (spec Q18)."""
+        """Hourly interest capitalised into the borrow and the lend (spec Q18); a negative
+        borrow interest is an entry fee given back (a borrow that served no order)."""
         if borrow_interest:
-            self.borrows[asset] = self.borrows.get(asset, ZERO) + borrow_interest
+            self._reduce(self.borrows, asset, -borrow_interest)
         if lend_interest:
             self.lends[asset] = self.lends.get(asset, ZERO) + lend_interest
 

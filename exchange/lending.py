@@ -81,6 +81,7 @@ class LendingPool:
         self.cash = ZERO
         self.fee_income = ZERO
         self.undistributed = ZERO  # interest paid since the last tick, not yet shared out
+        self.entry_fees: dict[str, Decimal] = {}  # each account's part of it: entry fees since the last tick
         self.lenders: dict[str, Decimal] = {}
         self.borrowers: dict[str, Decimal] = {}
         self.last_tick_ms = 0  # ticks run on whole hours after the start (time 0)
@@ -209,6 +210,8 @@ class LendingPool:
         self.borrowers[account] = self.borrowers.get(account, ZERO) + quantity + fee
         self.borrowed += quantity + fee
         self.undistributed += fee
+        if fee:
+            self.entry_fees[account] = self.entry_fees.get(account, ZERO) + fee
         self.cash -= quantity
         return Grant(self.asset, account, "borrow", quantity, fee)
 
@@ -248,6 +251,21 @@ class LendingPool:
         self.borrowed -= quantity
         self.cash += quantity
         return Grant(self.asset, account, "repay", quantity)
+
+    def waive_entry_fee(self, account: str, fee: Decimal) -> Decimal:
+        """Take back the entry fee of a borrow that served nothing (its order was refused or
+        expired unfilled, and the borrow was repaid), while the fee is still the account's own
+        undistributed entry fee (no interest tick has shared it out since). Returns what was
+        waived: nothing once a tick has passed."""
+        owed = self.borrowers.get(account, ZERO)
+        pending = self.entry_fees.get(account, ZERO)
+        if not ZERO < fee <= min(pending, owed):
+            return ZERO
+        self._set(self.borrowers, account, owed - fee)
+        self._set(self.entry_fees, account, pending - fee)
+        self.borrowed -= fee
+        self.undistributed -= fee
+        return fee
 
     def write_off(self, account: str) -> dict[str, Decimal]:
         """A bankrupt borrower's debt leaves the pool; the lenders' claims shrink by it in kind.
@@ -306,6 +324,7 @@ class LendingPool:
         self.lent += credited
         self.fee_income += paid - credited
         self.undistributed = ZERO
+        self.entry_fees.clear()
         self.last_tick_ms = now_ms
         return InterestTick(
             asset=self.asset,

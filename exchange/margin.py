@@ -538,6 +538,9 @@ def estimate_liquidation_price(account: SubAccount, symbol: str) -> LiquidationP
     if q > 0:
         bad, good = flat_price, flat_price * 2
         while unhealthy(good):
+            if good > market.bands.max_price:  # MMF outgrows equity: no mark the market allows saves it
+                return LiquidationPriceEstimate(None, "not available", "no mark up to the market's maximum "
+                                                f"price {market.bands.max_price} keeps this position healthy")
             good *= 2
     else:
         good, bad = ZERO, flat_price

@@ -66,6 +66,10 @@ class PoolMachine(Machine):
             self.emit("pool_" + grant.action, account=account, quantity=grant.quantity,
                           entry_fee=grant.entry_fee, purpose=message.purpose, utilization=pool.utilization)
         self.send(sender, PoolReply(message.request_id, tuple(grants)))
+        waived = pool.waive_entry_fee(account, message.waive_fee) if message.repay and message.waive_fee else ZERO
+        if waived:  # told like interest: it changes the debt, not the cash
+            self.emit("entry_fee_waived", account=account, quantity=waived)
+            self.send(sender, InterestNotice(pool.asset, -waived, ZERO, pool.borrow_rate(), pool.lend_rate()))
 
     def on_tick(self, sender: str, message: Tick) -> None:
         pool = self.pool

@@ -112,6 +112,15 @@ class LendingParams:
     open_borrow_lend_limit: Decimal | None = None
 
 
+# The most of any asset a user file may name: a trillion units at an 1e-8 step is 20 digits, so
+# every sum and product of the core stays inside Decimal's 28 significant digits.
+MAX_QUANTITY = Decimal(10) ** 12
+MAX_PRICE = Decimal(10) ** 9  # the highest price band a profile may set
+MIN_STEP = Decimal("0.000000000001")  # the finest tick or step: with MAX_QUANTITY, 24 digits
+MAX_RATE = Decimal(1000)  # annual rates, slopes and factors: 100,000% at most
+BPS = Decimal(10000)  # funding bounds within +-100%
+
+
 @attrs.frozen
 class Asset:
     symbol: str
@@ -120,6 +129,7 @@ class Asset:
     borrow_imf: SqrtFunction
     borrow_mmf: SqrtFunction
     lending: LendingParams
+    max_quantity: Decimal = MAX_QUANTITY  # the most a user file may name (deposits, orders, loans)
 
 
 @attrs.frozen
@@ -196,6 +206,15 @@ class Profile:
     def perp_markets(self) -> list[Market]:
         return [m for m in self.markets.values() if m.is_perp]
 
+    def max_price(self, symbol: str) -> Decimal:
+        """The highest price a user file may give an asset's index or a market: the largest
+        band maximum of the markets that trade it (every market's, for an asset none trades)."""
+        market = self.markets.get(symbol)
+        if market is not None:
+            return market.bands.max_price
+        bands = [m.bands.max_price for m in self.markets.values() if m.base == symbol]
+        return max(bands or [m.bands.max_price for m in self.markets.values()])
+
 
 # ---------------------------------------------------------------------------------------
 # Loading
@@ -233,7 +252,12 @@ def _read_with_extends(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict[s
         raise InputError(source, "extends", parent, "the name of a shipped profile: " + ", ".join(available_profiles()))
     if parent in seen:
         raise InputError(source, "extends", parent, "a profile that does not extend itself")
-    base, _ = _read_with_extends(parent, seen + (name_or_path,))
+    try:
+        base, _ = _read_with_extends(parent, seen + (name_or_path,))
+    except InputError as exc:
+        if exc.source != "profile":  # an error inside the parent names its own file
+            raise
+        raise InputError(source, "extends", parent, exc.allowed) from None
     return deep_merge(base, data), source
 
 
@@ -244,6 +268,9 @@ def _read_text(name_or_path: str) -> tuple[str, str]:
             return path.read_text(encoding="utf-8"), str(path)
         except OSError as exc:
             raise InputError(str(path), "<file>", exc.strerror, "a readable profile file") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(str(path), "<file>", f"a byte that is not UTF-8 at offset {exc.start}",
+                             "a TOML profile file in UTF-8") from None
     resource = resources.files("exchange") / "profiles" / f"{name_or_path}.toml"
     if not resource.is_file():
         raise InputError(
@@ -257,22 +284,22 @@ def parse_profile(data: Mapping[str, Any], source: str) -> Profile:
     name = top.string("name")
     top.string("description", required=False, default="")
     settlement = top.string("settlement_asset")
-    realize = top.decimal("realize_interval", minimum=ZERO)
-    interest = top.decimal("interest_interval", positive=True)
+    realize_ms = top.millis("realize_interval")
+    interest_ms = top.millis("interest_interval", positive=True)
     haircut_mode = top.string("haircut_mode", choices=("average", "marginal"))
-    default_lev = top.decimal("default_leverage_limit", minimum=ONE)
-    max_lev = top.decimal("max_leverage_limit", minimum=default_lev)
+    default_lev = top.decimal("default_leverage_limit", minimum=ONE, maximum=MAX_RATE)
+    max_lev = top.decimal("max_leverage_limit", minimum=default_lev, maximum=MAX_RATE)
 
     liq = top.table("liquidation")
     assert liq is not None
     liquidation = LiquidationParams(
         fee_rate=liq.decimal("fee_rate", minimum=ZERO, maximum=ONE),
         max_fraction_per_loop=liq.decimal("max_fraction_per_loop", positive=True, maximum=ONE),
-        loop_interval_ms=_ms(liq.decimal("loop_interval", positive=True)),
+        loop_interval_ms=liq.millis("loop_interval", positive=True),
         end_mmr=liq.decimal("end_mmr", positive=True, maximum=ONE),
-        auto_close_mmr=liq.decimal("auto_close_mmr", minimum=ONE),
+        auto_close_mmr=liq.decimal("auto_close_mmr", minimum=ONE, maximum=MAX_RATE),
         backstop_residual_to_fund=liq.boolean("backstop_residual_to_fund"),
-        max_book_loops=liq.integer("max_book_loops", minimum=1),
+        max_book_loops=liq.integer("max_book_loops", minimum=1, maximum=10**6),
     )
     liq.done()
 
@@ -295,8 +322,8 @@ def parse_profile(data: Mapping[str, Any], source: str) -> Profile:
         assets=assets,
         markets=markets,
         liquidation=liquidation,
-        realize_interval_ms=_ms(realize),
-        interest_interval_ms=_ms(interest),
+        realize_interval_ms=realize_ms,
+        interest_interval_ms=interest_ms,
         haircut_mode=haircut_mode,
         default_leverage_limit=default_lev,
         max_leverage_limit=max_lev,
@@ -310,14 +337,11 @@ def _with_defaults(table: Reader, defaults: Reader | None) -> Reader:
     return Reader(deep_merge(defaults.data, table.data), table.source, table.path)
 
 
-def _ms(seconds: Decimal) -> int:
-    return int(seconds * 1000)
-
-
 def _sqrt_function(r: Reader, key: str) -> SqrtFunction:
     t = r.table(key)
     assert t is not None
-    fn = SqrtFunction(base=t.decimal("base", positive=True, maximum=ONE), factor=t.decimal("factor", minimum=ZERO))
+    fn = SqrtFunction(base=t.decimal("base", positive=True, maximum=ONE),
+                      factor=t.decimal("factor", minimum=ZERO, maximum=ONE))
     t.done()
     return fn
 
@@ -331,7 +355,7 @@ def _parse_asset(symbol: str, r: Reader) -> Asset:
         kind=kind,
         base=h.decimal("base", minimum=ZERO, maximum=ONE, required=kind == "inverseSqrt", default=ONE),
         positive_curve_penalty=h.decimal(
-            "positive_curve_penalty", minimum=ZERO, required=kind == "inverseSqrt", default=ZERO
+            "positive_curve_penalty", minimum=ZERO, maximum=ONE, required=kind == "inverseSqrt", default=ZERO
         ),
     )
     h.done()
@@ -339,24 +363,26 @@ def _parse_asset(symbol: str, r: Reader) -> Asset:
     assert lend is not None
     optimal = lend.decimal("optimal_utilization", positive=True, maximum=ONE)
     lending = LendingParams(
-        r0=lend.decimal("r0", minimum=ZERO),
-        s1=lend.decimal("s1", minimum=ZERO),
-        s2=lend.decimal("s2", minimum=ZERO),
+        r0=lend.decimal("r0", minimum=ZERO, maximum=MAX_RATE),
+        s1=lend.decimal("s1", minimum=ZERO, maximum=MAX_RATE),
+        s2=lend.decimal("s2", minimum=ZERO, maximum=MAX_RATE),
         optimal_utilization=optimal,
         max_utilization=lend.decimal("max_utilization", positive=True, maximum=ONE),
         throttle_utilization_threshold=lend.decimal("throttle_utilization_threshold", positive=True, maximum=ONE),
         fee=lend.decimal("fee", minimum=ZERO, maximum=ONE),
         state=lend.string("state", choices=POOL_STATES, required=False, default="Open"),
-        open_borrow_lend_limit=lend.optional_decimal("open_borrow_lend_limit", positive=True),
+        open_borrow_lend_limit=lend.optional_decimal("open_borrow_lend_limit", positive=True, maximum=MAX_QUANTITY),
     )
     lend.done()
     asset = Asset(
         symbol=symbol,
-        step=r.decimal("step", positive=True),
+        step=r.decimal("step", positive=True, minimum=MIN_STEP, maximum=ONE),
         haircut=haircut,
         borrow_imf=_sqrt_function(r, "borrow_imf"),
         borrow_mmf=_sqrt_function(r, "borrow_mmf"),
         lending=lending,
+        max_quantity=r.decimal("max_quantity", required=False, default=MAX_QUANTITY, positive=True,
+                               maximum=MAX_QUANTITY),
     )
     r.done()
     return asset
@@ -372,29 +398,33 @@ def _parse_market(symbol: str, r: Reader, assets: Mapping[str, Asset], settlemen
     assert b is not None
     perp = kind == PERP
     bands = PriceBands(
-        min_price=b.decimal("min_price", positive=True),
-        max_price=b.decimal("max_price", positive=True),
+        min_price=b.decimal("min_price", positive=True, maximum=MAX_PRICE),
+        max_price=b.decimal("max_price", positive=True, maximum=MAX_PRICE),
         min_multiplier=b.decimal("min_multiplier", positive=True, maximum=ONE),
-        max_multiplier=b.decimal("max_multiplier", minimum=ONE),
+        max_multiplier=b.decimal("max_multiplier", minimum=ONE, maximum=MAX_RATE),
         min_impact_multiplier=b.decimal("min_impact_multiplier", positive=True, maximum=ONE),
-        max_impact_multiplier=b.decimal("max_impact_multiplier", minimum=ONE),
+        max_impact_multiplier=b.decimal("max_impact_multiplier", minimum=ONE, maximum=MAX_RATE),
         mean_mark_min_multiplier=b.optional_decimal("mean_mark_min_multiplier", positive=True, maximum=ONE)
         if perp
         else None,
-        mean_mark_max_multiplier=b.optional_decimal("mean_mark_max_multiplier", minimum=ONE) if perp else None,
-        mean_premium_tolerance=b.optional_decimal("mean_premium_tolerance", positive=True) if perp else None,
+        mean_mark_max_multiplier=b.optional_decimal("mean_mark_max_multiplier", minimum=ONE, maximum=MAX_RATE)
+        if perp
+        else None,
+        mean_premium_tolerance=b.optional_decimal("mean_premium_tolerance", positive=True, maximum=ONE) if perp else None,
     )
+    if bands.min_price > bands.max_price:
+        raise b.error("max_price", bands.max_price, f"at least min_price ({bands.min_price})")
     b.done(allowed_extra=() if perp else ("mean_mark_min_multiplier", "mean_mark_max_multiplier", "mean_premium_tolerance"))
-    step = r.decimal("step_size", positive=True)
+    step = r.decimal("step_size", positive=True, minimum=MIN_STEP, maximum=MAX_QUANTITY)
     fields: dict[str, Any] = dict(
         symbol=symbol,
         kind=kind,
         base=base,
         quote=quote,
-        tick_size=r.decimal("tick_size", positive=True),
+        tick_size=r.decimal("tick_size", positive=True, minimum=MIN_STEP, maximum=bands.max_price),
         step_size=step,
-        min_quantity=r.decimal("min_quantity", minimum=step),
-        max_quantity=r.optional_decimal("max_quantity", positive=True),
+        min_quantity=r.decimal("min_quantity", minimum=step, maximum=MAX_QUANTITY),
+        max_quantity=r.optional_decimal("max_quantity", minimum=step, maximum=MAX_QUANTITY),
         maker_fee=r.decimal("maker_fee", minimum=Decimal("-0.01"), maximum=Decimal("0.1")),
         taker_fee=r.decimal("taker_fee", minimum=ZERO, maximum=Decimal("0.1")),
         bands=bands,
@@ -402,15 +432,16 @@ def _parse_market(symbol: str, r: Reader, assets: Mapping[str, Asset], settlemen
     perp_only = ("imf", "mmf", "funding_interval", "funding_lower_bound_bps", "funding_upper_bound_bps",
                  "position_limit_weight", "open_interest_limit")
     if perp:
-        lower = r.decimal("funding_lower_bound_bps", maximum=ZERO)
+        lower = r.decimal("funding_lower_bound_bps", minimum=-BPS, maximum=ZERO)
         fields.update(
             imf=_sqrt_function(r, "imf"),
             mmf=_sqrt_function(r, "mmf"),
-            funding_interval_ms=_ms(r.decimal("funding_interval", positive=True)),
+            funding_interval_ms=r.millis("funding_interval", positive=True),
             funding_lower_bound_bps=lower,
-            funding_upper_bound_bps=r.decimal("funding_upper_bound_bps", minimum=ZERO),
-            position_limit_weight=r.decimal("position_limit_weight", minimum=ZERO, required=False, default=ONE),
-            open_interest_limit=r.optional_decimal("open_interest_limit", positive=True),
+            funding_upper_bound_bps=r.decimal("funding_upper_bound_bps", minimum=ZERO, maximum=BPS),
+            position_limit_weight=r.decimal("position_limit_weight", minimum=ZERO, maximum=MAX_RATE, required=False,
+                                            default=ONE),
+            open_interest_limit=r.optional_decimal("open_interest_limit", positive=True, maximum=MAX_QUANTITY),
         )
         r.done()
     else:

@@ -300,6 +300,7 @@ class PoolRequest:
     repay: Decimal = ZERO
     purpose: str = "user"  # "user", "order", "settlement", "liquidation", "withdrawal"
     liquidation: bool = False
+    waive_fee: Decimal = ZERO  # with ``repay``: the entry fee of a borrow that served no order
 
 
 @attrs.frozen

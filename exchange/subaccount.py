@@ -57,6 +57,7 @@ from exchange.orders import (
     Rejection,
     Side,
     TimeInForce,
+    duplicate_order_id,
 )
 from exchange.pretrade import Accepted, check_order
 from exchange.protocol import (
@@ -203,6 +204,10 @@ class SubAccountMachine(Machine):
         self.deferred: list[tuple[str, Any]] = []
         self.awaiting: dict[str, _Pending] = {}
         self.busy_assets: dict[str, None] = {}  # assets with an automatic pool request in flight
+        # Order id -> what the pool redeemed and lent to fund it, until it ends: an order that
+        # ends with nothing executed gives it back (the pool waives a borrow's entry fee if no
+        # interest tick has shared it out yet).
+        self.order_draws: dict[str, list[Grant]] = {}
         self.loop_on_hold: LiquidationLoop | None = None  # a loop that waits for lent collateral
         self.lends_unredeemable: set[str] = set()  # membership only: what a pool refused to return
         self.reconciling: str | None = None  # what the current USDC cover waits for
@@ -234,7 +239,7 @@ class SubAccountMachine(Machine):
 
     def _unlock(self, asset: str, quantity: Decimal) -> None:
         bal = self.account.balance(asset)
-        bal.locked -= quantity
+        bal.locked = bal.locked - quantity or ZERO  # released in full: 0 as before, not 0.0
         bal.available += quantity
 
     def _ask_pool(self, asset: str, pending: _Pending, **amounts: Any) -> str:
@@ -275,6 +280,13 @@ class SubAccountMachine(Machine):
         self._place(order, sender)
 
     def _place(self, order: Order, owner: str | None) -> None:
+        if order.order_id in self.account.open_orders or any(
+            p.kind is Asked.ORDER and p.payload.order_id == order.order_id for p in self.awaiting.values()
+        ):
+            # Refused here, before anything is reserved: the book would refuse it too, and the
+            # ledger, which keys orders by id, would lose track of the one that rests.
+            self._refuse_order(order, duplicate_order_id(order.order_id, f"sub-account {self.account.id}"), owner)
+            return
         result = check_order(self.account, order)
         if isinstance(result, Rejection):
             self._refuse_order(order, result, owner)
@@ -338,7 +350,7 @@ class SubAccountMachine(Machine):
             OrderUpdate(order.order_id, self.account.id, order.market, OrderStatus.EXPIRED, ZERO, ZERO, ZERO)
         )
         self._refuse_order(order, message.rejection, self.owners.pop(order.order_id, None))
-        self._order_ended(order)
+        self._order_ended(order, ZERO)
 
     def on_cancel_refused(self, sender: str, message: CancelRefused) -> None:
         self.emit("cancel_refused", order_id=message.order_id, code=message.rejection.code,
@@ -383,13 +395,16 @@ class SubAccountMachine(Machine):
         """The order has ended and every fill of it is booked: log it, tell its owner."""
         self.emit("order_closed", order_id=final.order_id, market=final.market, status=final.status,
                       reason=final.reason, executed=final.executed_quantity)
-        self._order_ended(order)
+        self._order_ended(order, final.executed_quantity)
         self._notify(self.owners.pop(final.order_id, None), OrderChanged(final))
 
-    def _order_ended(self, order: Order) -> None:
+    def _order_ended(self, order: Order, executed: Decimal) -> None:
         """Per-order spot flags, conversions that settle USDC, liquidation orders."""
         spec = self.profile.markets[order.market]
-        if not spec.is_perp:
+        drawn = self.order_draws.pop(order.order_id, None)
+        if drawn and not executed:
+            self._give_back(drawn)
+        elif not spec.is_perp:
             received = spec.base if order.side is Side.BID else spec.quote
             paid = spec.quote if order.side is Side.BID else spec.base
             if order.auto_borrow_repay:
@@ -434,12 +449,18 @@ class SubAccountMachine(Machine):
         self.send(sender, RequestDone(message.request_id, f"{fmt(credited)} {message.asset}"))
         self.settle()
 
+    def _refuse_outflow(self, sender: str, message: Withdraw | TransferOut, refused: Rejection) -> None:
+        """A withdrawal or transfer refused, logged with its numbers; nothing has moved."""
+        self.emit("withdrawal_refused" if isinstance(message, Withdraw) else "transfer_refused", **{
+            **refused.details, "request_id": message.request_id, "asset": message.asset,
+            "quantity": message.quantity, "code": refused.code, "message": refused.message,
+        })
+        self.send(sender, RequestRefused(message.request_id, refused))
+
     def on_withdraw(self, sender: str, message: Withdraw | TransferOut) -> None:
         plan = outflow_plan(self.account, message.asset, message.quantity, message.auto_borrow)
         if isinstance(plan, Rejection):
-            self.emit("withdrawal_refused", request_id=message.request_id, asset=message.asset,
-                          quantity=message.quantity, code=plan.code, message=plan.message, **plan.details)
-            self.send(sender, RequestRefused(message.request_id, plan))
+            self._refuse_outflow(sender, message, plan)
             return
         redeem, borrow = plan
         if redeem or borrow:
@@ -451,17 +472,21 @@ class SubAccountMachine(Machine):
     def on_transfer_out(self, sender: str, message: TransferOut) -> None:
         if message.target not in self.siblings:
             refused = Rejection(ErrorCode.INVALID_ORDER,
-                                f"{message.target} is not a sub-account of {self.account.owner}")
-            self.send(sender, RequestRefused(message.request_id, refused))
+                                f"{message.target} is not a sub-account of {self.account.owner}", {"target": message.target})
+            self._refuse_outflow(sender, message, refused)
             return
         self.on_withdraw(sender, message)  # same rule; _finish_outflow sends it to the sibling
 
-    def _finish_outflow(self, sender: str, message: Withdraw | TransferOut) -> None:
+    def _finish_outflow(self, sender: str, message: Withdraw | TransferOut) -> bool:
+        """Pay the withdrawal or transfer out; False (and refused) when the funds have moved."""
         asset, quantity = message.asset, message.quantity
-        if self.account.available(asset) < quantity:
-            refused = Rejection(ErrorCode.INSUFFICIENT_FUNDS, f"{fmt(quantity)} {asset} is no longer available")
-            self.send(sender, RequestRefused(message.request_id, refused))
-            return
+        available = self.account.available(asset)
+        if available < quantity:
+            refused = Rejection(ErrorCode.INSUFFICIENT_FUNDS,
+                                f"{fmt(quantity)} {asset} asked, only {fmt(available)} is available any more",
+                                {"available": available})
+            self._refuse_outflow(sender, message, refused)
+            return False
         self.account.debit(asset, quantity)
         if isinstance(message, TransferOut):
             self.emit("transfer_out", request_id=message.request_id, target=message.target, asset=asset,
@@ -472,6 +497,7 @@ class SubAccountMachine(Machine):
             self.emit("withdrawal", request_id=message.request_id, asset=asset, quantity=quantity)
         self.send(sender, RequestDone(message.request_id, f"{fmt(quantity)} {asset}"))
         self.settle()
+        return True
 
     def on_asset_transfer(self, sender: str, message: AssetTransfer) -> None:
         repaid = self.account.deposit(message.asset, message.quantity)
@@ -521,6 +547,8 @@ class SubAccountMachine(Machine):
         kind = pending.kind
         if kind is Asked.ORDER:
             order = pending.payload
+            if message.grants:
+                self.order_draws[order.order_id] = list(message.grants)
             refused: Rejection | None = None
             if message.rejection is not None:
                 reason = ExpiryReason.INSUFFICIENT_BORROWABLE_QUANTITY if message.rejection.code in (
@@ -536,6 +564,7 @@ class SubAccountMachine(Machine):
                         ErrorCode.INSUFFICIENT_FUNDS, "funds moved while the pool answered", {}, ExpiryReason.INSUFFICIENT_FUNDS)
             if refused is not None:
                 self._refuse_order(order, refused, pending.sender)
+                self._give_back(self.order_draws.pop(order.order_id, ()))
                 if self.reconciling == order.order_id:  # a conversion the pool would not fund
                     self.reconciling = None
                 run = self.liquidation
@@ -543,9 +572,9 @@ class SubAccountMachine(Machine):
                     self._liquidation_order_ended(order)
         elif kind is Asked.WITHDRAW:
             if message.rejection is not None:
-                self.send(pending.sender, RequestRefused(pending.payload.request_id, message.rejection))
-            else:
-                self._finish_outflow(pending.sender, pending.payload)
+                self._refuse_outflow(pending.sender, pending.payload, message.rejection)
+            elif not self._finish_outflow(pending.sender, pending.payload):
+                self._give_back(message.grants)
         elif kind is Asked.LOAN:
             request = pending.payload
             if message.rejection is not None:
@@ -617,6 +646,24 @@ class SubAccountMachine(Machine):
         self._lock(asset, amount)
         self._ask_pool(asset, _Pending(kind, None, asset, (asset, amount)), repay=amount)
         return True
+
+    def _give_back(self, grants: Iterable[Grant]) -> None:
+        """Undo what the pool drew for a request that then did nothing (an order refused or
+        ended unfilled, a withdrawal refused after all): repay a borrow with its entry fee
+        waived, lend a redeemed lend again, so the account is as it was."""
+        for grant in grants:
+            asset, quantity = grant.asset, grant.quantity
+            if asset in self.busy_assets or self.account.available(asset) < quantity:
+                if grant.action == "borrow":
+                    self._repay_from_available(asset)  # what can be repaid now; the rest stays a borrow
+                continue
+            self.busy_assets[asset] = None
+            self._lock(asset, quantity)
+            pending = _Pending(Asked.AUTO, None, asset, (asset, quantity))
+            if grant.action == "borrow":
+                self._ask_pool(asset, pending, repay=quantity, waive_fee=grant.entry_fee)
+            else:
+                self._ask_pool(asset, pending, lend=quantity)
 
     def _lend_available(self, asset: str) -> None:
         amount = self.account.available(asset)
@@ -707,6 +754,9 @@ class SubAccountMachine(Machine):
         if limit is not None:
             refused = leverage_refusal(self.account, limit)
             if refused is not None:
+                self.emit("settings_refused", **{**refused.details, "request_id": message.request_id,
+                                                 "leverage_limit": limit, "code": refused.code,
+                                                 "message": refused.message})
                 self.send(sender, RequestRefused(message.request_id, refused))
                 return
             settings.leverage_limit = limit

@@ -9,12 +9,17 @@ to a default.
 
 from __future__ import annotations
 
+import datetime
 import difflib
+import json
 from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from exchange.decimals import to_decimal
+from exchange.decimals import is_multiple, to_decimal
+
+MILLISECOND = Decimal("0.001")  # virtual time is whole milliseconds: finer times are refused
+MAX_SECONDS = Decimal(30 * 24 * 3600)  # no time in a user file (a run's length included) is past 30 days
 
 
 class InputError(ValueError):
@@ -37,11 +42,32 @@ class InputError(ValueError):
         self.line = line
         self.hint = hint
         where = f"{source}:{line}" if line is not None else source
-        found_text = "nothing (the field is missing)" if found is _MISSING else repr(found)
-        message = f"{where}: field `{field}`: found {found_text}; allowed: {allowed}"
+        found_text = "nothing (the field is missing)" if found is _MISSING else toml_words(found)
+        subject = "" if field == source else f"field `{field}`: "  # a flag names itself once
+        message = f"{where}: {subject}found {found_text}; allowed: {allowed}"
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+
+def toml_words(value: object) -> str:
+    """A value as the file would spell it (TOML ``true``, ``"text"``, ``[1, 2]``), so a message
+    quotes what the user wrote rather than Python's rendering of it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Decimal):
+        return str(value).replace("E+", "e").replace("E", "e")  # 1e400, as written, not 1E+400
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {toml_words(v)}" for k, v in value.items()) + " }" if value else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_words(v) for v in value) + "]"
+    if value is None:
+        return "nothing"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    return str(value)
 
 
 class _Missing:
@@ -101,11 +127,17 @@ class Reader:
         minimum: Decimal | None = None,
         maximum: Decimal | None = None,
         positive: bool = False,
+        step: Decimal | None = None,
+        unit: str = "",
     ) -> Decimal:
+        """A finite decimal within the bounds and, with ``step``, a whole multiple of it
+        (``unit`` names what the step is, for the message: ``times are whole milliseconds``)."""
         raw = self._get(key, required, default)
         if raw is default and key not in self.data:
             return raw
         allowed = _describe_range("a decimal number", minimum, maximum, positive)
+        if step is not None:
+            allowed += f", a multiple of {step}" + (f" ({unit})" if unit else "")
         if isinstance(raw, bool):
             raise self.error(key, raw, allowed)
         try:
@@ -120,7 +152,24 @@ class Reader:
             raise self.error(key, raw, allowed)
         if maximum is not None and value > maximum:
             raise self.error(key, raw, allowed)
+        if step is not None and not is_multiple(value, step):
+            raise self.error(key, raw, allowed)
         return value
+
+    def millis(
+        self,
+        key: str,
+        *,
+        required: bool = True,
+        default: Decimal | None = None,
+        minimum: Decimal | None = Decimal(0),
+        positive: bool = False,
+    ) -> int:
+        """Seconds, read as whole milliseconds of virtual time, at most ``MAX_SECONDS``."""
+        seconds = self.decimal(key, required=required, default=default, minimum=None if positive else minimum,
+                               maximum=MAX_SECONDS, positive=positive, step=MILLISECOND,
+                               unit="seconds, at most 30 days, in whole milliseconds")
+        return int(seconds * 1000)
 
     def optional_decimal(self, key: str, **limits: Any) -> Decimal | None:
         if key not in self.data:
@@ -233,14 +282,14 @@ class Reader:
 
 
 def _describe_range(kind: str, minimum: object, maximum: object, positive: bool) -> str:
-    parts = [kind]
+    bounds = []
     if positive:
-        parts.append("> 0")
+        bounds.append("> 0")
     if minimum is not None:
-        parts.append(f">= {minimum}")
+        bounds.append(f">= {minimum}")
     if maximum is not None:
-        parts.append(f"<= {maximum}")
-    return " ".join(parts)
+        bounds.append(f"<= {maximum}")
+    return " ".join([kind, " and ".join(bounds)]) if bounds else kind
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,14 +2,18 @@
 
 Exit status: 0 when a run's expectations all hold, 1 when one fails (or the run stopped early:
 an actor crashed, an invariant broke, it stalled), 2 when the input is bad (the message names
-the file, the line, the field and what is allowed).
+the file and line, the --set value or the flag, the field and what is allowed), 130 when Ctrl-C
+or SIGTERM interrupted it (``interrupted at t=...``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import time
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from importlib.metadata import PackageNotFoundError, version
@@ -21,17 +25,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from actors.events import read_log
+from actors.system import Interrupted
 from exchange import margin
 from exchange.decimals import fmt, fmt_pct
 from exchange.ledger import Settings, SubAccount
 from exchange.liquidation import describe_step
 from exchange.orders import Fill, Side
-from exchange.profile import available_profiles, load_profile
-from exchange.validation import InputError
+from exchange.profile import MAX_QUANTITY, available_profiles, load_profile
+from exchange.validation import MAX_SECONDS, MILLISECOND, InputError, did_you_mean
 from scenarios import differential, explain, fuzz, loader, runner
 
 HISTORY_LINES = 12  # liquidation steps printed per sub-account after a run
+DEFAULT_RUNS = 100  # fuzz seeds when neither --runs nor --time-budget is given
 
 
 def _version() -> str:
@@ -41,14 +46,47 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+# -- flag values: each checked where it is parsed, so a bad one names its flag (exit 2) ----------
+
+
 def _decimal(text: str) -> Decimal:
+    """A finite decimal of a sane size (at most ``MAX_QUANTITY`` either way)."""
     try:
         value = Decimal(text)
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value.is_finite():
         raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    if abs(value) > MAX_QUANTITY:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: at most {fmt(MAX_QUANTITY)} either way")
     return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= loader.MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to {loader.MAX_SEED}, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """Virtual seconds for --until: positive, whole milliseconds, at most the run-length bound."""
+    value = _decimal(text)
+    if value <= 0 or value > MAX_SECONDS or value % MILLISECOND:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not allowed: seconds > 0 and at most {fmt(MAX_SECONDS)} (30 days), in whole milliseconds")
+    return float(value)
+
+
+def _positive_seconds(text: str) -> float:
+    """Wall-clock seconds (--time-budget) or a rate (--rate): positive and finite."""
+    value = _decimal(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: a positive number")
+    return float(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a scenario and check its expectations",
         description="Run a scenario file (or a shipped scenario by name) on the actor runtime, print a summary "
         "per sub-account and market, the expectations with pass/fail, and the run's fingerprint. Exit 0 when "
-        "every expectation holds, 1 when one fails, 2 on a bad file.",
+        "every expectation holds, 1 when one fails, 2 on a bad file or flag, 130 when interrupted (Ctrl-C, SIGTERM: "
+        "the --log then ends with an `interrupted` event).",
     )
     run.add_argument("scenario", metavar="FILE", help="a scenario .toml file or a shipped scenario's name")
     _run_options(run)
@@ -96,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("scenario", metavar="NAME", help="a shipped scenario's name or a scenario file")
     _run_options(demo)
-    demo.add_argument("--rate", type=float, default=5.0, help="virtual seconds per real second (default %(default)s)")
+    demo.add_argument("--rate", type=_positive_seconds, default=5.0,
+                      help="virtual seconds per real second (default %(default)s)")
 
     fuzzer = commands.add_parser(
         "fuzz", help="hunt race conditions: random scenarios with seeded faults, checked live",
@@ -104,11 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         "maker, noise traders, gamblers near their leverage cap, gaps and wicks in prices) with swarm-drawn "
         "faults (reordered, held and delayed links, a stale feed, a lagging liquidator). Each run is checked by "
         "the invariant observer and, after the faults stop, for liveness. Failures are saved with the command "
-        "that replays them and a shrunk version. Exit 0 when every run passes, 1 otherwise.",
+        "that replays them and a shrunk version. Exit 0 when every run passes, 1 otherwise; Ctrl-C prints the table "
+        "of the runs that finished and exits 130.",
     )
-    fuzzer.add_argument("--runs", type=_positive_int, default=100, help="how many seeds (default %(default)s)")
-    fuzzer.add_argument("--seed", type=int, default=0, help="the first seed; runs take the next ones (default 0)")
-    fuzzer.add_argument("--time-budget", type=float, metavar="SECONDS",
+    fuzzer.add_argument("--runs", type=_positive_int,
+                        help=f"how many seeds (default {DEFAULT_RUNS}; with --time-budget alone, as many as fit)")
+    fuzzer.add_argument("--seed", type=_seed, default=0, help="the first seed; runs take the next ones (default 0)")
+    fuzzer.add_argument("--time-budget", type=_positive_seconds, metavar="SECONDS",
                         help="start no new run after this many seconds of wall time")
     fuzzer.add_argument("--jobs", type=_positive_int, default=1,
                         help="worker processes (default %(default)s; at most the cores you have)")
@@ -126,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         "left out.",
     )
     position.add_argument("--market", default="BTC_USDC_PERP", help="perp market (default %(default)s)")
-    position.add_argument("--collateral", type=_decimal, default=Decimal(10000), help="USDC deposited (default %(default)s)")
+    position.add_argument("--collateral", type=_decimal, default=Decimal(10000),
+                          help="USDC deposited, 0 or more (default %(default)s)")
     position.add_argument("--size", type=_decimal, default=Decimal(1),
                           help="signed position size in base units; negative for a short (default %(default)s)")
     position.add_argument("--entry", type=_decimal, default=Decimal(100000), help="entry price (default %(default)s)")
@@ -214,10 +257,16 @@ def _positive_int(text: str) -> int:
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, help="the run's seed (default: the scenario's)")
-    parser.add_argument("--until", type=float, metavar="T", help="stop at T seconds of virtual time (default: its duration)")
+    parser.add_argument("--seed", type=_seed, help="the run's seed (default: the scenario's)")
+    parser.add_argument("--until", type=_seconds, metavar="T",
+                        help="stop at T seconds of virtual time (default: its duration; at most 30 days)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a scenario field, e.g. --set accounts[0].leverage_limit=20 (repeatable)")
+
+
+def _sigterm_as_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM stops a run the way Ctrl-C does: trio delivers SIGINT to the run safely."""
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,14 +277,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     handlers = {"run": _run, "list": _list, "explain": _explain, "demo": _demo, "fuzz": _fuzz, "position": _position,
                 "serve": _serve, "replay": _replay}
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job: SIGTERM still needs SIGINT
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return handlers[args.command](args)
     except InputError as exc:
         print(f"marginsim: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"marginsim: {stop}; the event log (if any) ends with an `interrupted` event", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("marginsim: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def check_output_paths(log: Path | None, report: Path | None) -> None:
+    """Refuse, before anything runs, a --log or --report the run could not write."""
+    if log is not None:
+        if log.is_dir():
+            raise InputError("--log", "--log", str(log), "a file path to write the event log to, not a directory")
+        if not log.parent.is_dir():
+            raise InputError("--log", "--log", str(log), f"a file in an existing folder ({log.parent} is not there)")
+    if report is not None:
+        _check_report_dependencies()
+        from scenarios.report import check_directory
+
+        check_directory(report)
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -243,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     scenario = loader.load(args.scenario, args.overrides)
+    check_output_paths(args.log, args.report)
     if args.differential:
         until_ms = None if args.until is None else round(args.until * 1000)
         comparison = differential.compare(scenario, seed=args.seed, until_ms=until_ms)
@@ -253,8 +325,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{scenario.name}, seed {comparison.seed}: the engine and the actors differ", *comparison.mismatches,
               sep="\n")
         return 1
-    if args.report is not None:
-        _check_report_dependencies()
     err = Console(stderr=True)
     show_progress = err.is_terminal and not args.json
     until_ms = scenario.duration_ms if args.until is None else round(args.until * 1000)
@@ -265,7 +335,12 @@ def _run(args: argparse.Namespace) -> int:
         def advance(now_ms: int) -> None:
             progress.update(task, completed=now_ms, t=f"t={now_ms / 1000:,.0f}s of {until_ms / 1000:,.0f}s")
 
-        outcome = runner.run(scenario, seed=args.seed, until_s=args.until, log_path=args.log, progress=advance)
+        try:
+            outcome = runner.run(scenario, seed=args.seed, until_s=args.until, log_path=args.log, progress=advance)
+        except Interrupted as stop:
+            if args.json:
+                print(json.dumps(interrupted_document(scenario.name, stop, until_ms), indent=2, sort_keys=True))
+            raise
     if args.report is not None and outcome.result is not None:
         from scenarios.report import write_report
 
@@ -278,6 +353,13 @@ def _run(args: argparse.Namespace) -> int:
         out = Console()
         print_summary(outcome, out if out.is_terminal else Console(width=160))
     return 0 if outcome.passed else 1
+
+
+def interrupted_document(name: str, stop: Interrupted, until_ms: int) -> dict[str, Any]:
+    """The `--json` document of a run stopped by Ctrl-C or SIGTERM: what it was, where it stopped."""
+    return {"scenario": name, "seed": stop.seed, "until": until_ms / 1000, "passed": False,
+            "failure": {"kind": "interrupted", "message": str(stop)}, "interrupted_at": stop.time_ms / 1000,
+            "fingerprint": stop.fingerprint}
 
 
 def _check_report_dependencies() -> None:
@@ -394,19 +476,22 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    if not args.log.is_file():
-        raise InputError(str(args.log), "LOG", "no such file", "an events .jsonl file written by `marginsim run --log`")
-    try:
-        events = read_log(args.log)
-    except (ValueError, KeyError) as exc:
-        raise InputError(str(args.log), "LOG", str(exc), "canonical JSON lines written by `marginsim run --log`") from None
-    lines: list[str] = []
+    events = explain.read_events(args.log)
+    if args.order and not any(e.get("order_id") == args.order for e in events):
+        orders = sorted({str(e["order_id"]) for e in events if e["event"] == "order_placed" or e["event"] == "order_rejected"})
+        raise InputError("--order", "--order", args.order, f"an order id in {args.log}: " + (", ".join(orders[:20]) or
+                         "it has none") + (" ..." if len(orders) > 20 else ""))
+    if args.account and not any(e["actor"] == f"account:{args.account}" for e in events):
+        accounts = sorted({e["actor"].split(":", 1)[1] for e in events if e["actor"].startswith("account:")})
+        raise InputError("--account", "--account", args.account, f"a sub-account in {args.log}: "
+                         + (", ".join(accounts) or "it has none"))
+    lines: list[str] = explain.interrupted(events)
     if args.order:
         lines += explain.explain_order(events, args.order)
     if args.account:
         lines += explain.explain_account(events, args.account)
     if not (args.order or args.account):
-        lines = explain.overview(events)
+        lines += explain.overview(events)
     print("\n".join(lines))
     return 0
 
@@ -414,8 +499,6 @@ def _explain(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from scenarios.demo import run_demo
 
-    if args.rate <= 0:
-        raise InputError("--rate", "--rate", args.rate, "a positive number of virtual seconds per real second")
     scenario = loader.load(args.scenario, args.overrides)
     outcome = run_demo(scenario, seed=args.seed, rate=args.rate, until_s=args.until)
     return 0 if outcome.passed else 1
@@ -425,29 +508,52 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _fuzz(args: argparse.Namespace) -> int:
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise InputError("--time-budget", "--time-budget", args.time_budget, "a positive number of seconds")
     err = Console(stderr=True)
-    seeds = range(args.seed, args.seed + args.runs)
-    failed = 0
+    # --time-budget alone runs as many seeds as fit; --runs (default 100) bounds them otherwise.
+    runs = args.runs if args.runs is not None else None if args.time_budget is not None else DEFAULT_RUNS
+    last = loader.MAX_SEED if runs is None else min(args.seed + runs - 1, loader.MAX_SEED)
+    seeds = range(args.seed, last + 1)
+    finished: list[fuzz.FuzzOutcome] = []
+    started = time.perf_counter()
     with Progress(TextColumn("fuzzing"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                   TextColumn("{task.fields[failed]}"), TimeElapsedColumn(), console=err,
                   disable=not err.is_terminal) as progress:
-        task = progress.add_task("fuzz", total=args.runs, failed="no failure")
+        task = progress.add_task("fuzz", total=runs, failed="no failure")
 
         def advance(outcome: fuzz.FuzzOutcome) -> None:
-            nonlocal failed
-            failed += not outcome.passed
+            finished.append(outcome)
+            failed = sum(not o.passed for o in finished)
             progress.update(task, advance=1, failed=f"{failed} failed" if failed else "no failure")
 
-        result = fuzz.campaign(seeds, jobs=args.jobs, time_budget=args.time_budget, progress=advance,
-                               differential=args.differential)
+        try:
+            result = fuzz.campaign(seeds, jobs=args.jobs, time_budget=args.time_budget, progress=advance,
+                                   differential=args.differential)
+        except KeyboardInterrupt:
+            progress.stop()
+            partial = fuzz.Campaign(tuple(sorted(finished, key=lambda o: o.seed)), time.perf_counter() - started,
+                                    args.jobs)
+            _print_campaign(args, partial, interrupted=True)
+            raise
+    _print_campaign(args, result)
+    shrunk: set[str] = set()
+    for outcome in result.failures:
+        shrink_it = not args.no_shrink and outcome.label not in shrunk  # one shrink per invariant
+        shrunk.add(outcome.label)
+        out = Console() if Console().is_terminal else Console(width=160)
+        out.print("\n".join(fuzz.save_failure(outcome, args.out, shrink_it=shrink_it)), highlight=False)
+    return 1 if result.failures else 0
+
+
+def _print_campaign(args: argparse.Namespace, result: fuzz.Campaign, *, interrupted: bool = False) -> None:
+    """The campaign's table; when interrupted, of the runs that finished (failures not saved)."""
     out = Console() if Console().is_terminal else Console(width=160)
-    title = "differential campaign" if args.differential else "fuzz campaign"
+    title = ("differential campaign" if args.differential else "fuzz campaign") + (
+        " (interrupted)" if interrupted else "")
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("runs", f"{len(result.outcomes)} (seeds {args.seed}..{args.seed + len(result.outcomes) - 1})")
+    seeds = [o.seed for o in result.outcomes]
+    table.add_row("runs", f"{len(seeds)}" + (f" (seeds {min(seeds)}..{max(seeds)})" if seeds else ""))
     table.add_row("passed", str(len(result.outcomes) - len(result.failures)))
     for label, count in result.by_invariant().items():
         table.add_row(f"failed: {label}", str(count))
@@ -457,12 +563,10 @@ def _fuzz(args: argparse.Namespace) -> int:
     table.add_row("seeds/s", f"{result.seeds_per_second:.2f}")
     table.add_row("seeds/s per job", f"{result.seeds_per_second / args.jobs:.2f} ({args.jobs} job(s))")
     out.print(table)
-    shrunk: set[str] = set()
-    for outcome in result.failures:
-        shrink_it = not args.no_shrink and outcome.label not in shrunk  # one shrink per invariant
-        shrunk.add(outcome.label)
-        out.print("\n".join(fuzz.save_failure(outcome, args.out, shrink_it=shrink_it)), highlight=False)
-    return 1 if result.failures else 0
+    if interrupted:
+        out.print(f"interrupted: the table counts the {len(result.outcomes)} run(s) that finished"
+                  + ("; failing seeds (not saved, rerun them with --seed S --runs 1): "
+                     + ", ".join(str(o.seed) for o in result.failures) if result.failures else ""), highlight=False)
 
 
 # -- position -------------------------------------------------------------------------------------
@@ -472,17 +576,25 @@ def _position(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     market = profile.markets.get(args.market)
     if market is None or not market.is_perp:
-        perps = ", ".join(m.symbol for m in profile.perp_markets())
-        print(f"marginsim: --market {args.market} is not a perp market of {profile.name}; choose one of {perps}",
-              file=sys.stderr)
-        return 2
-    if args.size == 0 or args.size % market.step_size != 0:
-        print(f"marginsim: --size must be a non-zero multiple of {market.step_size}", file=sys.stderr)
-        return 2
+        perps = [m.symbol for m in profile.perp_markets()]
+        what = "not a perp market" if market is not None else "not a market"
+        raise InputError("--market", "--market", args.market, f"a perp market ({args.market} is {what} of "
+                         f"{profile.name}): " + ", ".join(perps), hint=did_you_mean(args.market, perps))
+    largest = market.max_quantity or profile.assets[market.base].max_quantity
+    if args.size == 0 or abs(args.size) > largest or args.size % market.step_size != 0:
+        raise InputError("--size", "--size", args.size, f"a non-zero multiple of {fmt(market.step_size)}, "
+                         f"at most {fmt(largest)} either way (negative for a short)")
+    if args.collateral < 0 or args.collateral % profile.assets[profile.settlement_asset].step:
+        raise InputError("--collateral", "--collateral", args.collateral,
+                         f"0 or more {profile.settlement_asset}, in steps of "
+                         f"{fmt(profile.assets[profile.settlement_asset].step)}")
+    top = market.bands.max_price
+    for flag, price in (("--entry", args.entry), ("--mark", args.mark)):
+        if price is not None and not 0 < price <= top:
+            raise InputError(flag, flag, price, f"a price > 0 and at most {fmt(top)} (the market's maximum)")
     leverage = args.leverage if args.leverage is not None else profile.default_leverage_limit
     if not 1 <= leverage <= profile.max_leverage_limit:
-        print(f"marginsim: --leverage must be between 1 and {profile.max_leverage_limit}", file=sys.stderr)
-        return 2
+        raise InputError("--leverage", "--leverage", leverage, f"a leverage limit from 1 to {profile.max_leverage_limit}")
     mark = args.mark if args.mark is not None else args.entry
     account = SubAccount("example", profile, settings=Settings(leverage_limit=leverage))
     account.deposit(profile.settlement_asset, args.collateral)

@@ -461,16 +461,11 @@ def _chain(first: Callable[[Event], Any] | None, then: Callable[[Event], Any]) -
 
 def _judged_run(scenario: Scenario, seed: int, until_ms: int, system: System,
                 scripts: dict[str, ScriptedTrader]) -> ScenarioRun:
-    """Run and judge, as ``runner.run`` does. Ctrl-C raised while the demo holds the run leaves
-    trio's nursery inside an exception group: it goes on as a plain ``KeyboardInterrupt``."""
+    """Run and judge, as ``runner.run`` does (Ctrl-C goes on as ``Interrupted``, with its time)."""
     try:
         result = system.run(until_ms / 1000)
     except RunFailed as failure:
         return ScenarioRun(scenario, seed, until_ms, None, failure, ())
-    except BaseExceptionGroup as group:
-        if group.subgroup(KeyboardInterrupt) is None:
-            raise
-        raise KeyboardInterrupt from None
     outcomes = tuple(judge(e, result, scripts) for e in scenario.expectations)
     return ScenarioRun(scenario, seed, until_ms, result, None, outcomes)
 

@@ -12,11 +12,14 @@ strings and are read as exact decimals.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from exchange.decimals import fmt, fmt_pct
+from exchange.validation import InputError
 
 Event = dict[str, Any]
 
@@ -25,6 +28,60 @@ IMF_SOURCES = {
     "size": "the position's size (the square-root term is above the base)",
     "leverage_limit": "the sub-account's leverage limit",
 }
+
+
+# The fields each kind of event must carry for the answers below to read it.
+REQUIRED = {
+    "order_rejected": ("order_id", "code"),
+    "order_placed": ("order_id",),
+    "fill": ("order_id", "market", "quantity", "price", "fee"),
+    "order_closed": ("order_id", "status", "executed"),
+    "liquidation_step": ("account", "stage", "reason"),
+}
+ALLOWED = "canonical JSON lines written by `marginsim run --log`: one object per line with `event`, `actor` and `t`"
+
+
+def read_events(path: Path) -> list[Event]:
+    """An event log read back and checked line by line: a line that is not one of the run's
+    events is refused with its line number and what is missing."""
+    source = str(path)
+    if not path.is_file():
+        found = "a directory" if path.is_dir() else "no such file"
+        raise InputError(source, "LOG", found, "an events .jsonl file written by `marginsim run --log`")
+    events: list[Event] = []
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number_, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(source, "<line>", line.strip()[:80], f"{ALLOWED} ({exc.msg})", line=number_) from None
+                if not isinstance(event, dict):
+                    raise InputError(source, "<line>", line.strip()[:80], ALLOWED, line=number_)
+                for key, kind in (("event", str), ("actor", str), ("t", int)):
+                    if not isinstance(event.get(key), kind) or isinstance(event.get(key), bool):
+                        raise InputError(source, key, event.get(key, "nothing"), ALLOWED, line=number_)
+                missing = [k for k in REQUIRED.get(event["event"], ()) if k not in event]
+                if missing:
+                    raise InputError(source, missing[0], "nothing", f"a `{event['event']}` event with "
+                                     + ", ".join(f"`{k}`" for k in REQUIRED[event["event"]]), line=number_)
+                events.append(event)
+    except UnicodeDecodeError as exc:
+        raise InputError(source, "<file>", f"a byte that is not UTF-8 at offset {exc.start}", ALLOWED) from None
+    except OSError as exc:
+        raise InputError(source, "<file>", exc.strerror, "a readable events file") from None
+    return events
+
+
+def interrupted(events: Sequence[Event]) -> list[str]:
+    """A warning when the run that wrote the log was stopped (Ctrl-C, SIGTERM) before its end."""
+    if events and events[-1]["event"] == "interrupted":
+        last = events[-1]
+        until = f" of {int(last['until']) / 1000:g}s" if isinstance(last.get("until"), int) else ""
+        return [f"This run was interrupted at {_t(last)}{until}: the log stops there, and so do these answers."]
+    return []
 
 
 def number(value: object) -> Decimal | None:

@@ -491,13 +491,24 @@ def shrink(data: dict[str, Any], seed: int, invariant: str, *, settings: FuzzSet
             current = candidate
     duration = current["scenario"]["duration"]
     while tries < budget and duration > 10:
-        shorter = dict(current, scenario=dict(current["scenario"], duration=duration * 2 // 3))
+        shorter = _shortened(current, duration * 2 // 3)
         if not still_fails(shorter):
             break
         duration = shorter["scenario"]["duration"]
         removed.append(f"time: the run now lasts {duration} s")
         current = shorter
     return current, removed
+
+
+def _shortened(data: dict[str, Any], duration: Any) -> dict[str, Any]:
+    """The run cut to ``duration`` seconds, without the actions that would come after its end
+    (the loader refuses those: they would never be sent)."""
+    out = dict(data, scenario=dict(data["scenario"], duration=duration))
+    if "actions" in out:
+        out["actions"] = [a for a in out["actions"] if a["at"] <= duration]
+        if not out["actions"]:
+            out.pop("actions")
+    return out
 
 
 def _without(data: dict[str, Any], section: str, index: int) -> dict[str, Any]:

@@ -8,6 +8,8 @@ is documented field by field in ``scenarios/FORMAT.md``; the shipped scenarios i
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import tomllib
 from collections.abc import Mapping
@@ -21,7 +23,7 @@ import attrs
 from actors.faults import Fault
 from actors.network import Latency
 from exchange.orders import Order, OrderType, SelfTradePrevention, Side, TimeInForce
-from exchange.profile import Profile, available_profiles, load_profile
+from exchange.profile import MAX_QUANTITY, Asset, Profile, available_profiles, load_profile
 from exchange.protocol import (
     CancelAll,
     CancelOrder,
@@ -32,12 +34,23 @@ from exchange.protocol import (
     UpdateSettings,
     Withdraw,
 )
-from exchange.validation import InputError, Reader, did_you_mean
+from exchange.validation import MAX_SECONDS, InputError, Reader, did_you_mean, join_path
 
 SIDES = {"buy": Side.BID, "bid": Side.BID, "sell": Side.ASK, "ask": Side.ASK}
 ACTION_TYPES = ("order", "cancel", "cancel_all", "deposit", "withdraw", "transfer", "settings", "lend", "redeem",
                 "borrow", "repay")
 PATH_KINDS = ("constant", "linear", "steps", "gbm", "csv")
+MAX_SEED = 2**63 - 1
+MAX_SHOCK = Decimal(10)  # a shock at most multiplies a price by 11
+MAX_PREMIUM = Decimal("0.5")  # a mark within +-50% of its index
+MAX_DRIFT = Decimal(100000)  # annual drift of a random walk (a crash scenario uses -6,000)
+MAX_VOLATILITY = Decimal(1000)  # annual: 100,000%
+MAX_DRIFT_MOVE = Decimal(5)  # |drift| x the run's length in years
+MAX_NOISE_MOVE = Decimal(2)  # volatility x sqrt(the run's length in years)
+YEAR_MS = Decimal(365 * 24 * 3600 * 1000)
+MAX_BPS = Decimal(10000)
+MAX_STEPS = 10**9
+MAX_LATENCY_MS = int(MAX_SECONDS) * 1000
 EXPECTATION_KINDS = ("liquidated", "not_liquidated", "liquidation_stage", "net_equity", "imr", "mmr", "position",
                      "balance", "borrow", "lend", "refused", "accepted", "fund", "funding_paid", "trades",
                      "unsettled_equity")
@@ -51,7 +64,6 @@ class PathSpec:
     drift: Decimal = Decimal(0)
     volatility: Decimal = Decimal(0)
     step_ms: int = 1000
-    file: Path | None = None
     shocks: tuple[tuple[int, Decimal], ...] = ()
 
 
@@ -195,7 +207,8 @@ def resolve(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise InputError(str(path), "<file>", "no such file", "a scenario file or the name of a shipped scenario")
+            found = "a directory" if path.is_dir() else "no such file"
+            raise InputError(str(path), "<file>", found, "a scenario .toml file or the name of a shipped scenario")
         return path
     found = shipped().get(name_or_path)
     if found is None:
@@ -208,20 +221,36 @@ def resolve(name_or_path: str) -> Path:
 def load(name_or_path: str, overrides: list[str] | None = None) -> Scenario:
     """Read, apply ``--set key=value`` overrides, validate. Raises InputError, runs nothing."""
     path = resolve(name_or_path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(str(path), "<file>", f"a byte that is not UTF-8 at offset {exc.start}",
+                         "a TOML scenario file in UTF-8") from None
+    except OSError as exc:
+        raise InputError(str(path), "<file>", exc.strerror, "a readable scenario file") from None
     try:
         data = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         line = _decode_line(str(exc))
         raise InputError(str(path), "<file>", str(exc), "valid TOML", line=line) from None
+    assigned: dict[str, str] = {}  # field path -> the --set that gave it
     for assignment in overrides or []:
         data = apply_override(data, assignment, str(path))
+        assigned[_canonical(assignment.split("=", 1)[0])] = assignment
     try:
         return _parse(data, str(path), path.parent)
     except InputError as exc:
-        if exc.line is None and exc.source == str(path):
+        setter = next((a for key, a in assigned.items() if exc.field == key or exc.field.startswith((key + ".", key + "["))), None)
+        if setter is not None and exc.source == str(path):  # the value came from the command line
+            exc = InputError(f"--set {setter}", exc.field, exc.found, exc.allowed, hint=exc.hint)
+        elif exc.line is None and exc.source == str(path):
             exc = InputError(exc.source, exc.field, exc.found, exc.allowed, line=locate(text, exc.field), hint=exc.hint)
         raise exc from None
+
+
+def _canonical(key: str) -> str:
+    """A --set key as the loader names fields: ``accounts[0].id``."""
+    return ".".join(f"{n}[{i}]" if i is not None else n for n, i in _segments(key.strip())) or key.strip()
 
 
 def _decode_line(message: str) -> int | None:
@@ -232,8 +261,9 @@ def _decode_line(message: str) -> int | None:
 def apply_override(data: dict[str, Any], assignment: str, source: str) -> dict[str, Any]:
     """``key.path=value`` (``accounts[0].leverage_limit=20``): the value is read as TOML, or
     taken as a string when it is not TOML (``scenario.profile=backpack-2025-10``)."""
+    where = f"--set {assignment}"
     if "=" not in assignment:
-        raise InputError(f"{source} (--set)", assignment, assignment, "key=value, e.g. scenario.seed=7")
+        raise InputError(where, "KEY=VALUE", assignment, "key=value, e.g. scenario.seed=7")
     key, raw = assignment.split("=", 1)
     try:
         value = tomllib.loads(f"v = {raw}", parse_float=Decimal)["v"]
@@ -241,10 +271,18 @@ def apply_override(data: dict[str, Any], assignment: str, source: str) -> dict[s
         value = raw
     segments = _segments(key.strip())
     if not segments:
-        raise InputError(f"{source} (--set)", key, key, "a field path, e.g. accounts[0].leverage_limit")
+        raise InputError(where, key, key, "a field path, e.g. accounts[0].leverage_limit (an array entry by [index])")
     target: Any = data
+    walked: list[str] = []
     for i, (name, index) in enumerate(segments):
         last = i == len(segments) - 1
+        here = ".".join(walked + [name])
+        if not isinstance(target, dict):
+            raise InputError(where, key, target, f"a path through tables: {'.'.join(walked)} is not a table")
+        if isinstance(target.get(name), list) and index is None:
+            example = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key.strip())
+            raise InputError(where, key, f"{here} is an array", "an entry by its index, e.g. "
+                             + (example if example != key.strip() else f"{here}[0]"))
         if index is None:
             if last:
                 target[name] = value
@@ -253,11 +291,13 @@ def apply_override(data: dict[str, Any], assignment: str, source: str) -> dict[s
         else:
             items = target.get(name)
             if not isinstance(items, list) or index >= len(items):
-                raise InputError(f"{source} (--set)", key, None, f"an existing {name}[...] entry")
+                count = f"{len(items)} entries" if isinstance(items, list) else "no such array"
+                raise InputError(where, key, count, f"an existing {name}[...] entry (numbered from 0)")
             if last:
                 items[index] = value
             else:
                 target = items[index]
+        walked.append(f"{name}[{index}]" if index is not None else name)
     return data
 
 
@@ -324,10 +364,6 @@ def _prefix(table: list[tuple[str, int | None]], target: list[tuple[str, int | N
 # Validation
 
 
-def _ms(r: Reader, key: str, **kwargs: Any) -> int:
-    return int(r.decimal(key, **kwargs) * 1000)
-
-
 def _parse(data: Mapping[str, Any], source: str, folder: Path) -> Scenario:
     top = Reader(data, source)
     head = top.table("scenario")
@@ -335,10 +371,10 @@ def _parse(data: Mapping[str, Any], source: str, folder: Path) -> Scenario:
     name = head.string("name")
     description = head.string("description", required=False, default="")
     profile_name = head.string("profile", required=False, default="backpack")
-    seed = head.integer("seed", required=False, default=1, minimum=0)
-    duration_ms = _ms(head, "duration", positive=True)
-    price_interval_ms = _ms(head, "price_interval", required=False, default=Decimal(1), positive=True)
-    sample_ms = _ms(head, "sample_interval", required=False, default=Decimal(1), positive=True)
+    seed = head.integer("seed", required=False, default=1, minimum=0, maximum=MAX_SEED)
+    duration_ms = head.millis("duration", positive=True)
+    price_interval_ms = head.millis("price_interval", required=False, default=Decimal(1), positive=True)
+    sample_ms = head.millis("sample_interval", required=False, default=Decimal(1), positive=True)
     liveness = head.boolean("liveness", required=False, default=False)
     head.done()
     overrides = top.raw("profile_overrides", required=False, default=None)
@@ -357,7 +393,7 @@ def _parse(data: Mapping[str, Any], source: str, folder: Path) -> Scenario:
     premiums: dict[str, PathSpec] = {}
     for symbol, table in top.tables("prices", required=False):
         if symbol in profile.assets:
-            prices[symbol] = _path(table, folder)
+            prices[symbol] = _path(table, folder, profile.max_price(symbol), duration_ms)
         elif symbol in profile.markets and profile.markets[symbol].is_perp:
             premiums[symbol] = _premium(table)
         else:
@@ -376,10 +412,12 @@ def _parse(data: Mapping[str, Any], source: str, folder: Path) -> Scenario:
     makers = tuple(_maker(r, profile, known) for r in top.array("market_makers", required=False))
     noise = tuple(_noise(r, profile, known) for r in top.array("noise_traders", required=False))
     backstops = tuple(_backstop(r, profile, known) for r in top.array("backstops", required=False))
-    actions = tuple(_action(r, i, profile, known, accounts) for i, r in enumerate(top.array("actions", required=False)))
+    actions = tuple(_action(r, i, profile, known, accounts, duration_ms)
+                    for i, r in enumerate(top.array("actions", required=False)))
     faults = tuple(_fault(r) for r in top.array("faults", required=False))
     order_ids = [a.label for a in actions if isinstance(a.message, PlaceOrder)]
-    expectations = tuple(_expectation(r, profile, known, set(order_ids)) for r in top.array("expect", required=False))
+    expectations = tuple(_expectation(r, profile, known, set(order_ids), duration_ms)
+                         for r in top.array("expect", required=False))
     top.done()
     return Scenario(name, description, source, profile, seed, duration_ms, price_interval_ms, sample_ms, latency,
                     rules, prices, premiums, accounts, makers, noise, backstops, actions, faults, expectations, liveness)
@@ -407,59 +445,142 @@ def _latency(top: Reader) -> tuple[Latency, dict[tuple[str, str], Latency]]:
 
 def _latency_model(r: Reader) -> Latency:
     kind = r.string("kind", choices=("zero", "constant", "jitter"), required=False, default="zero")
-    ms = r.integer("ms", required=False, default=0, minimum=0)
-    jitter = r.integer("jitter", required=False, default=0, minimum=0)
+    ms = r.integer("ms", required=False, default=0, minimum=0, maximum=MAX_LATENCY_MS)
+    jitter = r.integer("jitter", required=False, default=0, minimum=0, maximum=MAX_LATENCY_MS)
     return Latency(kind, ms, jitter)
 
 
-def _points(r: Reader, key: str) -> tuple[tuple[int, Decimal], ...]:
+def _points(r: Reader, key: str, what: str, low: Decimal, high: Decimal, *, strict_low: bool = False,
+            example: str = "[[0, 100000], [60, 95000]]") -> tuple[tuple[int, Decimal], ...]:
+    """``[seconds, value]`` pairs in time order: times in whole milliseconds within the run's
+    bound, each value within ``low`` (excluded when ``strict_low``) and ``high``."""
     raw = r.raw(key)
-    allowed = "a list of [seconds, price] pairs in time order, e.g. [[0, 100000], [60, 95000]]"
+    bound = f"> {low}" if strict_low else f">= {low}"
+    allowed = (f"a list of [seconds, {what}] pairs in time order, seconds 0 to {MAX_SECONDS} in whole milliseconds, "
+               f"each {what} {bound} and <= {high}, e.g. {example}")
     if not isinstance(raw, list) or not raw:
         raise r.error(key, raw, allowed)
     points = []
-    for item in raw:
-        if not isinstance(item, list) or len(item) != 2 or isinstance(item[0], bool) or isinstance(item[1], bool):
-            raise r.error(key, item, allowed)
+    for i, item in enumerate(raw):
+        if not isinstance(item, list) or len(item) != 2:
+            raise r.error(f"{key}[{i}]", item, allowed)
+        pair = Reader({"seconds": item[0], what: item[1]}, r.source, join_path(r.path, f"{key}[{i}]"))
         try:
-            when, value = int(Decimal(str(item[0])) * 1000), Decimal(str(item[1]))
-        except ArithmeticError:
-            raise r.error(key, item, allowed) from None
+            when = pair.millis("seconds")
+            value = pair.decimal(what, minimum=None if strict_low else low, maximum=high)
+        except InputError:
+            raise r.error(f"{key}[{i}]", item, allowed) from None
+        if strict_low and value <= low:
+            raise r.error(f"{key}[{i}]", item, allowed)
         points.append((when, value))
     if [p[0] for p in points] != sorted(p[0] for p in points):
         raise r.error(key, raw, allowed)
     return tuple(points)
 
 
-def _path(r: Reader, folder: Path) -> PathSpec:
+def _price(r: Reader, key: str, high: Decimal) -> Decimal:
+    return r.decimal(key, positive=True, maximum=high)
+
+
+def _path(r: Reader, folder: Path, high: Decimal, duration_ms: int) -> PathSpec:
+    """An index path; its prices (after every shock) stay positive and at most ``high``. A
+    random walk cannot promise that, so its drift and volatility are bounded over the run's
+    length instead (see ``_walk_bounds``)."""
     kind = r.string("kind", choices=PATH_KINDS)
-    shocks = _points(r, "shocks") if r.has("shocks") else ()
+    # A shock multiplies the price by (1 + change): above -1, or the price would reach zero.
+    shocks = (_points(r, "shocks", "change", Decimal(-1), MAX_SHOCK, strict_low=True, example="[[30, -0.10]]")
+              if r.has("shocks") else ())
     if kind == "constant":
-        spec = PathSpec(kind, price=r.decimal("price", positive=True), shocks=shocks)
+        spec = PathSpec(kind, price=_price(r, "price", high), shocks=shocks)
+        extremes = [spec.price]
     elif kind in ("linear", "steps"):
-        points = _points(r, "points")
-        if any(p <= 0 for _, p in points):
-            raise r.error("points", [[t / 1000, str(p)] for t, p in points], "positive prices")
+        points = _points(r, "points", "price", Decimal(0), high, strict_low=True)
         spec = PathSpec(kind, points=points, shocks=shocks)
+        extremes = [p for _, p in points]
     elif kind == "gbm":
-        spec = PathSpec(kind, price=r.decimal("start", positive=True), drift=r.decimal("drift", required=False, default=Decimal(0)),
-                        volatility=r.decimal("volatility", minimum=Decimal(0)),
-                        step_ms=_ms(r, "step", required=False, default=Decimal(1), positive=True), shocks=shocks)
+        spec = PathSpec(kind, price=_price(r, "start", high),
+                        drift=r.decimal("drift", required=False, default=Decimal(0), minimum=-MAX_DRIFT,
+                                        maximum=MAX_DRIFT),
+                        volatility=r.decimal("volatility", minimum=Decimal(0), maximum=MAX_VOLATILITY),
+                        step_ms=r.millis("step", required=False, default=Decimal(1), positive=True), shocks=shocks)
+        _walk_bounds(r, spec, duration_ms)
+        extremes = [spec.price]
     else:
-        file = folder / r.string("file")
-        if not file.is_file():
-            raise r.error("file", str(file), "a CSV file of time,price rows next to the scenario")
-        spec = PathSpec(kind, file=file, shocks=shocks)
+        spec = PathSpec(kind, points=_csv(r, folder, high), shocks=shocks)
+        extremes = [p for _, p in spec.points]
+    rise = Decimal(1)
+    for _, change in shocks:
+        rise *= max(1 + change, Decimal(1))
+    if shocks and max(extremes) * rise > high:
+        raise r.error("shocks", [[Decimal(t) / 1000, c] for t, c in shocks],
+                      f"shocks that keep the price at most {high} (the profile's maximum price): "
+                      f"{max(extremes)} would reach {max(extremes) * rise}")
     r.done()
     return spec
 
 
+def _walk_bounds(r: Reader, spec: PathSpec, duration_ms: int) -> None:
+    """Over the whole run the drift alone may move a random walk by a factor of at most e^5
+    (148x), and one standard deviation of its noise by at most e^2 (7.4x): beyond that its
+    prices leave any range a venue quotes (and Decimal's digits) long before the run ends."""
+    years = Decimal(duration_ms) / YEAR_MS
+    moved = abs(spec.drift) * years
+    if moved > MAX_DRIFT_MOVE:
+        raise r.error("drift", spec.drift, f"an annual drift whose move over the run's {Decimal(duration_ms) / 1000} s, "
+                      f"|drift| x years, is at most {MAX_DRIFT_MOVE} (this one is {moved:.4f})")
+    spread = spec.volatility * years.sqrt()
+    if spread > MAX_NOISE_MOVE:
+        raise r.error("volatility", spec.volatility, f"an annual volatility whose spread over the run's "
+                      f"{Decimal(duration_ms) / 1000} s, volatility x sqrt(years), is at most {MAX_NOISE_MOVE} "
+                      f"(this one is {spread:.4f})")
+
+
+def _csv(r: Reader, folder: Path, high: Decimal) -> tuple[tuple[int, Decimal], ...]:
+    """A CSV file of ``time,price`` rows (seconds; a header row is allowed), checked row by row."""
+    name = r.string("file")
+    file = folder / name
+    if not file.is_file():
+        raise r.error("file", name, f"a CSV file of time,price rows next to the scenario ({file} is "
+                      + ("a directory)" if file.is_dir() else "not there)"))
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(str(file), "<file>", f"a byte that is not UTF-8 at offset {exc.start}",
+                         "a CSV file in UTF-8") from None
+    except OSError as exc:
+        raise InputError(str(file), "<file>", exc.strerror, "a readable CSV file") from None
+    allowed = (f"a row `seconds,price`: seconds 0 to {MAX_SECONDS} in whole milliseconds, in time order, and a "
+               f"price > 0 and <= {high}")
+    points: list[tuple[int, Decimal]] = []
+    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or not "".join(row).strip() or (number == 1 and row[0].strip().lower() in ("time", "t", "seconds")):
+            continue
+        cells = [c.strip() for c in row]
+        if len(cells) != 2:
+            raise InputError(str(file), f"row {number}", ",".join(row), allowed, line=number)
+        pair = Reader({"seconds": cells[0], "price": cells[1]}, str(file), f"row {number}")
+        try:
+            when, price = pair.millis("seconds"), _price(pair, "price", high)
+        except InputError:
+            raise InputError(str(file), f"row {number}", ",".join(row), allowed, line=number) from None
+        if points and when < points[-1][0]:
+            raise InputError(str(file), f"row {number}", ",".join(row), allowed + " (this row goes back in time)",
+                             line=number)
+        points.append((when, price))
+    if not points:
+        raise InputError(str(file), "<file>", "no time,price rows", allowed)
+    return tuple(points)
+
+
 def _premium(r: Reader) -> PathSpec:
-    """A perp's mark premium over its index: a constant ``premium`` or ``points`` of fractions."""
+    """A perp's mark premium over its index: a constant ``premium`` or ``points`` of fractions,
+    within +-50% (so the mark stays positive)."""
+    top = MAX_PREMIUM
     if r.has("premium"):
-        spec = PathSpec("constant", price=r.decimal("premium", minimum=Decimal("-0.5"), maximum=Decimal("0.5")))
+        spec = PathSpec("constant", price=r.decimal("premium", minimum=-MAX_PREMIUM, maximum=top))
     else:
-        spec = PathSpec("linear", points=_points(r, "points"))
+        spec = PathSpec("linear", points=_points(r, "points", "premium", -MAX_PREMIUM, top,
+                                                 example="[[0, 0], [60, 0.001]]"))
     r.done()
     return spec
 
@@ -482,9 +603,15 @@ def _assets_table(r: Reader, key: str, profile: Profile, required: bool = False)
         if asset not in profile.assets:
             raise table.error(asset, asset, "an asset of the profile: " + ", ".join(profile.assets),
                               did_you_mean(asset, list(profile.assets)))
-        out[asset] = table.decimal(asset, positive=True)
+        out[asset] = _quantity(table, asset, profile.assets[asset])
     table.done()
     return out
+
+
+def _quantity(r: Reader, key: str, asset: Asset, *, required: bool = True) -> Decimal:
+    """A quantity of ``asset``: positive, on the asset's step, within its range."""
+    return r.decimal(key, required=required, positive=True, maximum=asset.max_quantity, step=asset.step,
+                     unit=f"the {asset.symbol} step")
 
 
 def _account_ref(r: Reader, key: str, known: set[str]) -> str:
@@ -517,13 +644,13 @@ def _size(r: Reader, key: str, markets: tuple[str, ...]) -> Decimal | dict[str, 
     if isinstance(raw, Mapping):
         table = r.table(key)
         assert table is not None
-        sizes = {m: table.decimal(m, positive=True) for m in list(table.data)}
+        sizes = {m: table.decimal(m, positive=True, maximum=MAX_QUANTITY) for m in list(table.data)}
         table.done(allowed_extra=())
         missing = [m for m in markets if m not in sizes]
         if missing:
             raise r.error(key, dict(raw), "a size for every market: missing " + ", ".join(missing))
         return sizes
-    return r.decimal(key, positive=True)
+    return r.decimal(key, positive=True, maximum=MAX_QUANTITY)
 
 
 def _maker(r: Reader, profile: Profile, known: set[str]) -> MakerSpec:
@@ -533,10 +660,12 @@ def _maker(r: Reader, profile: Profile, known: set[str]) -> MakerSpec:
         account=_account_ref(r, "account", known),
         markets=markets,
         size=_size(r, "size", markets),
-        spread_bps=r.decimal("spread_bps", required=False, default=Decimal(10), minimum=Decimal(0)),
+        spread_bps=r.decimal("spread_bps", required=False, default=Decimal(10), minimum=Decimal(0),
+                             maximum=MAX_BPS),
         levels=r.integer("levels", required=False, default=5, minimum=1, maximum=50),
-        spacing_bps=r.decimal("spacing_bps", required=False, default=Decimal(5), minimum=Decimal(0)),
-        refresh_ms=_ms(r, "refresh", required=False, default=Decimal(1), positive=True),
+        spacing_bps=r.decimal("spacing_bps", required=False, default=Decimal(5), minimum=Decimal(0),
+                              maximum=MAX_BPS),
+        refresh_ms=r.millis("refresh", required=False, default=Decimal(1), positive=True),
     )
     r.done()
     return spec
@@ -552,18 +681,18 @@ def _noise(r: Reader, profile: Profile, known: set[str]) -> NoiseSpec:
     if isinstance(raw_steps, Mapping):
         table = r.table("max_steps")
         assert table is not None
-        max_steps: int | dict[str, int] = {m: table.integer(m, minimum=1) for m in list(table.data)}
+        max_steps: int | dict[str, int] = {m: table.integer(m, minimum=1, maximum=MAX_STEPS) for m in list(table.data)}
         table.done()
     else:
-        max_steps = r.integer("max_steps", required=False, default=10, minimum=1)
+        max_steps = r.integer("max_steps", required=False, default=10, minimum=1, maximum=MAX_STEPS)
     spec = NoiseSpec(
         name=r.string("name"),
         account=_account_ref(r, "account", known),
         markets=markets,
-        interval_ms=_ms(r, "interval", required=False, default=Decimal(1), positive=True),
+        interval_ms=r.millis("interval", required=False, default=Decimal(1), positive=True),
         max_steps=max_steps,
         market_share=_share(r, "market_share", "0.3"),
-        within_bps=r.integer("within_bps", required=False, default=20, minimum=0),
+        within_bps=r.integer("within_bps", required=False, default=20, minimum=0, maximum=int(MAX_BPS)),
         reduce_only_share=_share(r, "reduce_only_share", "0.1"),
         ioc_share=_share(r, "ioc_share", "0.2"),
         auto_borrow_share=_share(r, "auto_borrow_share", "0"),
@@ -582,7 +711,7 @@ def _backstop(r: Reader, profile: Profile, known: set[str]) -> tuple[str, dict[s
         if symbol not in profile.markets and symbol not in profile.assets:
             raise table.error(symbol, symbol, "a perp market or an asset (USD notional it takes)",
                               did_you_mean(symbol, list(profile.markets) + list(profile.assets)))
-        capacity[symbol] = table.decimal(symbol, positive=True)
+        capacity[symbol] = table.decimal(symbol, positive=True, maximum=MAX_QUANTITY)
     table.done()
     r.done()
     return account, capacity
@@ -590,14 +719,19 @@ def _backstop(r: Reader, profile: Profile, known: set[str]) -> tuple[str, dict[s
 
 def _fault(r: Reader) -> Fault:
     kind = r.string("kind", choices=("hold", "delay", "reorder"))
-    fault = Fault(kind, r.string("from"), r.string("to"), _ms(r, "start", minimum=Decimal(0)),
-                  _ms(r, "end", positive=True), r.integer("ms", required=False, default=0, minimum=0))
+    start_ms, end_ms = r.millis("start"), r.millis("end", positive=True)
+    if end_ms <= start_ms:
+        raise r.error("end", Decimal(end_ms) / 1000, f"a time after start ({Decimal(start_ms) / 1000} s): "
+                      "a fault window ends after it begins")
+    fault = Fault(kind, r.string("from"), r.string("to"), start_ms, end_ms,
+                  r.integer("ms", required=False, default=0, minimum=0, maximum=MAX_LATENCY_MS))
     r.done()
     return fault
 
 
-def _action(r: Reader, index: int, profile: Profile, known: set[str], accounts: tuple[AccountSpec, ...]) -> ActionSpec:
-    at_ms = _ms(r, "at", minimum=Decimal(0))
+def _action(r: Reader, index: int, profile: Profile, known: set[str], accounts: tuple[AccountSpec, ...],
+            duration_ms: int) -> ActionSpec:
+    at_ms = _within_run(r, "at", duration_ms, "an action after it would never be sent")
     account = _account_ref(r, "account", known)
     kind = r.string("type", choices=ACTION_TYPES)
     label = r.string("id", required=False, default=f"{account}-{index + 1}")
@@ -610,7 +744,7 @@ def _action(r: Reader, index: int, profile: Profile, known: set[str], accounts: 
         message = CancelAll(r.string("market", required=False, default=None, choices=tuple(profile.markets)))
     elif kind in ("deposit", "withdraw", "lend", "redeem", "borrow", "repay"):
         asset = r.string("asset", choices=tuple(profile.assets))
-        quantity = r.decimal("quantity", positive=True)
+        quantity = _quantity(r, "quantity", profile.assets[asset])
         if kind == "deposit":
             message = Deposit(asset, quantity, label)
         elif kind == "withdraw":
@@ -622,7 +756,8 @@ def _action(r: Reader, index: int, profile: Profile, known: set[str], accounts: 
         owners = {a.id: a.owner for a in accounts}
         if owners[target] != owners[account]:
             raise r.error("target", target, f"a sub-account of the same owner ({owners[account]})")
-        message = TransferOut(label, target, r.string("asset", choices=tuple(profile.assets)), r.decimal("quantity", positive=True))
+        asset = r.string("asset", choices=tuple(profile.assets))
+        message = TransferOut(label, target, asset, _quantity(r, "quantity", profile.assets[asset]))
     else:
         message = UpdateSettings(
             label,
@@ -638,9 +773,10 @@ def _action(r: Reader, index: int, profile: Profile, known: set[str], accounts: 
 def _order(r: Reader, label: str, account: str, profile: Profile) -> Order:
     market = r.string("market", choices=tuple(profile.markets))
     side = SIDES[r.string("side", choices=tuple(SIDES))]
-    price = r.optional_decimal("price", positive=True)
-    quantity = r.optional_decimal("quantity", positive=True)
-    quote = r.optional_decimal("quote_quantity", positive=True)
+    spec = profile.markets[market]
+    price = r.optional_decimal("price", positive=True, maximum=spec.bands.max_price)
+    quantity = r.optional_decimal("quantity", positive=True, maximum=profile.assets[spec.base].max_quantity)
+    quote = r.optional_decimal("quote_quantity", positive=True, maximum=profile.assets[spec.quote].max_quantity)
     if quantity is None and quote is None:
         raise r.error("quantity", None, "a quantity (or, for a market order, a quote_quantity)")
     tif = r.string("time_in_force", required=False, default="GTC", choices=tuple(t.value for t in TimeInForce))
@@ -652,7 +788,15 @@ def _order(r: Reader, label: str, account: str, profile: Profile) -> Order:
                  price, quote, TimeInForce(tif), self_trade_prevention=SelfTradePrevention(stp), **flags)
 
 
-def _expectation(r: Reader, profile: Profile, known: set[str], orders: set[str]) -> Expectation:
+def _within_run(r: Reader, key: str, duration_ms: int, why: str) -> int:
+    """A time in the run: from 0 to its duration (``why`` says what a later one would mean)."""
+    at_ms = r.millis(key)
+    if at_ms > duration_ms:
+        raise r.error(key, r.raw(key), f"a time from 0 to the run's duration, {Decimal(duration_ms) / 1000} s ({why})")
+    return at_ms
+
+
+def _expectation(r: Reader, profile: Profile, known: set[str], orders: set[str], duration_ms: int) -> Expectation:
     kind = r.string("kind", choices=EXPECTATION_KINDS)
     params: dict[str, Any] = {}
     if kind in ("refused", "accepted"):
@@ -694,7 +838,8 @@ def _expectation(r: Reader, profile: Profile, known: set[str], orders: set[str])
         if params["min"] is not None and params["max"] is not None and params["min"] > params["max"]:
             raise r.error("max", params["max"], f"at least min ({params['min']}), or the expectation can never pass")
     if kind in ("net_equity", "imr", "mmr", "position", "balance", "borrow", "lend", "unsettled_equity"):
-        params["at_ms"] = _ms(r, "at", minimum=Decimal(0)) if r.has("at") else None
+        params["at_ms"] = (_within_run(r, "at", duration_ms, "no sample is taken after the end")
+                           if r.has("at") else None)
     expectation = Expectation(kind, params, r.path)
     r.done()
     return expectation

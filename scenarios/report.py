@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from decimal import Decimal
@@ -29,6 +31,7 @@ from matplotlib.figure import Figure
 from exchange.decimals import fmt, fmt_pct
 from exchange.orders import Origin
 from exchange.profile import Profile
+from exchange.validation import InputError
 from scenarios.runner import Outcome, ScenarioRun
 
 Event = Mapping[str, Any]
@@ -59,16 +62,51 @@ class Chart:
     caption: str
 
 
-def write_report(run: ScenarioRun, directory: Path) -> Path:
-    """Write the charts and ``index.html`` into ``directory`` (created if needed); return the page.
+def check_directory(directory: Path) -> None:
+    """Refuse a report folder that holds anything but an earlier report: writing one replaces
+    the whole folder."""
+    if directory.exists() and not directory.is_dir():
+        raise InputError("--report", "--report", str(directory), "a folder for the report (this is a file)")
+    if not directory.resolve().parent.is_dir():
+        raise InputError("--report", "--report", str(directory),
+                         f"a folder inside an existing one ({directory.resolve().parent} is not there)")
+    if directory.is_dir():
+        other = sorted(p.name for p in directory.iterdir() if not _is_report_file(p))
+        if other:
+            raise InputError("--report", "--report", str(directory),
+                             "a new folder or one holding only an earlier report (index.html and .png charts), "
+                             f"since it is replaced whole; this one also holds {', '.join(other[:5])}")
 
-    A run that stopped early has no event log to draw: its page says why it stopped.
+
+def _is_report_file(path: Path) -> bool:
+    return path.is_file() and (path.name == "index.html" or path.suffix == ".png")
+
+
+def write_report(run: ScenarioRun, directory: Path) -> Path:
+    """Write the charts and ``index.html`` into ``directory``; return the page.
+
+    The report is drawn in a temporary folder beside it, then renamed into place, so the
+    folder holds either the earlier report or the new one, never a mix (an interrupted
+    report leaves the earlier one). A run that stopped early has no event log to draw: its
+    page says why it stopped.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    charts = _draw_charts(run, directory) if run.result is not None else []
-    page = directory / "index.html"
-    page.write_text(_render_page(run, charts), encoding="utf-8")
-    return page
+    check_directory(directory)
+    target = directory.resolve()
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        charts = _draw_charts(run, work) if run.result is not None else []
+        (work / "index.html").write_text(_render_page(run, charts), encoding="utf-8")
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            target.rename(old / "report")
+            work.rename(target)
+            shutil.rmtree(old)
+        else:
+            work.rename(target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return directory / "index.html"
 
 
 # ---------------------------------------------------------------------------------------
