@@ -154,6 +154,8 @@ class Network:
         self.default = default
         # (sender kind or address, recipient kind or address) -> model; exact addresses win.
         self.rules = dict(rules or {})
+        self._zero = not self.rules and default.kind == "zero"  # every link at zero latency: no lookup
+        self.now_ms: Callable[[], int] = lambda: round(trio.current_time() * 1000)  # the run sets its clock's
         self.mailboxes: dict[str, Mailbox] = {}
         self.hooks: list[Hook] = []
         self._hooks_on: dict[tuple[str, str], tuple[Hook, ...]] = {}  # link -> the levers on it (a cache)
@@ -214,8 +216,11 @@ class Network:
         if self.lockstep:
             self._fifo.append((sender, recipient, message))
             return
-        model = self.model(sender, recipient) if (self.rules or self.default.kind != "zero") else ZERO_LATENCY
-        latency = model.draw(lambda: self._rng(sender)) if model.kind != "zero" else 0
+        if self._zero:
+            latency = 0
+        else:
+            model = self.model(sender, recipient)
+            latency = model.draw(lambda: self._rng(sender)) if model.kind != "zero" else 0
         fifo = True
         link = (sender, recipient)
         if self.hooks:
@@ -237,8 +242,7 @@ class Network:
                 raise KeyError(f"{sender} sent {type(message).__name__} to unknown address {recipient}")
             box.put(sender, message)
             return
-        now = round(trio.current_time() * 1000)
-        when = now + latency
+        when = self.now_ms() + latency
         if fifo:
             when = max(when, self._last_on.get(link, when))
             self._last_on[link] = when
