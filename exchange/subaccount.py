@@ -353,7 +353,7 @@ class SubAccountMachine(Machine):
             "fill", market=fill.market, order_id=fill.order_id, side=fill.side, price=fill.price,
             quantity=fill.quantity, fee=fill.fee, fee_asset=fill.fee_asset, maker=fill.is_maker,
             origin=fill.origin, realized_pnl=effect.realized_pnl, position=effect.position_after,
-            liquidation_fee=fill.liquidation_fee,
+            liquidation_fee=fill.liquidation_fee, quote_quantity=fill.quote_quantity,
         )
         if effect.house_remainder:
             self.send(LIQUIDATOR, FundFlow(self.account.id, self.settle_asset, effect.house_remainder, "rounding"))
