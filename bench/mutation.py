@@ -39,16 +39,17 @@ import attrs
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMED_TESTS = ("tests/test_fuzz.py::test_a_time_budget_stops_new_runs",)
+EVERY_AREA = ("tests/test_rules_pinned.py", "tests/test_conformance.py")  # small, and about every area
 AREA_TESTS = {
     "margin": ["tests/test_margin.py", "tests/test_margin_properties.py", "tests/test_pretrade.py"],
     "pretrade": ["tests/test_pretrade.py", "tests/test_margin.py"],
     "limits": ["tests/test_pretrade.py", "tests/test_lending.py"],
-    "book": ["tests/test_book.py", "tests/test_rules_pinned.py"],
-    "ledger": ["tests/test_perp_settlement.py", "tests/test_book.py", "tests/test_rules_pinned.py"],
+    "book": ["tests/test_book.py"],
+    "ledger": ["tests/test_perp_settlement.py", "tests/test_book.py"],
     "lending": ["tests/test_lending.py"],
     "funding": ["tests/test_perp_settlement.py"],
     "settlement": ["tests/test_perp_settlement.py", "tests/test_lending.py"],
-    "liquidation": ["tests/test_liquidation.py", "tests/test_liquidation_properties.py", "tests/test_rules_pinned.py"],
+    "liquidation": ["tests/test_liquidation.py", "tests/test_liquidation_properties.py"],
 }
 
 
@@ -416,7 +417,7 @@ def judge(mutant: Mutant, *, seeds: int, timeout: float) -> Result:
         tree = Path(tmp) / "tree"
         _copy_tree(tree)
         apply(mutant, tree)
-        targeted = _pytest(tree, [*AREA_TESTS[mutant.area], "tests/test_conformance.py"], timeout)
+        targeted = _pytest(tree, [*AREA_TESTS[mutant.area], *EVERY_AREA], timeout)
         fuzz = _fuzz(tree, seeds, timeout)
         full = Step("not run")
         if targeted.verdict != "killed" and fuzz.verdict != "killed":

@@ -18,6 +18,11 @@ event at a time and checks that what the venue *did* is what its rules say it sh
   rounded down; each account is credited once per accrual, the amounts the pool charged.
 * ``rule:fee-rounding``: every book fill's trading and liquidation fees are the rate times the
   notional, rounded against the account (up, by less than one step).
+* ``rule:order-flags``: a limit order never fills beyond its limit price, a post-only order never
+  takes, a reduce-only fill never grows or flips the position, a fill-or-kill order ends filled
+  in full or not at all.
+* ``rule:funding-rate``: a rate lies between the interval's lowest and highest premium scaled
+  to the interval (``premium x interval / 24h``), within the market's bounds.
 * ``rule:reservation``: after each order or loan event, what an account holds locked is exactly
   what its open orders and its pending loans reserve.
 * ``rule:rejection-changed-nothing``: a request refused on the account leaves its balances,
@@ -41,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from exchange.decimals import HOURS_PER_YEAR, ONE, ZERO, fmt
+from exchange.funding import DAY_MS
 from exchange.lending import LendingPool
 from exchange.liquidation import loop_cap
 from exchange.profile import Profile
@@ -82,7 +88,6 @@ class Conformance:
         # liquidation: open cases, the time of each account's last book row, per-loop sales
         self._cases: set[str] = set()
         self._last_book_t: dict[str, int] = {}
-        self._positions: dict[tuple[str, str], Decimal] = {}
         self._loop: dict[str, dict[str, tuple[Decimal, Decimal]]] = {}  # account -> market -> (start size, sold)
         # funding: index and mark prices, the premium's range over the running interval, last rates
         self._prices: dict[str, Decimal] = {}
@@ -95,9 +100,13 @@ class Conformance:
         # accounts: the state after each account's last event, for refusals
         self._snapshots: dict[str, tuple[Any, ...]] = {}
         self._placed: set[tuple[str, Any]] = set()  # (account, order id) accepted, not ended
+        self._orders: dict[tuple[str, str], Event] = {}  # (account, order id) -> its order_placed event
         self._handlers: dict[str, Callable[[Event], str | tuple[str, str] | None]] = {
             "liquidation_step": self._liquidation_step,
+            "order_placed": self._order_placed,
+            "order_closed": self._order_closed,
             "fill": self._fill,
+            "trade": self._trade,
             "price": self._price,
             "funding_rate": self._funding_rate,
             "funding": self._funding,
@@ -153,18 +162,34 @@ class Conformance:
     def _fill(self, event: Event) -> tuple[str, str] | None:
         account = event["actor"].split(":", 1)[1]
         market = self.profile.markets[event["market"]]
-        quantity, price, origin = event["quantity"], event["price"], event["origin"]
+        origin = event["origin"]
         found = self._fee_rounding(event, market, origin) if origin in _BOOK_ORIGINS else None
-        if not market.is_perp:
-            return found
-        key = (account, market.symbol)
-        after = event["position"]
-        before = self._positions.get(key, ZERO)
-        self._positions[key] = after
-        if origin != "LIQUIDATION_AUTOCLOSE" or found is not None:
-            return found
+        order = self._orders.get((account, event["order_id"]))
+        if found is None and order is not None:
+            found = _flag_problem(order, event)
+        return found
+
+    def _trade(self, event: Event) -> tuple[str, str] | None:
+        """Perp trades, in the market's order, with each side's position right after."""
+        if event["taker_position"] is None:
+            return None
+        market = self.profile.markets[event["actor"].split(":", 1)[1]]
+        quantity, price = event["quantity"], event["price"]
+        taker_delta = quantity if event["taker_side"] == "Bid" else -quantity
+        for account, order_id, after, delta in ((event["maker"], event["maker_order"], event["maker_position"],
+                                                 -taker_delta),
+                                                (event["taker"], event["taker_order"], event["taker_position"],
+                                                 taker_delta)):
+            before = after - delta
+            order = self._orders.get((account, order_id))
+            if order is not None and order["reduce_only"] and (abs(after) > abs(before) or after * before < 0):
+                return ("rule:order-flags", f"reduce-only order {order_id} of {account} took its {market.symbol} "
+                                            f"position from {fmt(before)} to {fmt(after)}")
+        if event["taker_origin"] != "LIQUIDATION_AUTOCLOSE":
+            return None
+        account = event["taker"]
         loops = self._loop.setdefault(account, {})
-        start, sold = loops.get(market.symbol, (abs(before), ZERO))
+        start, sold = loops.get(market.symbol, (abs(event["taker_position"] - taker_delta), ZERO))
         sold += quantity
         loops[market.symbol] = (start, sold)
         cap = loop_cap(start, self.fraction, market.step_size)
@@ -172,6 +197,20 @@ class Conformance:
             return ("rule:liquidation-fraction",
                     f"{account} sold {fmt(sold)} of a {fmt(start)} {market.symbol} position in one loop at {fmt(price)}; "
                     f"max_fraction_per_loop {fmt(self.fraction)} allows {fmt(cap)}")
+        return None
+
+    def _order_placed(self, event: Event) -> None:
+        self._orders[(event["actor"].split(":", 1)[1], event["order_id"])] = event
+        return None
+
+    def _order_closed(self, event: Event) -> tuple[str, str] | None:
+        account = event["actor"].split(":", 1)[1]
+        order = self._orders.pop((account, event["order_id"]), None)
+        if order is None or order["time_in_force"] != "FOK" or order["quantity"] is None:
+            return None
+        if event["executed"] not in (ZERO, order["quantity"]):
+            return ("rule:order-flags", f"fill-or-kill order {event['order_id']} of {account} ended {event['status']} "
+                                        f"with {fmt(event['executed'])} of {fmt(order['quantity'])} executed")
         return None
 
     def _fee_rounding(self, event: Event, market: Any, origin: str) -> tuple[str, str] | None:
@@ -204,7 +243,7 @@ class Conformance:
             mark, index = self._prices.get(perp.symbol), self._prices.get(perp.base)
             if mark is None or index is None:
                 continue
-            premium = mark - index
+            premium = (mark - index) / index
             low, high = self._premium_range.get(perp.symbol, (premium, premium))
             self._premium_range[perp.symbol] = (min(low, premium), max(high, premium))
         return None
@@ -217,14 +256,24 @@ class Conformance:
         rate = event["rate"]
         self._rates[symbol] = rate
         low, high = self._premium_range.pop(symbol, (ZERO, ZERO))
-        mark, index = self._prices.get(symbol), self._prices.get(self.profile.markets[symbol].base)
+        market = self.profile.markets[symbol]
+        mark, index = self._prices.get(symbol), self._prices.get(market.base)
         if mark is not None and index is not None:
-            self._premium_range[symbol] = (mark - index, mark - index)
+            self._premium_range[symbol] = ((mark - index) / index,) * 2
         if (low >= 0 and rate < 0) or (high <= 0 and rate > 0):
             side = "at or above" if low >= 0 else "at or below"
             return ("rule:funding-direction",
-                    f"{symbol}'s mark stayed {side} its index all interval (premium {fmt(low)} to {fmt(high)}), "
+                    f"{symbol}'s mark stayed {side} its index all interval (premium {fmt(low, 8)} to {fmt(high, 8)}), "
                     f"yet the rate is {fmt(rate)}")
+        scale = Decimal(market.funding_interval_ms) / DAY_MS
+        lower, upper = market.funding_lower_bound_bps / 10_000, market.funding_upper_bound_bps / 10_000
+        least, most = (min(max(p * scale, lower), upper) for p in (low, high))
+        slack = max(abs(least), abs(most)) * Decimal("1e-20")
+        if not least - slack <= rate <= most + slack:
+            return ("rule:funding-rate",
+                    f"{symbol}'s rate {fmt(rate)} is outside {fmt(least)}..{fmt(most)}: the interval's premium ran "
+                    f"{fmt(low, 8)} to {fmt(high, 8)}, times {fmt(scale, 8)} of a day, within the bounds "
+                    f"{fmt(lower)}..{fmt(upper)}")
         return None
 
     def _funding(self, event: Event) -> tuple[str, str] | None:
@@ -362,6 +411,16 @@ class Conformance:
         if kind in _LOCK_EVENTS:
             return _reservation_problem(account_id, machine)
         return None
+
+
+def _flag_problem(order: Event, fill: Event) -> tuple[str, str] | None:
+    """A fill that its order's limit price or post-only flag forbids."""
+    price, limit = fill["price"], order["price"]
+    if limit is not None and (price > limit if fill["side"] == "Bid" else price < limit):
+        return ("rule:order-flags", f"order {fill['order_id']} ({fill['side']} limit {fmt(limit)}) filled at {fmt(price)}")
+    if order["post_only"] and not fill["maker"]:
+        return "rule:order-flags", f"post-only order {fill['order_id']} took liquidity at {fmt(price)}"
+    return None
 
 
 def _add(book: dict[str, Decimal], account: str, quantity: Decimal) -> None:

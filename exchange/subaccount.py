@@ -304,6 +304,7 @@ class SubAccountMachine(Machine):
             "order_placed", order_id=order.order_id, market=order.market, side=order.side,
             order_type=order.order_type, quantity=order.quantity, price=order.price,
             quote_quantity=order.quote_quantity, origin=order.origin, reduce_only=order.reduce_only,
+            post_only=order.post_only, time_in_force=order.time_in_force,
             imr_after=ev.after.imr if ev is not None else None,
         )
         self.send(market_address(order.market), SubmitOrder(order))

@@ -3,12 +3,15 @@
 For each seed, ``generate`` draws a scenario (sub-accounts with random deposits, leverage and
 auto-lend/borrow settings; two perps and a spot market; a market maker, noise traders placing
 reduce-only, IOC, post-only and auto-borrow orders, a few all-in gamblers; a lender; a backstop
-provider of random capacity; a price path with drift, noise, gaps and shocks) and, swarm-style
+provider of random capacity; a price path with drift, noise, gaps and shocks; scripted requests
+that reach every rule: orders with every flag, out-of-band limits, outflows over the balance,
+loans, settings changes, deposits mid-liquidation) and, swarm-style
 (each kind of fault on or off for the seed), fault windows: jittered links, held links released
 in a burst (a sub-account's orders, or its fills), a stale price feed to some sub-accounts, a
 lagging liquidator, traders' messages held and released together.
 
-Every run is checked by the live invariant observer; then comes a liveness phase: the last
+Every run is checked by the live invariant observer, which also runs the rule-conformance checks
+of ``exchange/conformance.py`` on every event; then comes a liveness phase: the last
 ``liveness`` seconds have no faults and still prices, and at the end every sub-account at
 MMR >= 100% must be resolved (healthy, handed over or bankrupt) and every order must have
 ended or rest where its sub-account thinks it does.
