@@ -7,6 +7,7 @@ import json
 import re
 import tomllib
 from concurrent.futures import ProcessPoolExecutor
+from decimal import Decimal as D
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,60 @@ def test_saved_fuzz_failures_stay_fixed(path):
     scenario = loader.load(str(path))
     run = fuzz.replay(path, scenario.seed)
     assert run.passed, run.failure
+
+
+def _top_up_scenario(tmp_path: Path, top_up: str) -> Path:
+    """A 20x BTC long on 5,100 USDC (about 100,000 notional): a 4.55% drop at 3 s leaves about 450
+    of equity on 636 of maintenance margin (MMR about 141%), liquidated gradually; a noise trader
+    on the same sub-account places a market buy every second, with ``top_up``."""
+    path = tmp_path / "top-up.toml"
+    path.write_text(f"""
+[scenario]
+name = "top-up"
+duration = 8
+[prices.BTC]
+kind = "steps"
+points = [[0, 100000], [3, 95450]]
+[[accounts]]
+id = "maker"
+deposits = {{ USDC = 10000000 }}
+[[accounts]]
+id = "gambler"
+deposits = {{ USDC = 5100 }}
+leverage_limit = 20
+[[market_makers]]
+name = "mm"
+account = "maker"
+markets = ["BTC_USDC_PERP"]
+size = 2
+[[noise_traders]]
+name = "margin-call"
+account = "gambler"
+markets = ["BTC_USDC_PERP"]
+interval = 1
+market_share = 1
+reduce_only_share = 0
+top_up = {top_up}
+[[actions]]
+at = 1
+account = "gambler"
+type = "order"
+market = "BTC_USDC_PERP"
+side = "buy"
+quantity = 1
+time_in_force = "IOC"
+""", encoding="utf-8")
+    return path
+
+
+def test_a_noise_trader_tops_up_when_its_account_is_liquidated(tmp_path):
+    """Each order refused with ACCOUNT_LIQUIDATING is answered with a deposit of ``top_up``, so
+    deposits land while the liquidation runs; a negative top-up is refused at load, by name."""
+    run = fuzz.replay(_top_up_scenario(tmp_path, "250"), 1)
+    events = run.result.events
+    refused = [e["t"] for e in events if e["event"] == "order_rejected" and e["code"] == "ACCOUNT_LIQUIDATING"]
+    deposits = [e for e in events if e["event"] == "deposit" and e["actor"] == "account:gambler" and e["t"] > 0]
+    assert refused and [e["t"] for e in deposits] == refused and {e["quantity"] for e in deposits} == {D(250)}
+    with pytest.raises(loader.InputError) as error:
+        loader.load(str(_top_up_scenario(tmp_path, "-1")))
+    assert "top_up" in str(error.value) and "-1" in str(error.value)
