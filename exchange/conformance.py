@@ -26,8 +26,9 @@ event at a time and checks that what the venue *did* is what its rules say it sh
 * ``rule:reservation``: after each order or loan event, what an account holds locked is exactly
   what its open orders and its pending loans reserve.
 * ``rule:rejection-changed-nothing``: a request refused on the account leaves its balances,
-  locks, lends, borrows, positions and open orders as they were; one the book refuses leaves no
-  order behind.
+  lends, borrows, positions and the user's open orders as they were; one the book refuses leaves
+  no order behind. (The state is read after the refusal's whole message, which may also cover a
+  USDC shortfall: the fund's cover and the conversion orders it places are not the refusal's.)
 
 The checker keeps its own record of what it needs (the pools' books, positions, the premium's
 sign over each funding interval), so each event costs O(1) apart from the account-state checks,
@@ -49,6 +50,7 @@ from exchange.decimals import HOURS_PER_YEAR, ONE, ZERO, fmt
 from exchange.funding import DAY_MS
 from exchange.lending import LendingPool
 from exchange.liquidation import loop_cap
+from exchange.orders import Origin
 from exchange.profile import Profile
 
 if TYPE_CHECKING:
@@ -89,6 +91,11 @@ class Conformance:
         self._cases: set[str] = set()
         self._last_book_t: dict[str, int] = {}
         self._loop: dict[str, dict[str, tuple[Decimal, Decimal]]] = {}  # account -> market -> (start size, sold)
+        # account -> market -> the largest position (absolute) since its last liquidation row: a
+        # loop plans on the position it sees, and the account's own reducing orders may fill
+        # before the loop's (so the cap is judged on at least what the plan saw)
+        self._peak: dict[str, dict[str, Decimal]] = {}
+        self._held: dict[str, dict[str, Decimal]] = {}  # account -> market -> position, in the markets' order
         # funding: index and mark prices, the premium's range over the running interval, last rates
         self._prices: dict[str, Decimal] = {}
         self._premium_range: dict[str, tuple[Decimal, Decimal]] = {}
@@ -136,6 +143,7 @@ class Conformance:
     def _liquidation_step(self, event: Event) -> tuple[str, str] | None:
         account, stage, t = event["account"], event["stage"], event["t"]
         self._loop.pop(account, None)  # the rows close the loop whose fills came before them
+        self._peak[account] = {m: abs(p) for m, p in self._held.get(account, {}).items()}
         mmr = event["mmr_before"]
         if stage == "start":
             self._cases.add(account)
@@ -181,15 +189,18 @@ class Conformance:
                                                 (event["taker"], event["taker_order"], event["taker_position"],
                                                  taker_delta)):
             before = after - delta
+            self._held.setdefault(account, {})[market.symbol] = after
+            peaks = self._peak.setdefault(account, {})
+            peaks[market.symbol] = max(peaks.get(market.symbol, ZERO), abs(before), abs(after))
             order = self._orders.get((account, order_id))
             if order is not None and order["reduce_only"] and (abs(after) > abs(before) or after * before < 0):
                 return ("rule:order-flags", f"reduce-only order {order_id} of {account} took its {market.symbol} "
                                             f"position from {fmt(before)} to {fmt(after)}")
+        account = event["taker"]
         if event["taker_origin"] != "LIQUIDATION_AUTOCLOSE":
             return None
-        account = event["taker"]
         loops = self._loop.setdefault(account, {})
-        start, sold = loops.get(market.symbol, (abs(event["taker_position"] - taker_delta), ZERO))
+        start, sold = loops.get(market.symbol, (self._peak[account][market.symbol], ZERO))
         sold += quantity
         loops[market.symbol] = (start, sold)
         cap = loop_cap(start, self.fraction, market.step_size)
@@ -206,7 +217,8 @@ class Conformance:
     def _order_closed(self, event: Event) -> tuple[str, str] | None:
         account = event["actor"].split(":", 1)[1]
         order = self._orders.pop((account, event["order_id"]), None)
-        if order is None or order["time_in_force"] != "FOK" or order["quantity"] is None:
+        # a reduce-only FOK is cut to the position first, and is fill-or-kill for what is left
+        if order is None or order["time_in_force"] != "FOK" or order["quantity"] is None or order["reduce_only"]:
             return None
         if event["executed"] not in (ZERO, order["quantity"]):
             return ("rule:order-flags", f"fill-or-kill order {event['order_id']} of {account} ended {event['status']} "
@@ -431,20 +443,24 @@ def _add(book: dict[str, Decimal], account: str, quantity: Decimal) -> None:
         book.pop(account, None)
 
 
-_FIELDS = ("balances", "lends", "borrows", "positions", "unsettled equity", "open orders")
+_FIELDS = ("balances", "lends", "borrows", "positions", "open orders")
 
 
 def _snapshot(machine: SubAccountMachine) -> tuple[Any, ...]:
+    """What a refusal must not change. Balances are totals (locks are the reservation check's
+    business: an auto-repay the pool refuses releases its lock with no event), the settlement
+    asset's with the debt to the fund (a cover moves one into the other), and open orders are the
+    user's (a cover may place conversion orders in the same message)."""
     account = machine.account
+    settle = machine.profile.settlement_asset
+    totals = {a: b.available + b.locked for a, b in account.balances.items()}
+    totals[settle] = totals.get(settle, ZERO) + account.unsettled_equity
     return (
-        # totals: a lock taken or released for the account's own pending requests is the reservation
-        # check's business (an auto-repay the pool refuses releases its lock with no event)
-        tuple((a, b.available + b.locked) for a, b in account.balances.items() if b.available or b.locked),
+        tuple((a, total) for a, total in totals.items() if total),
         tuple(account.lends.items()),
         tuple(account.borrows.items()),
         tuple((s, p.quantity, p.net_cost) for s, p in account.positions.items()),
-        account.unsettled_equity,
-        tuple(account.open_orders),
+        tuple(oid for oid, entry in account.open_orders.items() if entry.order.origin is Origin.USER),
     )
 
 

@@ -72,6 +72,13 @@ def _interest(field: str, account: str, amount: Decimal) -> Callable[[Event, lis
     return change
 
 
+def _sold(quantity: Decimal) -> Callable[[Event, list[Event]], None]:
+    def change(event: Event, events: list[Event]) -> None:
+        event["taker_position"] += event["quantity"] - quantity
+        event["quantity"] = quantity
+    return change
+
+
 def _fok_half(event: Event, events: list[Event]) -> None:
     """The order sent fill-or-kill, and closed with half of it executed."""
     _first("order_placed", order_id=event["order_id"])(events)["time_in_force"] = "FOK"
@@ -89,11 +96,10 @@ CASES = [
      "rule:liquidation-end-target", "sold down on the book at MMR 0.99, under the end target 1"),
     ("ended-healthy-too-high", "partial-liquidation", _first("liquidation_step", stage="healthy"),
      _set("mmr_before", D(1)), "rule:liquidation-end-target", "ended as healthy at MMR 1, not under 1"),
-    # the 1 BTC long read as 0.5 (the market's position after the first loop's sale, 0.9, read as
-    # 0.4): that sale's 0.1 is then 20% of it, and 10% allows 0.05
-    ("fraction", "partial-liquidation", _first("trade", taker_order="trader-l1"), _set("taker_position", D("0.4")),
+    # the first loop's sale of the 1 BTC long read as 0.2 (position 0.8 after): 10% allows 0.1
+    ("fraction", "partial-liquidation", _first("trade", taker_order="trader-l1"), _sold(D("0.2")),
      "rule:liquidation-fraction",
-     "trader sold 0.1 of a 0.5 BTC_USDC_PERP position in one loop at 90440; max_fraction_per_loop 0.1 allows 0.05"),
+     "trader sold 0.2 of a 1 BTC_USDC_PERP position in one loop at 90440; max_fraction_per_loop 0.1 allows 0.1"),
     # 0.1 x 90,440 x 0.05% = 4.522 exactly; one step less is rounded in the account's favour
     ("fee", "partial-liquidation", _first("fill", order_id="trader-l1"), _set("fee", D("4.521999")),
      "rule:fee-rounding", "fee 4.521999 on an exact 4.522"),
