@@ -18,12 +18,13 @@ from typing import Any, Protocol
 from actors.determinism import stream
 from exchange.decimals import ceil_to, floor_to
 from exchange.machine import Machine
-from exchange.orders import Fill, Order, OrderType, Rejection, Side, TimeInForce
+from exchange.orders import ErrorCode, Fill, Order, OrderType, Rejection, Side, TimeInForce
 from exchange.profile import Market, Profile
 from exchange.protocol import (
     FEED,
     SCHEDULER,
     CancelAll,
+    Deposit,
     OrderChanged,
     OrderFilled,
     OrderPlaced,
@@ -214,12 +215,14 @@ class NoiseTrader(Agent):
     """Random orders every ``interval_ms`` on average (uniform in [interval/2, 3 interval/2]):
     ``market_share`` of them market orders, the rest limits within ``within_bps`` of the price;
     sizes up to ``max_steps`` steps; some IOC or post-only, some reduce-only on perps, some spot
-    orders with ``autoBorrow`` (``auto_borrow_share``)."""
+    orders with ``autoBorrow`` (``auto_borrow_share``). With ``top_up``, it answers an order
+    refused because its sub-account is being liquidated with a deposit of that much USDC: a
+    trader meeting a margin call, and a deposit arriving mid-liquidation."""
 
     def __init__(self, system: Venue, name: str, account_id: str, markets: Sequence[str], *, interval_ms: int = 1000,
                  max_steps: int | dict[str, int] = 10, market_share: float = 0.3, within_bps: int = 20,
                  reduce_only_share: float = 0.1, ioc_share: float = 0.2, auto_borrow_share: float = 0.0,
-                 post_only_share: float = 0.0) -> None:
+                 post_only_share: float = 0.0, top_up: Decimal = Decimal(0)) -> None:
         super().__init__(system, name, account_id)
         self.markets = [system.profile.markets[m] for m in markets]
         self.interval_ms = interval_ms
@@ -230,6 +233,13 @@ class NoiseTrader(Agent):
         self.ioc_share = ioc_share
         self.auto_borrow_share = auto_borrow_share
         self.post_only_share = post_only_share
+        self.top_up = top_up
+        self.settle_asset = system.profile.settlement_asset
+
+    def on_refused(self, sender: str, message: OrderRefused) -> None:
+        super().on_refused(sender, message)
+        if self.top_up and message.rejection.code is ErrorCode.ACCOUNT_LIQUIDATING:
+            self.send(self.target, Deposit(self.settle_asset, self.top_up, self.next_id()))
 
     def start(self) -> None:
         symbols = tuple(dict.fromkeys(m.symbol if m.is_perp else m.base for m in self.markets))

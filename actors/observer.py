@@ -37,6 +37,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from actors.runtime import now_ms
+from exchange.conformance import Conformance
 from exchange.decimals import ZERO, fmt
 from exchange.invariants import conservation_violations, holdings_by_asset
 from exchange.liquidation import needs_liquidation
@@ -110,6 +111,7 @@ class Observer:
         # account -> (IMR the pre-trade check logged, its event); the latest of a message wins,
         # since each order is checked with the ones before it already resting.
         self._claims: dict[str, tuple[Decimal, dict[str, Any]]] = {}
+        self.conformance = Conformance(system.profile, system.accounts)  # the venue's rules, event by event
 
     # -- events -----------------------------------------------------------------------------
     def on_event(self, event: dict[str, Any]) -> None:
@@ -117,6 +119,9 @@ class Observer:
         kind = event["event"]
         actor = event["actor"]
         self._touched[actor] = None
+        broken = self.conformance.on_event(event)
+        if broken is not None and self._problem is None:
+            self._problem = (broken.name, broken.detail)
         if kind == "deposit":
             self._external(event["asset"], event["quantity"])
         elif kind == "withdrawal":

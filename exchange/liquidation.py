@@ -319,8 +319,7 @@ def _candidates(
         band = _band_limit(levels, closing, market.bands.min_impact_multiplier, market.bands.max_impact_multiplier)
         mark = account.price(symbol)
         size = abs(pos.quantity)
-        cap = min(size, max(market.step_size, floor_to(size * params.max_fraction_per_loop, market.step_size)))
-        cap = min(cap, _fillable(levels, band, closing))
+        cap = min(loop_cap(size, params.max_fraction_per_loop, market.step_size), _fillable(levels, band, closing))
         mmf_fn = market.mmf
 
         def cost(q: Decimal, *, size=size, mark=mark, levels=levels, closing=closing, band=band, mmf_fn=mmf_fn,
@@ -348,6 +347,12 @@ def _candidates(
             lost, freed = c.effect(c.cap)
             c.rank = freed / lost if lost > 0 else INFINITY
     return found
+
+
+def loop_cap(size: Decimal, fraction: Decimal, step: Decimal) -> Decimal:
+    """The most of an exposure of ``size`` one loop may unwind: ``fraction`` of it rounded down to
+    the step, but at least one step (so a small position is not stuck), never more than all."""
+    return min(size, max(step, floor_to(size * fraction, step)))
 
 
 def _borrow_candidate(

@@ -92,11 +92,24 @@ class MarketMachine(Machine):
 
     def _publish(self, match: MatchResult) -> None:
         fills = match.fills
+        # Each side's position right after each trade (perps), walked back from the book's: what a
+        # reduce-only or liquidation order did to a position, in the market's own order.
+        after: list[tuple[Decimal | None, Decimal | None]] = []
+        if self.market.is_perp:
+            held = dict(self.book.positions)
+            for i in range(len(fills) - 2, -1, -2):
+                maker, taker = fills[i], fills[i + 1]
+                after.append((held.get(maker.account, ZERO), held.get(taker.account, ZERO)))
+                for fill in (maker, taker):
+                    held[fill.account] = held.get(fill.account, ZERO) - fill.quantity * fill.side.sign
+            after.reverse()
         for i in range(0, len(fills), 2):
             maker, taker = fills[i], fills[i + 1]
+            maker_position, taker_position = after[i // 2] if after else (None, None)
             self.emit("trade", trade_id=maker.trade_id, price=maker.price, quantity=maker.quantity,
                           taker_side=taker.side, maker=maker.account, taker=taker.account,
-                          taker_origin=taker.origin)
+                          taker_origin=taker.origin, maker_order=maker.order_id, taker_order=taker.order_id,
+                          maker_position=maker_position, taker_position=taker_position)
         for fill in fills:
             self.send(account_address(fill.account), FillNotice(fill, self.market))
         for update in match.updates:

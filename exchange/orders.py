@@ -219,7 +219,7 @@ def duplicate_order_id(order_id: str, where: str) -> Rejection:
     """An order id already open (``where``: the book or the sub-account) is refused: ids name
     one live order each, and a second one would shadow the first."""
     return Rejection(ErrorCode.INVALID_ORDER, f"order id {order_id} is already open on {where}; use a new id",
-                     {"order_id": order_id})
+                     {"order_id": order_id, "already_open": True})
 
 
 def check_order_shape(order: Order, market: Market) -> Rejection | None:

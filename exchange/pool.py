@@ -81,7 +81,8 @@ class PoolMachine(Machine):
         tick = pool.accrue(message.time_ms)
         self.emit("interest_accrued", borrow_rate=tick.borrow_rate, lend_rate=tick.lend_rate,
                       utilization=tick.utilization, paid=tick.paid_by_borrowers, credited=tick.credited_to_lenders,
-                      exchange_fee=tick.exchange_fee)
+                      exchange_fee=tick.exchange_fee, borrow_interest=tick.borrow_interest,
+                      lend_interest=tick.lend_interest)
         for account in sorted(set(tick.borrow_interest) | set(tick.lend_interest)):
             self.send(account_address(account), InterestNotice(
                 pool.asset, tick.borrow_interest.get(account, ZERO), tick.lend_interest.get(account, ZERO),
@@ -92,7 +93,7 @@ class PoolMachine(Machine):
         debt = self.pool.borrowers.get(message.account, ZERO)
         shares = self.pool.write_off(message.account)
         paid = sum((floor_to(q * message.price, self.settlement_step) for q in shares.values()), ZERO)  # type: ignore[arg-type]
-        self.emit("write_off", account=message.account, debt=debt, price=message.price, paid=paid)
+        self.emit("write_off", account=message.account, debt=debt, price=message.price, paid=paid, shares=shares)
         for lender, quantity in shares.items():
             self.send(account_address(lender), LendWrittenOff(self.pool.asset, quantity))
         self.send(account_address(message.account), BorrowWrittenOff(self.pool.asset, debt, paid))

@@ -316,6 +316,7 @@ class SubAccountMachine(Machine):
             "order_placed", order_id=order.order_id, market=order.market, side=order.side,
             order_type=order.order_type, quantity=order.quantity, price=order.price,
             quote_quantity=order.quote_quantity, origin=order.origin, reduce_only=order.reduce_only,
+            post_only=order.post_only, time_in_force=order.time_in_force,
             imr_after=ev.after.imr if ev is not None else None,
         )
         self.send(market_address(order.market), SubmitOrder(order))
@@ -365,7 +366,7 @@ class SubAccountMachine(Machine):
             "fill", market=fill.market, order_id=fill.order_id, side=fill.side, price=fill.price,
             quantity=fill.quantity, fee=fill.fee, fee_asset=fill.fee_asset, maker=fill.is_maker,
             origin=fill.origin, realized_pnl=effect.realized_pnl, position=effect.position_after,
-            liquidation_fee=fill.liquidation_fee,
+            liquidation_fee=fill.liquidation_fee, quote_quantity=fill.quote_quantity,
         )
         if effect.house_remainder:
             self.send(LIQUIDATOR, FundFlow(self.account.id, self.settle_asset, effect.house_remainder, "rounding"))

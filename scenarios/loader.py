@@ -105,6 +105,7 @@ class NoiseSpec:
     ioc_share: float
     auto_borrow_share: float
     post_only_share: float
+    top_up: Decimal = Decimal(0)
 
 
 @attrs.frozen
@@ -703,6 +704,7 @@ def _noise(r: Reader, profile: Profile, known: set[str]) -> NoiseSpec:
         ioc_share=_share(r, "ioc_share", "0.2"),
         auto_borrow_share=_share(r, "auto_borrow_share", "0"),
         post_only_share=_share(r, "post_only_share", "0"),
+        top_up=r.decimal("top_up", required=False, default=Decimal(0), minimum=Decimal(0)),
     )
     r.done()
     return spec

@@ -91,7 +91,7 @@ def build_venue(scenario: Scenario, seed: int) -> tuple[Venue, dict[str, Scripte
                                     max_steps=noise.max_steps, market_share=noise.market_share,
                                     within_bps=noise.within_bps, reduce_only_share=noise.reduce_only_share,
                                     ioc_share=noise.ioc_share, auto_borrow_share=noise.auto_borrow_share,
-                                    post_only_share=noise.post_only_share))
+                                    post_only_share=noise.post_only_share, top_up=noise.top_up))
     for account, capacity in scenario.backstops:
         venue.add_backstop(account, capacity)
     scripts: dict[str, ScriptedTrader] = {}

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from actors.network import Hook, Network
-from exchange import lending, pretrade
-from exchange.funding import funding_payments
+from exchange import book, lending, liquidation, pretrade
+from exchange.decimals import ZERO, floor_to
+from exchange.funding import FundingClock, funding_payments
 from exchange.ledger import SubAccount
 from exchange.liquidation import Outcome
 from exchange.machine import Machine
@@ -185,6 +186,50 @@ def pool_over_lends() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def funding_sign_flipped() -> Iterator[None]:
+    """The premium is read index over mark: shorts pay longs while the mark is over the index.
+    Every total still balances. Expected catch: "rule:funding-direction"."""
+
+    def observe(self: FundingClock, now_ms: int, mark: Decimal, index: Decimal) -> None:
+        self._accumulate(now_ms)
+        self._premium = (index - mark) / index if index else Decimal(0)
+
+    with _patched(FundingClock, "observe", observe):
+        yield
+
+
+@contextmanager
+def whole_position_per_loop() -> Iterator[None]:
+    """A liquidation loop may sell the whole position, not 10% of it. Expected catch:
+    "rule:liquidation-fraction" (the checker holds the real cap)."""
+    with _patched(liquidation, "loop_cap", lambda size, fraction, step: size):
+        yield
+
+
+@contextmanager
+def fees_rounded_down() -> Iterator[None]:
+    """The book rounds every fee down, in the account's favour; conservation holds (the fee pot
+    gets what the account paid). Expected catch: "rule:fee-rounding"."""
+    with _patched(book, "ceil_to", floor_to):
+        yield
+
+
+@contextmanager
+def refused_order_keeps_reservation() -> Iterator[None]:
+    """An order the book refuses is forgotten without releasing what it locked. Expected catch:
+    "rule:reservation"."""
+
+    def on_submit_refused(self: Any, sender: str, message: Any) -> None:
+        order = message.order
+        self.account.open_orders.pop(order.order_id, None)
+        self._refuse_order(order, message.rejection, self.owners.pop(order.order_id, None))
+        self._order_ended(order, ZERO)
+
+    with _handler(SubAccountMachine, "on_submit_refused", on_submit_refused):
+        yield
+
+
 # mutant -> the invariants that may report it (the first broken one stops the run)
 MUTANTS: dict[str, tuple[Callable[[], Any], frozenset[str]]] = {
     "stale-liquidator": (stale_liquidator, frozenset({"liquidation acts only on accounts that need it"})),
@@ -193,4 +238,8 @@ MUTANTS: dict[str, tuple[Callable[[], Any], frozenset[str]]] = {
     "fills-applied-twice": (fills_applied_twice, frozenset({"conservation", "positions", "no negative balance"})),
     "funding-on-stale-positions": (funding_on_stale_positions, frozenset({"funding is paid on held positions"})),
     "pool-over-lends": (pool_over_lends, frozenset({"pools"})),
+    "funding-sign-flipped": (funding_sign_flipped, frozenset({"rule:funding-direction"})),
+    "whole-position-per-loop": (whole_position_per_loop, frozenset({"rule:liquidation-fraction"})),
+    "fees-rounded-down": (fees_rounded_down, frozenset({"rule:fee-rounding"})),
+    "refused-order-keeps-reservation": (refused_order_keeps_reservation, frozenset({"rule:reservation"})),
 }

@@ -1,4 +1,5 @@
-"""The race fuzzer: valid scenarios, a clean campaign, every mutant caught, exact replay."""
+"""The race fuzzer: valid scenarios that reach every rule, a clean campaign, every mutant caught,
+exact replay."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import re
 import tomllib
 from concurrent.futures import ProcessPoolExecutor
+from decimal import Decimal as D
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,55 @@ def test_generated_scenarios_are_valid_deterministic_and_swarmed(tmp_path):
         for fault in {(f.kind, f.sender.split(":")[0], f.recipient.split(":")[0]) for f in scenario.faults}:
             kinds[str(fault)] = kinds.get(str(fault), 0) + 1
     assert len(kinds) >= 5 and all(0 < count < CAMPAIGN for count in kinds.values()), kinds
+
+
+def test_generated_scenarios_reach_every_rule(tmp_path):
+    """Over the campaign's seeds the scripted requests cover every action type, order flag, time
+    in force and self-trade mode, limits out of the price band (0.5x or 2x the path's price),
+    withdrawals and transfers over the balance, and traders that top up when liquidated; reused
+    ids appear only when asked for. Ten of the runs then show each kind of refusal, accruals,
+    funding and a deposit while a liquidation runs."""
+    scenarios = [fuzz.generate(seed) for seed in range(CAMPAIGN)]
+    actions = [a for data in scenarios for a in data["actions"]]
+    assert {a["type"] for a in actions} >= {"order", "cancel", "deposit", "withdraw", "transfer", "settings", "lend",
+                                           "redeem", "borrow", "repay"}
+    orders = [a for a in actions if a["type"] == "order" and a.get("id", "").startswith("x")]
+    assert all(any(o.get(flag) for o in orders) for flag in fuzz._ORDER_FLAGS)
+    assert {o["time_in_force"] for o in orders} == {"GTC", "IOC", "FOK"}
+    assert {o["self_trade_prevention"] for o in orders} == {"RejectTaker", "RejectMaker", "RejectBoth"}
+    assert any("quote_quantity" in o for o in orders)
+    deposits = {(data["scenario"]["seed"], a["id"]): a["deposits"]["USDC"] for data in scenarios for a in data["accounts"]}
+    assert any(a["quantity"] > deposits[(data["scenario"]["seed"], a["account"])]
+               for data in scenarios for a in data["actions"] if a["type"] in ("withdraw", "transfer"))
+    assert any(n["top_up"] > 0 for data in scenarios for n in data["noise_traders"])
+    for data in scenarios:
+        ids = [a["id"] for a in data["actions"] if "id" in a]
+        assert len(ids) == len(set(ids))
+    reused = [a["id"] for a in fuzz.generate(3, fuzz.FuzzSettings(duplicate_ids=True))["actions"] if "id" in a]
+    assert len(reused) > len(set(reused))
+
+    seen: dict[str, int] = {}
+    for seed in range(10):
+        log = tmp_path / f"{seed}.jsonl"
+        outcome, _ = fuzz.run_text(fuzz.to_toml(scenarios[seed]), seed, check_every=200, log_path=log)
+        assert outcome.passed, outcome.detail
+        liquidating: set[str] = set()
+        for line in log.read_text(encoding="utf-8").splitlines():
+            event = json.loads(line)
+            kind = event.get("event")
+            if kind == "order_rejected":
+                kind = f"order_rejected {event['code']}"
+            elif kind == "liquidating":
+                liquidating.add(event["actor"])
+            elif kind == "liquidation_ended":
+                liquidating.discard(event["actor"])
+            elif kind == "deposit" and event["actor"] in liquidating:
+                kind = "deposit while liquidating"
+            seen[kind] = seen.get(kind, 0) + 1
+    for kind in ("withdrawal_refused", "loan_refused", "cancel_refused", "settings_changed", "transfer_out",
+                 "order_rejected INVALID_PRICE", "order_rejected ACCOUNT_LIQUIDATING", "interest_accrued", "funding",
+                 "deposit while liquidating", "liquidation_step", "borrow"):
+        assert seen.get(kind, 0) > 0, kind
 
 
 def test_the_unmodified_system_passes_a_campaign():
@@ -144,3 +195,60 @@ def test_saved_fuzz_failures_stay_fixed(path):
     scenario = loader.load(str(path))
     run = fuzz.replay(path, scenario.seed)
     assert run.passed, run.failure
+
+
+def _top_up_scenario(tmp_path: Path, top_up: str) -> Path:
+    """A 20x BTC long on 5,100 USDC (about 100,000 notional): a 4.55% drop at 3 s leaves about 450
+    of equity on 636 of maintenance margin (MMR about 141%), liquidated gradually; a noise trader
+    on the same sub-account places a market buy every second, with ``top_up``."""
+    path = tmp_path / "top-up.toml"
+    path.write_text(f"""
+[scenario]
+name = "top-up"
+duration = 8
+[prices.BTC]
+kind = "steps"
+points = [[0, 100000], [3, 95450]]
+[[accounts]]
+id = "maker"
+deposits = {{ USDC = 10000000 }}
+[[accounts]]
+id = "gambler"
+deposits = {{ USDC = 5100 }}
+leverage_limit = 20
+[[market_makers]]
+name = "mm"
+account = "maker"
+markets = ["BTC_USDC_PERP"]
+size = 2
+[[noise_traders]]
+name = "margin-call"
+account = "gambler"
+markets = ["BTC_USDC_PERP"]
+interval = 1
+market_share = 1
+reduce_only_share = 0
+top_up = {top_up}
+[[actions]]
+at = 1
+account = "gambler"
+type = "order"
+market = "BTC_USDC_PERP"
+side = "buy"
+quantity = 1
+time_in_force = "IOC"
+""", encoding="utf-8")
+    return path
+
+
+def test_a_noise_trader_tops_up_when_its_account_is_liquidated(tmp_path):
+    """Each order refused with ACCOUNT_LIQUIDATING is answered with a deposit of ``top_up``, so
+    deposits land while the liquidation runs; a negative top-up is refused at load, by name."""
+    run = fuzz.replay(_top_up_scenario(tmp_path, "250"), 1)
+    events = run.result.events
+    refused = [e["t"] for e in events if e["event"] == "order_rejected" and e["code"] == "ACCOUNT_LIQUIDATING"]
+    deposits = [e for e in events if e["event"] == "deposit" and e["actor"] == "account:gambler" and e["t"] > 0]
+    assert refused and [e["t"] for e in deposits] == refused and {e["quantity"] for e in deposits} == {D(250)}
+    with pytest.raises(loader.InputError) as error:
+        loader.load(str(_top_up_scenario(tmp_path, "-1")))
+    assert "top_up" in str(error.value) and "-1" in str(error.value)
