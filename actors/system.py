@@ -133,7 +133,7 @@ class System:
         self.grace_ms = grace
         self.observer = Observer(self, check_every, grace, faults_until_ms) if check_every is not None else None
         if self.observer is not None:
-            self.log.listener = self.observer.on_event
+            self.log.listen(self.observer.on_event)
         if not lockstep:  # the look between messages goes straight to the observer
             self.context.after_message = self.observer.after_message if self.observer is not None else _nothing
 
