@@ -164,6 +164,7 @@ class Network:
         self._rngs: dict[str, Any] = {}
         self._seq = 0
         self.wake = trio.lowlevel.ParkingLot()  # the scheduler, when it sleeps on real time
+        self.clock: Any = None  # the run's time (``.ms``), set by the system that runs it
         self.quiet = Quiet()
         self.sent = 0
         self.unattended: set[str] = set()  # membership only: addresses no actor reads (the setup)
@@ -237,8 +238,7 @@ class Network:
                 raise KeyError(f"{sender} sent {type(message).__name__} to unknown address {recipient}")
             box.put(sender, message)
             return
-        now = round(trio.current_time() * 1000)
-        when = now + latency
+        when = self.clock.ms + latency
         if fifo:
             when = max(when, self._last_on.get(link, when))
             self._last_on[link] = when
