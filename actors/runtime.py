@@ -200,11 +200,14 @@ class Injections:
     An injection is a callable given the instant; ``at_ms`` plans it for a virtual instant (a
     replay), otherwise it is due at once (a live arrival). ``resume`` is the outside's own step
     at a settled instant (answering requests whose replies are in); it says whether it did
-    anything. Arrivals wake a scheduler sleeping on real time."""
+    anything. ``closing`` is carried out at the run's last instant, after everything else (it
+    logs, it sends nothing). Arrivals wake a scheduler sleeping on real time."""
 
-    def __init__(self, resume: Callable[[int], bool] | None = None) -> None:
+    def __init__(self, resume: Callable[[int], bool] | None = None,
+                 closing: Callable[[int], None] | None = None) -> None:
         self.arrivals: deque[tuple[int, Callable[[int], None]]] = deque()
         self.resume = resume
+        self.closing = closing
         self.wake: trio.lowlevel.ParkingLot | None = None  # set by the scheduler that serves them
         self.stopping = False
 
@@ -233,6 +236,11 @@ class Injections:
 
     def next_ms(self) -> int | None:
         return self.arrivals[0][0] if self.arrivals else None
+
+    def close(self, now: int) -> None:
+        closing, self.closing = self.closing, None
+        if closing is not None:
+            closing(now)
 
 
 class Slot:
@@ -437,6 +445,8 @@ class Scheduler:
                         run_queue.drain()
                     continue
                 if now >= until_ms:
+                    if injections is not None:
+                        injections.close(now)
                     self._end()
                     return
                 clock.advance(self._next(now, until_ms, watch))
@@ -482,6 +492,7 @@ class Scheduler:
                     run_queue.drain()
                     continue
                 if now >= until_ms or injections.stopping:
+                    injections.close(now)
                     return
                 due = self._next(now, until_ms, watch)
                 reached = min(clock.reached(), due)
