@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from nacl.signing import SigningKey
 
 from actors.runtime import PacedClock
@@ -256,3 +257,39 @@ async def test_withdrawal_follows_the_cores_rule(tmp_path: Path) -> None:
         assert done["status"] == "confirmed" and done["quantity"] == "1000"
         (withdrawal,) = await call(session, "victim", "GET", "/wapi/v1/capital/withdrawals", {})
         assert withdrawal["quantity"] == "1000"
+
+
+def test_with_latency_a_request_waits_for_its_answer_and_replays(tmp_path: Path) -> None:
+    """The scenario's latency is kept: 20 ms on every link. A market order sent at t=1000 is
+    logged there, reaches the victim's sub-account at 1020 (one hop: order_placed) and its
+    acceptance reaches the api address at 1040 (two hops): the answer is the order as the
+    account knew it then, New with nothing filled (the fill news would need two more hops).
+    The whole session replays identically on virtual time."""
+    path = tmp_path / "s.toml"
+    path.write_text(SCENARIO + '\n[latency]\nkind = "constant"\nms = 20\n')
+    log = tmp_path / "events.jsonl"
+    session = Session(loader.load(str(path)), 1, 1_800_000_000_000, clock=PacedClock(None), source=str(path),
+                      log_path=log)
+    answers: list[dict] = []
+
+    async def place() -> None:
+        answers.append(await _open_long(session))
+
+    async def record() -> None:
+        async with running(session):
+            await session.advance(1000)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(place)
+                await trio.testing.wait_all_tasks_blocked()  # the request is queued at 1000
+                await session.advance(1100)  # time moves on under it: the answer needs it to
+
+    trio.run(record)
+    (answer,) = answers
+    assert (answer["status"], answer["executedQuantity"]) == ("New", "0")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    (request,) = [e for e in events if e["event"] == "api_request" and e["method"] == "POST"]
+    (placed,) = [e for e in events if e["event"] == "order_placed" and e["order_id"] == answer["id"]]
+    assert (request["t"], placed["t"]) == (1000, 1020)
+    again = replay(log, tmp_path / "again.jsonl")
+    assert again.identical, again.first_difference
+    assert (tmp_path / "again.jsonl").read_bytes() == log.read_bytes()
