@@ -483,30 +483,27 @@ class Scheduler:
         if injections is None or run_queue is None:
             raise ValueError("a paced run takes its requests as injections and runs its machines on one queue")
         injections.wake = network.wake
-        token = _PACED.set(clock)
+        _PACED.set(clock)  # the run's time for the rest of this trio run (the observer's last look)
         clock.start()
         instants = 0  # moved through since the server's tasks last had a turn
-        try:
-            while True:
-                now = clock.ms
-                if self._deliver(now) or injections.step(now):
-                    run_queue.drain()
-                    continue
-                if now >= until_ms or injections.stopping:
-                    injections.close(now)
-                    return
-                due = self._next(now, until_ms, watch)
-                reached = min(clock.reached(), due)
-                if reached > now:
-                    clock.set(reached)
-                    instants += 1
-                    if instants == _BURST:  # catching up (a high rate): let the server answer meanwhile
-                        instants = 0
-                        await trio.lowlevel.checkpoint()
-                    continue
-                instants = 0
-                on_idle()
-                with trio.move_on_at(clock.deadline(due)):
-                    await network.wake.park()
-        finally:
-            _PACED.reset(token)
+        while True:
+            now = clock.ms
+            if self._deliver(now) or injections.step(now):
+                run_queue.drain()
+                continue
+            if now >= until_ms or injections.stopping:
+                injections.close(now)
+                return
+            due = self._next(now, until_ms, watch)
+            reached = min(clock.reached(), due)
+            if reached > now:
+                clock.set(reached)
+                instants += 1
+                if instants == _BURST:  # catching up (a high rate): let the server answer meanwhile
+                    instants = 0
+                    await trio.lowlevel.checkpoint()
+                continue
+            instants = 0
+            on_idle()
+            with trio.move_on_at(clock.deadline(due)):
+                await network.wake.park()

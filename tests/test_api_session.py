@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import trio.testing
 from nacl.signing import SigningKey
 
 from actors.runtime import PacedClock
+from actors.system import RunFailed
 from api import auth
 from api.app import Gateway, wall_ms
 from api.routes import ApiError, depth_json, dispatch
@@ -293,3 +295,22 @@ def test_with_latency_a_request_waits_for_its_answer_and_replays(tmp_path: Path)
     again = replay(log, tmp_path / "again.jsonl")
     assert again.identical, again.first_difference
     assert (tmp_path / "again.jsonl").read_bytes() == log.read_bytes()
+
+
+async def test_a_broken_invariant_stops_the_session_with_its_cause(tmp_path: Path) -> None:
+    """The observer is on in a served run: one USDC credited from nowhere (behind the machines'
+    back, so only the observer's full look sees it, at the run's end: 60 s here) breaks
+    conservation, and the run fails with the invariant named, at its virtual instant (the
+    server prints it and exits 1)."""
+    session = _session(tmp_path)
+    failures: list[RunFailed] = []
+    try:
+        async with running(session):
+            await session.advance(1000)
+            session.account("victim").credit("USDC", Decimal(1))  # money from nowhere
+            await session.advance(60_000)
+    except* RunFailed as group:
+        failures.extend(e for e in group.exceptions if isinstance(e, RunFailed))
+    (failure,) = failures
+    assert failure.kind == "invariant" and "conservation" in str(failure)
+    assert failure.time_ms == 60_000 and "difference 1" in str(failure)
