@@ -314,3 +314,47 @@ async def test_a_broken_invariant_stops_the_session_with_its_cause(tmp_path: Pat
     (failure,) = failures
     assert failure.kind == "invariant" and "conservation" in str(failure)
     assert failure.time_ms == 60_000 and "difference 1" in str(failure)
+
+
+def test_a_request_the_venue_never_answers_in_time_gets_a_504(tmp_path: Path) -> None:
+    """The scenario's faults are kept: a hold on the api -> victim link from 0.5 s to 90 s. An
+    order sent at 1 s waits; 60 s of virtual time later (61 s) it is answered 504 TIMEOUT,
+    logged as the venue's refusal there. When the hold lifts at 90 s the order reaches the
+    sub-account after all (what it did is in the log), and the replay is identical."""
+    path = tmp_path / "s.toml"
+    path.write_text(SCENARIO.replace("duration = 60", "duration = 120") + '''
+[[faults]]
+kind = "hold"
+from = "api"
+to = "account:victim"
+start = 0.5
+end = 90
+''')
+    log = tmp_path / "events.jsonl"
+    session = Session(loader.load(str(path)), 1, 1_800_000_000_000, clock=PacedClock(None), source=str(path),
+                      log_path=log)
+    errors: list[ApiError] = []
+
+    async def place() -> None:
+        with pytest.raises(ApiError) as late:
+            await _open_long(session)
+        errors.append(late.value)
+
+    async def record() -> None:
+        async with running(session):
+            await session.advance(1000)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(place)
+                await trio.testing.wait_all_tasks_blocked()
+                await session.advance(100_000)
+
+    trio.run(record)
+    (error,) = errors
+    assert (error.status, error.code) == (504, "TIMEOUT")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    (refusal,) = [e for e in events if e["event"] == "api_refused"]
+    assert (refusal["t"], refusal["status"], refusal["stage"]) == (61_000, 504, "venue")
+    (placed,) = [e for e in events if e["event"] == "order_placed" and e["actor"] == "account:victim"]
+    assert placed["t"] == 90_000
+    again = replay(log, tmp_path / "again.jsonl")
+    assert again.identical, again.first_difference
