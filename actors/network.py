@@ -154,6 +154,8 @@ class Network:
         self.default = default
         # (sender kind or address, recipient kind or address) -> model; exact addresses win.
         self.rules = dict(rules or {})
+        self._zero = not self.rules and default.kind == "zero"  # every link at zero latency: no lookup
+        self.now_ms: Callable[[], int] = lambda: round(trio.current_time() * 1000)  # the run sets its clock's
         self.mailboxes: dict[str, Mailbox] = {}
         self.hooks: list[Hook] = []
         self._hooks_on: dict[tuple[str, str], tuple[Hook, ...]] = {}  # link -> the levers on it (a cache)
@@ -164,7 +166,6 @@ class Network:
         self._rngs: dict[str, Any] = {}
         self._seq = 0
         self.wake = trio.lowlevel.ParkingLot()  # the scheduler, when it sleeps on real time
-        self.clock: Any = None  # the run's time (``.ms``), set by the system that runs it
         self.quiet = Quiet()
         self.sent = 0
         self.unattended: set[str] = set()  # membership only: addresses no actor reads (the setup)
@@ -215,8 +216,11 @@ class Network:
         if self.lockstep:
             self._fifo.append((sender, recipient, message))
             return
-        model = self.model(sender, recipient) if (self.rules or self.default.kind != "zero") else ZERO_LATENCY
-        latency = model.draw(lambda: self._rng(sender)) if model.kind != "zero" else 0
+        if self._zero:
+            latency = 0
+        else:
+            model = self.model(sender, recipient)
+            latency = model.draw(lambda: self._rng(sender)) if model.kind != "zero" else 0
         fifo = True
         link = (sender, recipient)
         if self.hooks:
@@ -238,7 +242,7 @@ class Network:
                 raise KeyError(f"{sender} sent {type(message).__name__} to unknown address {recipient}")
             box.put(sender, message)
             return
-        when = self.clock.ms + latency
+        when = self.now_ms() + latency
         if fifo:
             when = max(when, self._last_on.get(link, when))
             self._last_on[link] = when

@@ -104,6 +104,7 @@ class Observer:
         self._seen_books: dict[str, dict[str, Decimal]] = {}  # perp -> positions when last looked at
         self._seen_pools: dict[str, tuple[dict[str, Decimal], dict[str, Decimal]]] = {}  # asset -> lenders, borrowers
         self._turn = 0  # where the sweep goes on
+        self._book_rows_at: dict[str, int] = {}  # account -> when its last book row was logged
         self._problem: tuple[str, str] | None = None
         self._timed_at = -1
         # account -> (IMR the pre-trade check logged, its event); the latest of a message wins,
@@ -120,12 +121,20 @@ class Observer:
             self._external(event["asset"], event["quantity"])
         elif kind == "withdrawal":
             self._external(event["asset"], -event["quantity"])
-        elif kind == "liquidation_step" and event["stage"] in ("start", "book") and event["mmr_before"] < 1:
-            what = "put into liquidation" if event["stage"] == "start" else "sold down on the book"
-            self._problem = (
-                "liquidation acts only on accounts that need it",
-                f"{event['account']} was {what} at MMR {fmt(event['mmr_before'], 4)} (< 100%)",
-            )
+        elif kind == "liquidation_step" and event["stage"] in ("start", "book"):
+            # A loop's book orders are decided together, at the loop's MMR: its first row's
+            # "before". The rows after it start where the previous fill left the account, which
+            # may be healthy by then (fills that took a while), so they judge nothing.
+            account, first = event["account"], True
+            if event["stage"] == "book":
+                first = self._book_rows_at.get(account) != event["t"]
+                self._book_rows_at[account] = event["t"]
+            if first and event["mmr_before"] < 1:
+                what = "put into liquidation" if event["stage"] == "start" else "sold down on the book"
+                self._problem = (
+                    "liquidation acts only on accounts that need it",
+                    f"{account} was {what} at MMR {fmt(event['mmr_before'], 4)} (< 100%)",
+                )
         elif kind == "order_placed" and event["imr_after"] is not None and event["market"].endswith("_PERP"):
             self._claims[actor.split(":", 1)[1]] = (event["imr_after"], event)
         elif kind == "funding":
@@ -272,8 +281,11 @@ class Observer:
                     problems.append(f"{symbol}: positions sum to {fmt(net)}, not zero")
             for account_id in due:
                 pos = accounts[account_id].account.positions.get(symbol)
+                held = book.get(account_id)
+                if pos is None and held is None and not flight:
+                    continue
                 mine = (pos.quantity if pos is not None else ZERO) + flight.get((account_address(account_id), symbol), ZERO)
-                if mine != book.get(account_id, ZERO):
+                if mine != (held or ZERO):
                     problems.append(f"{symbol}: the market holds {account_id} at {fmt(book.get(account_id, ZERO))}, "
                                     f"the account (with fills on the way) at {fmt(mine)}")
         return problems

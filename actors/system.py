@@ -215,7 +215,8 @@ class System:
     async def run_async(self, until_s: float | None, clock: VirtualClock | PacedClock | None,
                         on_idle: Callable[[], None] = lambda: None) -> RunResult:
         until_ms = round(until_s * 1000) if until_s is not None else 2**62
-        self.context.clock = self.network.clock = clock if clock is not None else RealTime()
+        time = self.context.clock = clock if clock is not None else RealTime()
+        self.network.now_ms = lambda: time.ms
         watch = Watch(self.log, self.stall_ms, self._pending_work, self._diagnosis, self.progress,
                       max(until_ms // 100, 1))
         try:

@@ -255,7 +255,7 @@ class Session:
         self.venue = self.system.venue
         self.profile = scenario.profile
         self.paced = clock
-        self.system.context.clock = self.system.network.clock = clock if clock is not None else VirtualClock()
+        self.system.context.clock = clock if clock is not None else VirtualClock()  # until the run sets its own
         self.view = VenueView(self.venue.accounts, self.venue.markets)
         self.injections = Injections(self._resume, self._end)
         self.system.serve_requests(self.injections)

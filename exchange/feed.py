@@ -76,7 +76,8 @@ class FeedMachine(Machine):
         self.publish(self.evaluate(message.time_ms))
 
     def publish(self, prices: dict[str, Decimal]) -> None:
-        """Log each price that changed and tell its subscribers, one message each."""
+        """Log each price that changed and tell its subscribers, one message each (the same
+        message, immutable, to every subscriber that hears the same prices)."""
         outgoing: dict[str, list[tuple[str, Decimal]]] = {}
         for symbol, price in prices.items():
             if self.prices.get(symbol) == price:
@@ -85,5 +86,10 @@ class FeedMachine(Machine):
             self.emit("price", symbol=symbol, price=price)
             for subscriber in self.subscribers.get(symbol, ()):
                 outgoing.setdefault(subscriber, []).append((symbol, price))
+        updates: dict[tuple[tuple[str, Decimal], ...], PriceUpdate] = {}  # one message per distinct content
         for subscriber, changed in outgoing.items():
-            self.send(subscriber, PriceUpdate(tuple(changed)))
+            key = tuple(changed)
+            update = updates.get(key)
+            if update is None:
+                update = updates[key] = PriceUpdate(key)
+            self.send(subscriber, update)

@@ -273,13 +273,8 @@ def _value(value: object) -> str:
 
 
 def _load_text(text: str, folder: Path | None = None) -> loader.Scenario:
-    """A scenario given as text (written to a temporary file so it is loaded like any)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        path = Path(tmp) / "scenario.toml"
-        path.write_text(text, encoding="utf-8")
-        return loader.load(str(path))
+    """A generated (or shrunk) scenario given as text, loaded as a file of it would be."""
+    return loader.loads(text, "<generated scenario>", folder if folder is not None else Path.cwd())
 
 
 def run_text(text: str, seed: int, *, check_every: int, fingerprint: bool = False, folder: Path | None = None,

@@ -228,22 +228,28 @@ def load(name_or_path: str, overrides: list[str] | None = None) -> Scenario:
                          "a TOML scenario file in UTF-8") from None
     except OSError as exc:
         raise InputError(str(path), "<file>", exc.strerror, "a readable scenario file") from None
+    return loads(text, str(path), path.parent, overrides)
+
+
+def loads(text: str, source: str, folder: Path, overrides: list[str] | None = None) -> Scenario:
+    """A scenario from its TOML text; ``source`` names it in errors, ``folder`` is where its
+    relative paths (CSV prices) start. ``load`` reads a file into this."""
     try:
         data = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         line = _decode_line(str(exc))
-        raise InputError(str(path), "<file>", str(exc), "valid TOML", line=line) from None
+        raise InputError(source, "<file>", str(exc), "valid TOML", line=line) from None
     assigned: dict[str, str] = {}  # field path -> the --set that gave it
     for assignment in overrides or []:
-        data = apply_override(data, assignment, str(path))
+        data = apply_override(data, assignment, source)
         assigned[_canonical(assignment.split("=", 1)[0])] = assignment
     try:
-        return _parse(data, str(path), path.parent)
+        return _parse(data, source, folder)
     except InputError as exc:
         setter = next((a for key, a in assigned.items() if exc.field == key or exc.field.startswith((key + ".", key + "["))), None)
-        if setter is not None and exc.source == str(path):  # the value came from the command line
+        if setter is not None and exc.source == source:  # the value came from the command line
             exc = InputError(f"--set {setter}", exc.field, exc.found, exc.allowed, hint=exc.hint)
-        elif exc.line is None and exc.source == str(path):
+        elif exc.line is None and exc.source == source:
             exc = InputError(exc.source, exc.field, exc.found, exc.allowed, line=locate(text, exc.field), hint=exc.hint)
         raise exc from None
 
