@@ -52,7 +52,9 @@ class EventLog:
         # A run that needs neither the file nor the fingerprint (a passing fuzz seed) skips the
         # rendering, the log's largest cost; close() then returns an empty fingerprint.
         self._render = fingerprint or path is not None
-        self.listener: Callable[[Event], None] | None = None  # the invariant observer, when on
+        # Who reads each event as it is logged (the invariant observer, the API's view): one
+        # callable, called directly on the fuzz path; ``listen`` makes it a fan-out for more.
+        self.listener: Callable[[Event], None] | None = None
         self._pending: list[Event] = []
         self._hash = hashlib.sha256()
         self._file: IO[str] | None = path.open("w", encoding="utf-8") if path is not None else None
@@ -68,6 +70,16 @@ class EventLog:
         self._pending.append(event)
         if len(self._pending) >= _BATCH:
             self.flush()
+
+    def listen(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener`` with every event from now on, after those already listening."""
+        current = self.listener
+        if current is None:
+            self.listener = listener
+        elif isinstance(current, Fanout):
+            current.listeners.append(listener)
+        else:
+            self.listener = Fanout([current, listener])
 
     def flush(self) -> None:
         """Render what is pending, feed the fingerprint, write the file."""
@@ -92,6 +104,19 @@ class EventLog:
 
     def lines(self) -> Iterable[str]:
         return (render(e) for e in self.events)
+
+
+class Fanout:
+    """Several listeners of one log, called in the order they started listening."""
+
+    __slots__ = ("listeners",)
+
+    def __init__(self, listeners: list[Callable[[Event], None]]) -> None:
+        self.listeners = listeners
+
+    def __call__(self, event: Event) -> None:
+        for listener in self.listeners:
+            listener(event)
 
 
 def read_log(path: Path) -> list[Event]:

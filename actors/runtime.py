@@ -48,8 +48,14 @@ class ActorCrashed(Exception):
         )
 
 
+_PACED: trio.lowlevel.RunVar[PacedClock | None] = trio.lowlevel.RunVar("paced_clock", default=None)
+
+
 def now_ms() -> int:
-    return round(trio.current_time() * 1000)
+    """The run's instant: trio's clock on virtual or real time, the paced clock when one runs
+    (trio then keeps real seconds for the server's own timeouts)."""
+    paced = _PACED.get()
+    return paced.ms if paced is not None else round(trio.current_time() * 1000)
 
 
 class RealTime:
@@ -71,7 +77,7 @@ class Context:
         self.network = network
         self.log = log
         self.after_message = after_message
-        self.clock: VirtualClock | RealTime = RealTime()
+        self.clock: VirtualClock | PacedClock | RealTime = RealTime()
 
     def carry_out(self, address: str, effects: Iterable[Effect]) -> None:
         """Sends go on the network from ``address``; events go to the log, in order."""
@@ -149,6 +155,145 @@ class VirtualClock(trio.abc.Clock):
             raise ValueError(f"virtual time cannot go back from {self.ms} ms to {ms} ms")
         self._now = ms / 1000
         self.ms = ms
+
+
+class PacedClock:
+    """The venue's instant for a run served to the outside (``marginsim serve``): trio keeps its
+    real clock, and ``ms`` is set by the scheduler alone, once everything due before it has
+    happened. ``rate`` virtual seconds pass per real second from ``start``; with no rate the
+    instant goes only as far as ``target`` (a caller steps it: tests).
+
+    The machines and the log only ever see ``ms``; the real clock decides only which instant a
+    request arrives at, and the log records that instant."""
+
+    def __init__(self, rate: float | None) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError(f"a paced clock runs a positive number of virtual seconds per real second, not {rate}")
+        self.rate = rate
+        self.ms = 0
+        self.target = 0
+        self._start = 0.0
+
+    def start(self) -> None:
+        self._start = trio.current_time()
+
+    def reached(self) -> int:
+        """The virtual instant the wall clock has reached (or the target a caller set)."""
+        if self.rate is None:
+            return self.target
+        return int((trio.current_time() - self._start) * self.rate * 1000 + 1e-6)
+
+    def deadline(self, ms: int) -> float:
+        """When, on trio's real clock, the wall clock reaches virtual ``ms``."""
+        return float("inf") if self.rate is None else self._start + ms / (self.rate * 1000)
+
+    def set(self, ms: int) -> None:
+        if ms < self.ms:
+            raise ValueError(f"virtual time cannot go back from {self.ms} ms to {ms} ms")
+        self.ms = ms
+
+
+class Injections:
+    """Work from outside the venue (an API's requests) that the scheduler carries out once an
+    instant has settled and nothing else is due at it, one at a time, in arrival order.
+
+    An injection is a callable given the instant; ``at_ms`` plans it for a virtual instant (a
+    replay), otherwise it is due at once (a live arrival). ``resume`` is the outside's own step
+    at a settled instant (answering requests whose replies are in); it says whether it did
+    anything. ``closing`` is carried out at the run's last instant, after everything else (it
+    logs, it sends nothing). Arrivals wake a scheduler sleeping on real time."""
+
+    def __init__(self, resume: Callable[[int], bool] | None = None,
+                 closing: Callable[[int], None] | None = None) -> None:
+        self.arrivals: deque[tuple[int, Callable[[int], None]]] = deque()
+        self.resume = resume
+        self.closing = closing
+        self.wake: trio.lowlevel.ParkingLot | None = None  # set by the scheduler that serves them
+        self.stopping = False
+
+    def add(self, injection: Callable[[int], None], at_ms: int = 0) -> None:
+        if self.arrivals and at_ms < self.arrivals[-1][0]:
+            raise ValueError(f"an injection planned at {at_ms} ms after one at {self.arrivals[-1][0]} ms")
+        self.arrivals.append((at_ms, injection))
+        if self.wake:
+            self.wake.unpark()
+
+    def stop(self) -> None:
+        """Finish the current instant, then end the run (the server is stopping)."""
+        self.stopping = True
+        if self.wake:
+            self.wake.unpark()
+
+    def step(self, now: int) -> bool:
+        """Resume what waits, else carry out the next injection due; whether anything was done."""
+        if self.resume is not None and self.resume(now):
+            return True
+        arrivals = self.arrivals
+        if arrivals and arrivals[0][0] <= now:
+            arrivals.popleft()[1](now)
+            return True
+        return False
+
+    def next_ms(self) -> int | None:
+        return self.arrivals[0][0] if self.arrivals else None
+
+    def close(self, now: int) -> None:
+        closing, self.closing = self.closing, None
+        if closing is not None:
+            closing(now)
+
+
+class Slot:
+    """A machine's address on a ``RunQueue``: what is sent to it waits in the run queue's one
+    first-in first-out order (its own ``queue`` shows the network what is in flight to it)."""
+
+    __slots__ = ("queue", "machine", "address", "_ready")
+
+    def __init__(self, machine: Machine, ready: deque[Slot]) -> None:
+        self.queue: deque[tuple[str, Any]] = deque()
+        self.machine = machine
+        self.address = machine.address
+        self._ready = ready
+
+    def put(self, sender: str, message: Any) -> None:
+        self.queue.append((sender, message))
+        self._ready.append(self)
+
+
+class RunQueue:
+    """Every machine handled from one first-in first-out queue by the scheduler's step, with
+    the network's latency, levers and calendar as in any run.
+
+    A run served to the outside shares its trio run with the server's tasks, and trio's seeded
+    scheduler shares its batches and its random stream with them: actor tasks there would
+    interleave by the timing of HTTP traffic. Here the order at an instant is the network's
+    alone, so a served run and its replay on virtual time log the same events, byte for byte.
+    The observer looks after every message, as it does after an actor's."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.ready: deque[Slot] = deque()
+
+    def add(self, machine: Machine) -> None:
+        network = self.context.network
+        if machine.address in network.mailboxes:
+            raise ValueError(f"address {machine.address} is taken")
+        network.mailboxes[machine.address] = Slot(machine, self.ready)  # type: ignore[assignment]
+        network.unattended.add(machine.address)
+
+    def drain(self) -> None:
+        """Handle every message waiting, and every one they cause at this instant, in order."""
+        ready, context = self.ready, self.context
+        carry_out, after, clock = context.carry_out, context.after_message, context.clock
+        while ready:
+            slot = ready.popleft()
+            sender, message = slot.queue.popleft()
+            try:
+                effects = slot.machine.handle(sender, message, clock.ms)
+            except Exception as exc:
+                raise ActorCrashed(slot.address, sender, message, exc) from exc
+            carry_out(slot.address, effects)
+            after(slot.address)
 
 
 class Watch:
@@ -247,6 +392,8 @@ class Scheduler:
         self._ended = trio.lowlevel.ParkingLot()
         self._failure: BaseException | None = None
         self._over = False
+        self.injections: Injections | None = None  # requests from outside (the API), when served
+        self.run_queue: RunQueue | None = None  # every machine on one queue (a served run, its replay)
 
     async def run(self, until_ms: int, watch: Watch, clock: VirtualClock | None) -> None:
         """Run to ``until_ms`` (everything due then included); ``clock`` None: real time."""
@@ -275,18 +422,31 @@ class Scheduler:
 
     def _next(self, now: int, until_ms: int, watch: Watch) -> int:
         due = min(t for t in (self.context.network.next_due_ms(), self.calendar.next_ms(), until_ms) if t is not None)
+        if self.injections is not None:
+            planned = self.injections.next_ms()
+            if planned is not None:
+                due = min(due, max(planned, now))
         return watch.next_stop(now, due)
 
     def _settle(self, until_ms: int, watch: Watch, clock: VirtualClock) -> None:
-        """Every actor waits: deliver what is due now, else move the clock on, until some actor
-        has work or the run is over."""
+        """Every actor waits: deliver what is due now, else carry out the injections planned for
+        now, else move the clock on, until some actor has work or the run is over."""
         quiet = self.context.network.quiet
+        injections, run_queue = self.injections, self.run_queue
         try:
             while not quiet.busy:
                 now = clock.ms
                 if self._deliver(now):
+                    if run_queue is not None:
+                        run_queue.drain()
                     continue  # it went to agents only, or woke actors: the loop ends
+                if injections is not None and injections.step(now):
+                    if run_queue is not None:
+                        run_queue.drain()
+                    continue
                 if now >= until_ms:
+                    if injections is not None:
+                        injections.close(now)
                     self._end()
                     return
                 clock.advance(self._next(now, until_ms, watch))
@@ -309,4 +469,41 @@ class Scheduler:
             if now >= until_ms:
                 return
             with trio.move_on_at(self._next(now, until_ms, watch) / 1000):
+                await network.wake.park()
+
+    async def run_paced(self, until_ms: int, watch: Watch, clock: PacedClock, on_idle: Callable[[], None]) -> None:
+        """Serve the run to the outside on ``clock`` (every machine on the run queue): deliver what
+        is due at the instant, then the injections (requests in arrival order, each once the
+        instant has settled after the one before); with nothing left, sleep on real time until
+        the wall clock reaches the next due instant or a request arrives, and move the instant
+        to the next due one, or to the one the wall clock has reached (never past the next due,
+        never back). ``on_idle`` runs each time before it sleeps: the venue is quiet then.
+        Ends at ``until_ms`` or when the injections are stopped, once the instant is finished."""
+        network, injections, run_queue = self.context.network, self.injections, self.run_queue
+        if injections is None or run_queue is None:
+            raise ValueError("a paced run takes its requests as injections and runs its machines on one queue")
+        injections.wake = network.wake
+        _PACED.set(clock)  # the run's time for the rest of this trio run (the observer's last look)
+        clock.start()
+        instants = 0  # moved through since the server's tasks last had a turn
+        while True:
+            now = clock.ms
+            if self._deliver(now) or injections.step(now):
+                run_queue.drain()
+                continue
+            if now >= until_ms or injections.stopping:
+                injections.close(now)
+                return
+            due = self._next(now, until_ms, watch)
+            reached = min(clock.reached(), due)
+            if reached > now:
+                clock.set(reached)
+                instants += 1
+                if instants == _BURST:  # catching up (a high rate): let the server answer meanwhile
+                    instants = 0
+                    await trio.lowlevel.checkpoint()
+                continue
+            instants = 0
+            on_idle()
+            with trio.move_on_at(clock.deadline(due)):
                 await network.wake.park()

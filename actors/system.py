@@ -32,7 +32,20 @@ from actors import events
 from actors.determinism import deterministic_scheduling
 from actors.network import ZERO_LATENCY, Latency, Network
 from actors.observer import InvariantViolation, Observer
-from actors.runtime import Actor, ActorCrashed, Context, Inline, RealTime, Scheduler, Stalled, VirtualClock, Watch
+from actors.runtime import (
+    Actor,
+    ActorCrashed,
+    Context,
+    Injections,
+    Inline,
+    PacedClock,
+    RealTime,
+    RunQueue,
+    Scheduler,
+    Stalled,
+    VirtualClock,
+    Watch,
+)
 from exchange import margin
 from exchange.feed import PricePath
 from exchange.liquidation import LiquidationStep, needs_liquidation
@@ -40,6 +53,13 @@ from exchange.machine import Machine
 from exchange.profile import Profile
 from exchange.subaccount import SubAccountMachine
 from exchange.venue import SETUP, Venue
+
+
+def _flatten(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, in order."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _flatten(inner)]
+    return [exc]
 
 
 def _nothing(address: str) -> None:
@@ -133,7 +153,7 @@ class System:
         self.grace_ms = grace
         self.observer = Observer(self, check_every, grace, faults_until_ms) if check_every is not None else None
         if self.observer is not None:
-            self.log.listener = self.observer.on_event
+            self.log.listen(self.observer.on_event)
         if not lockstep:  # the look between messages goes straight to the observer
             self.context.after_message = self.observer.after_message if self.observer is not None else _nothing
 
@@ -161,6 +181,20 @@ class System:
         if self.network.lockstep:
             self.network.handled()
 
+    def serve_requests(self, injections: Injections) -> None:
+        """Take requests from outside as ``injections`` and run every machine on one queue (see
+        ``RunQueue``): for ``run_paced``, and for a replay of a served run on virtual time."""
+        if self.network.lockstep:
+            raise ValueError("a lockstep run takes no requests from outside")
+        self.scheduler.injections = injections
+        self.scheduler.run_queue = RunQueue(self.context)
+
+    async def run_paced(self, clock: PacedClock, until_s: float | None = None,
+                        on_idle: Callable[[], None] = lambda: None) -> RunResult:
+        """Run inside the caller's trio run (a server's) on ``clock``, to ``until_s`` or until
+        the injections are stopped; raises ``RunFailed`` as ``run`` does."""
+        return await self.run_async(until_s, clock, on_idle)
+
     def run(self, until_s: float, *, realtime_rate: float | None = None) -> RunResult:
         """Run to ``until_s`` virtual seconds; raises ``RunFailed`` if the run cannot finish."""
         if realtime_rate is None:
@@ -185,8 +219,9 @@ class System:
             gc.set_threshold(*threshold)
             gc.unfreeze()
 
-    async def run_async(self, until_s: float, clock: VirtualClock | None) -> RunResult:
-        until_ms = round(until_s * 1000)
+    async def run_async(self, until_s: float | None, clock: VirtualClock | PacedClock | None,
+                        on_idle: Callable[[], None] = lambda: None) -> RunResult:
+        until_ms = round(until_s * 1000) if until_s is not None else 2**62
         time = self.context.clock = clock if clock is not None else RealTime()
         self.network.now_ms = lambda: time.ms
         watch = Watch(self.log, self.stall_ms, self._pending_work, self._diagnosis, self.progress,
@@ -198,33 +233,40 @@ class System:
                     if clock is None:
                         raise ValueError("a lockstep run is on virtual time")
                     await self.network.run_lockstep(self.scheduler.calendar, clock.advance, until_ms)
+                elif isinstance(clock, PacedClock):
+                    await self.scheduler.run_paced(until_ms, watch, clock, on_idle)
                 else:
                     await self.scheduler.run(until_ms, watch, clock)
                 nursery.cancel_scope.cancel()
             if self.observer is not None:
                 self.observer.check(everything=True)
-        except* ActorCrashed as group:
-            crash = group.exceptions[0]
-            assert isinstance(crash, ActorCrashed)
-            if isinstance(crash.cause, InvariantViolation):
-                raise self._failed_invariant(crash.cause) from None
-            raise RunFailed("crash", str(crash), self.seed, round(trio.current_time() * 1000), crash,
-                            self.log.close()) from None
-        except* InvariantViolation as group:
-            violation = group.exceptions[0]
-            assert isinstance(violation, InvariantViolation)
-            raise self._failed_invariant(violation) from None
-        except* Stalled as group:
-            raise RunFailed("stall", str(group.exceptions[0]), self.seed, round(trio.current_time() * 1000),
-                            fingerprint=self.log.close()) from None
-        except* KeyboardInterrupt:
-            now_ms = round(trio.current_time() * 1000)
-            self.log.append({"event": "interrupted", "actor": "system", "t": now_ms, "until": until_ms})
-            raise Interrupted(self.seed, now_ms, self.log.close()) from None
+        except BaseException as stopped:
+            raise self._stopped(stopped, until_ms) from None
         finally:
             fingerprint = self.log.close()
         return RunResult(self.seed, until_ms, fingerprint, self.log.events, self.log.count, self.summary(),
                          self.liquidator.history)
+
+    def _stopped(self, stopped: BaseException, until_ms: int) -> BaseException:
+        """Why the run stopped early, as one exception, whatever trio grouped together: an
+        interruption first (Ctrl-C may cut other work short), then a broken invariant, a crash,
+        a stall; anything else is a bug and goes up as it came."""
+        found = _flatten(stopped)
+        now_ms = self.context.clock.ms
+        if any(isinstance(e, KeyboardInterrupt) for e in found):
+            self.log.append({"event": "interrupted", "actor": "system", "t": now_ms, "until": until_ms})
+            return Interrupted(self.seed, now_ms, self.log.close())
+        for exc in found:
+            cause = exc.cause if isinstance(exc, ActorCrashed) else exc
+            if isinstance(cause, InvariantViolation):
+                return self._failed_invariant(cause)
+        for exc in found:
+            if isinstance(exc, ActorCrashed):
+                return RunFailed("crash", str(exc), self.seed, now_ms, exc, self.log.close())
+        for exc in found:
+            if isinstance(exc, Stalled):
+                return RunFailed("stall", str(exc), self.seed, now_ms, fingerprint=self.log.close())
+        return stopped
 
     def _failed_invariant(self, violation: InvariantViolation) -> RunFailed:
         return RunFailed("invariant", str(violation), self.seed, violation.time_ms, violation, self.log.close())
@@ -233,6 +275,14 @@ class System:
         """Spawn every actor in a fixed order, then carry out the venue's first instant."""
         # Agents are handled where their messages arrive (``Inline``), except in lockstep, where
         # every message takes its turn in the engine's order.
+        run_queue = self.scheduler.run_queue
+        if run_queue is not None:  # a served run: every machine on the one queue
+            for machine in self.venue.machines():
+                run_queue.add(machine)
+            for sender, effects in self.venue.start(self.scheduler.calendar):
+                self.context.carry_out(sender, effects)
+            run_queue.drain()
+            return
         inline = set() if self.network.lockstep else {a.address for a in self.agents}  # membership only
         actors = {m.address: Actor(self.context, m) for m in self.venue.machines() if m.address not in inline}
         for agent in self.agents:

@@ -1,10 +1,10 @@
 """The ASGI application: Starlette routes in front of a ``Session``, on the one Trio loop.
 
 Each request is read (at most ``MAX_BODY`` bytes), parsed, checked against the signature and
-the per-key rate limit, and only then handed to the venue at the current virtual instant.
-Handlers are synchronous calls into the session: a request runs to quiet with no await in the
-middle, so requests are atomic and ordered the way they arrived. Errors are the venue's
-``{"code", "message"}`` with a 4xx status; nothing that fails before the venue changes it.
+the per-key rate limit, and only then handed to the session, which injects it into the venue
+at the instant it arrives at, in arrival order; the handler awaits its answer. Errors are the
+venue's ``{"code", "message"}`` with a 4xx status; nothing that fails before the venue changes
+it. A client that hangs up after sending loses nothing: the request still reaches the venue.
 """
 
 from __future__ import annotations
@@ -35,27 +35,18 @@ def wall_ms() -> int:
 
 
 class Gateway:
-    """What the routes share: the session, the keys, the pacing, the rate limit, the streams."""
+    """What the routes share: the session, the keys, the rate limit, the streams."""
 
-    def __init__(self, session: Session, keys: dict[str, str], *, rate: float, rate_limit: int,
+    def __init__(self, session: Session, keys: dict[str, str], *, rate_limit: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
         self.keys = keys  # api key -> sub-account id
         self.verify_keys = {k: auth.public_key(k) for k in keys}
-        self.rate = rate
         self.rate_limit = rate_limit
         self._clock = clock
-        self._started = clock()
         self._counts: dict[str, tuple[int, int]] = {}
         self.accepting = True
         self.streams: Any = None  # the WebSocket hub (api.streams), when serving
-
-    def sync(self) -> None:
-        """Bring the venue to the virtual time the wall clock has reached (held back to ``rate``)."""
-        elapsed = self._clock() - self._started
-        self.session.advance(int(elapsed * self.rate * 1000))
-        if self.streams is not None:
-            self.streams.publish()
 
     def _rate_limited(self, api_key: str) -> bool:
         second = int(self._clock())
@@ -149,7 +140,6 @@ def build_app(gateway: Gateway, websocket: Callable[..., Any] | None = None) -> 
             if not gateway.accepting:
                 raise ApiError(503, "SERVICE_UNAVAILABLE", "the simulation is stopping")
             body = await read_body(request)
-            gateway.sync()
             if path == "/api/v1/time" and method == "GET":
                 return Response(str(wall_ms()), media_type="application/json")
             private = PRIVATE.get((method, path))
@@ -169,13 +159,13 @@ def build_app(gateway: Gateway, websocket: Callable[..., Any] | None = None) -> 
                     account = gateway.authenticate(request, private.instruction, params)
                 except auth.AuthError as exc:
                     raise ApiError(401, exc.code, str(exc)) from None
-            result = dispatch(session, account, method, path, params)
+            result = await session.request(lambda now: dispatch(session, account, method, path, params))
             if gateway.streams is not None:
                 gateway.streams.publish()
             return JSONResponse(result)
         except ApiError as exc:
             if not exc.logged:
-                session.log_refused(method, path, exc.status, exc.code, str(exc))
+                session.refuse(method, path, exc.status, exc.code, str(exc))
             return error(exc.status, exc.code, str(exc))
         except Exception as exc:  # a bug of ours: the client gets a clean answer, the operator the cause
             print(f"marginsim serve: {method} {path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """The venue's REST routes over a ``Session``: parameters in, the venue's JSON shapes out.
 
 Each private route is a function ``(session, account, params) -> JSON`` that a live request and
-a replayed one both call, so a replay runs exactly the code the client ran. Parameters arrive
+a replayed one both call, so a replay runs exactly the code the client ran. A route that calls
+the venue is a generator: each ``yield from session.place(...)`` (cancel, loan, ...) is a
+message to the sub-account, and it resumes with the replies once the instant has settled. Parameters arrive
 as the client sent them (query strings, or JSON with numbers kept as their text) and are read
 here with clear errors; every venue rule (the pre-trade check, the borrow and withdrawal
 limits, the margin summary, the liquidation price estimate) is the core's, called as is.
@@ -11,14 +13,14 @@ Refusals keep the core's message, numbers included, under the venue's error code
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import attrs
 
-from api.session import FILL_TYPES, SYSTEM_ORDER_TYPE, OrderRecord, Session, money
+from api.session import FILL_TYPES, SYSTEM_ORDER_TYPE, OrderRecord, Session, Steps, money
 from exchange import margin
 from exchange.decimals import ZERO
 from exchange.ledger import Position, SubAccount
@@ -444,10 +446,9 @@ def _flags_of(order: Order) -> dict[str, Any]:
             "autoLendRedeem": order.auto_lend_redeem}
 
 
-def place(session: Session, account: str, params: Params) -> Json:
+def place(session: Session, account: str, params: Params) -> Steps:
     order = read_order(session, account, params)
-    outcome = session.engine.place(order)
-    session.after_request()
+    outcome = yield from session.place(order)
     if outcome.rejection is not None:
         raise refused(outcome.rejection)
     view = session.view.accounts[account]
@@ -458,14 +459,14 @@ def place(session: Session, account: str, params: Params) -> Json:
     return order_json(session, record)
 
 
-def place_batch(session: Session, account: str, batch: list[Params]) -> Json:
+def place_batch(session: Session, account: str, batch: list[Params]) -> Steps:
     """Each order on its own, in the request's order: a refused one answers its error in place."""
     if not batch or len(batch) > MAX_BATCH:
         raise bad_request(f"a batch holds 1 to {MAX_BATCH} orders, found {len(batch)}")
     out = []
     for params in batch:
         try:
-            out.append(place(session, account, params))
+            out.append((yield from place(session, account, params)))
         except ApiError as error:
             out.append({"code": error.code, "message": str(error)})
     return out
@@ -496,26 +497,24 @@ def open_order(session: Session, account: str, params: Params) -> Json:
     return order_json(session, record)
 
 
-def cancel(session: Session, account: str, params: Params) -> Json:
+def cancel(session: Session, account: str, params: Params) -> Steps:
     r = Reader(params, ("orderId", "clientId", "symbol"))
     _market(session, r.text("symbol", required=True))
     record = _find(session, account, r)
     if OrderStatus(record.status).is_final:
         raise ApiError(400, "INVALID_ORDER", f"order {record.order_id} is already {record.status}")
-    result = session.engine.cancel(account, record.market, record.order_id)
-    session.after_request()
+    result = yield from session.cancel(account, record.market, record.order_id)
     if isinstance(result, Rejection):
         raise refused(result)
     return order_json(session, record)
 
 
-def cancel_all(session: Session, account: str, params: Params) -> Json:
+def cancel_all(session: Session, account: str, params: Params) -> Steps:
     r = Reader(params, ("symbol", "orderType"))
     symbol = _market(session, r.text("symbol", required=True)).symbol
     if r.choice("orderType", ("RestingLimitOrder", "ConditionalOrder")) == "ConditionalOrder":
         return []
-    updates = session.engine.cancel_all(account, [symbol])
-    session.after_request()
+    updates = yield from session.cancel_all(account, symbol)
     view = session.view.accounts[account]
     return [order_json(session, view.orders[u.order_id]) for u in updates if u.order_id in view.orders]
 
@@ -618,7 +617,7 @@ def positions(session: Session, account: str, params: Params) -> Json:
 # Borrowing and lending, settings, limits
 
 
-def borrow_lend(session: Session, account: str, params: Params) -> Json:
+def borrow_lend(session: Session, account: str, params: Params) -> Steps:
     r = Reader(params, ("symbol", "side", "quantity"))
     asset = _asset(session, r.text("symbol", required=True))
     side = r.choice("side", ("Borrow", "Lend"), required=True)
@@ -633,8 +632,7 @@ def borrow_lend(session: Session, account: str, params: Params) -> Json:
         raise ApiError(400, "INVALID_QUANTITY", f"{side} {quantity} {asset} would {action} the open "
                        f"{'lend' if side == 'Borrow' else 'borrow'} of {opposite} and go past it: {action} at most "
                        f"{opposite} first, then {side.lower()} the rest")
-    result = session.engine.loan(account, action, asset, quantity)
-    session.after_request()
+    result = yield from session.loan(account, action, asset, quantity)
     if isinstance(result, Rejection):
         raise refused(result)
     return {"symbol": asset, "side": side, "quantity": money(result.quantity), "action": action}
@@ -686,7 +684,7 @@ def get_account(session: Session, account: str, params: Params) -> Json:
     return account_json(session, account)
 
 
-def update_account(session: Session, account: str, params: Params) -> Json:
+def update_account(session: Session, account: str, params: Params) -> Steps:
     r = Reader(params, ("leverageLimit", "autoLend", "autoBorrowSettlements", "autoRepayBorrows"))
     limit = r.decimal("leverageLimit", positive=True)
     changes = {"leverage_limit": limit, "auto_lend": r.boolean("autoLend"),
@@ -695,8 +693,7 @@ def update_account(session: Session, account: str, params: Params) -> Json:
     if limit is not None and not Decimal(1) <= limit <= session.profile.max_leverage_limit:
         raise ApiError(400, "INVALID_CLIENT_REQUEST",
                        f"leverageLimit must be between 1 and {session.profile.max_leverage_limit}, found {limit}")
-    result = session.engine.update_settings(account, **{k: v for k, v in changes.items() if v is not None})
-    session.after_request()
+    result = yield from session.update_settings(account, **{k: v for k, v in changes.items() if v is not None})
     if isinstance(result, Rejection):
         raise refused(result)
     return account_json(session, account)
@@ -729,7 +726,7 @@ def limit_withdrawal(session: Session, account: str, params: Params) -> Json:
     return {"maxWithdrawalQuantity": money(largest), "symbol": asset}
 
 
-def withdraw(session: Session, account: str, params: Params) -> Json:
+def withdraw(session: Session, account: str, params: Params) -> Steps:
     """A withdrawal under the core's rule (available equity stays >= 0); the chain is not simulated."""
     r = Reader(params, ("symbol", "quantity", "address", "blockchain", "clientId", "twoFactorToken", "autoBorrow",
                         "autoLendRedeem"))
@@ -740,8 +737,7 @@ def withdraw(session: Session, account: str, params: Params) -> Json:
     r.text("twoFactorToken")
     r.boolean("autoLendRedeem")
     assert quantity is not None
-    result = session.engine.withdraw(account, asset, quantity, auto_borrow=bool(r.boolean("autoBorrow")))
-    session.after_request()
+    result = yield from session.withdraw(account, asset, quantity, auto_borrow=bool(r.boolean("autoBorrow")))
     if isinstance(result, Rejection):
         raise refused(result)
     event = session.view.accounts[account].transfers[-1]
@@ -857,7 +853,7 @@ def settlement_history(session: Session, account: str, params: Params) -> Json:
 @attrs.frozen
 class Private:
     instruction: str
-    handler: Callable[[Session, str, Any], Json]
+    handler: Callable[[Session, str, Any], Json | Steps]
     changes: bool = False  # a request that can change the venue (logged and replayed)
 
 
@@ -903,9 +899,10 @@ def _common(account: str, path: str, params: Params) -> tuple[dict[str, Any], st
     return rest, direction or "Desc"
 
 
-def dispatch(session: Session, account: str | None, method: str, path: str, params: Any) -> Json:
-    """One request at the venue: logged at its instant, then answered (a live and a replayed
-    request both come through here, so both logs get the same events)."""
+def dispatch(session: Session, account: str | None, method: str, path: str, params: Any) -> Steps:
+    """One request at the venue: logged at its instant, then answered, asking the venue on the
+    way where the route does (a live and a replayed request both come through here, at the
+    instant the scheduler injects them, so both logs get the same events)."""
     session.log_request(account, method, path, params)
     try:
         if account is None:
@@ -913,6 +910,8 @@ def dispatch(session: Session, account: str | None, method: str, path: str, para
         if isinstance(params, dict):
             params, direction = _common(account, path, params)
         result = PRIVATE[(method, path)].handler(session, account, params)
+        if isinstance(result, Generator):
+            result = yield from result
         if isinstance(params, dict) and direction == "Asc" and isinstance(result, list):
             result.reverse()
         return result

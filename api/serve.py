@@ -1,16 +1,17 @@
 """``marginsim serve`` and ``marginsim replay``: a scenario's venue behind the API, and a
 recorded session re-run on virtual time.
 
-``serve`` builds the scenario's venue, gives every sub-account without a configured key a
-fresh ED25519 key pair (written with ``--keys``, mode 0600), binds Hypercorn's Trio worker
-and prints, flushed, ``serving http://HOST:PORT ws://HOST:PORT/ws``. A pacing task moves
-virtual time ``rate`` virtual seconds per real second (the venue only ever moves when told,
-so the clock is held back, never run free). SIGINT or SIGTERM stops taking requests, finishes
-the instant, writes the log and returns the run for the caller to summarize.
+``serve`` builds the scenario's actor system (latency, faults and the live invariant observer
+included), gives every sub-account without a configured key a fresh ED25519 key pair
+(written with ``--keys``, mode 0600), binds Hypercorn's Trio worker and prints, flushed,
+``serving http://HOST:PORT ws://HOST:PORT/ws``. The system runs in the same trio run on a
+``PacedClock``: its scheduler moves the venue's instant ``rate`` virtual seconds per real
+second. SIGINT or SIGTERM stops taking requests, finishes the instant, writes the log and
+returns the run for the caller to summarize; a broken invariant stops the server with it.
 
-``replay`` reads such a log, rebuilds the same venue (scenario, seed, the venue clock's start)
-and hands every logged request to the same route code at its logged instant; the new log must
-equal the old one, and the result says whether it does.
+``replay`` reads such a log, rebuilds the same system (scenario, seed, the venue clock's
+start) and plans every logged request for its logged instant on virtual time, through the
+same route code; the new log must equal the old one, and the result says whether it does.
 """
 
 from __future__ import annotations
@@ -31,17 +32,17 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors.events import read_log
-from actors.system import RunResult
+from actors.runtime import PacedClock
+from actors.system import RunFailed, RunResult
 from api import auth
 from api.app import Gateway, build_app, wall_ms
-from api.routes import ApiError, dispatch
+from api.routes import dispatch
 from api.session import Session
 from api.streams import Streams
 from exchange.validation import InputError
 from scenarios import loader
 from scenarios.runner import ScenarioRun, judge
 
-PACE_S = 0.01  # real seconds between two moves of virtual time
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -52,6 +53,7 @@ class Served:
 
     run: ScenarioRun
     violations: tuple[str, ...]
+    failure: RunFailed | None = None  # the run stopped the server (a broken invariant, a crash)
 
 
 @attrs.frozen
@@ -107,7 +109,7 @@ def result_of(session: Session, fingerprint: str) -> ScenarioRun:
     """The session as a finished run, for the same summary ``marginsim run`` prints: the
     scenario's expectations judged on what the clients made of it."""
     until_ms = session.now_ms
-    result = RunResult(session.seed, until_ms, fingerprint, session.kept, session.event_count,
+    result = RunResult(session.seed, until_ms, fingerprint, session.kept, session.log.count,
                        dict(session.summary()), session.venue.liquidator.history)
     outcomes = tuple(judge(e, result, session.scripts) for e in session.scenario.expectations)
     return ScenarioRun(session.scenario, session.seed, until_ms, result, None, outcomes)
@@ -125,16 +127,13 @@ def serve(scenario_ref: str, options: ServeOptions, overrides: list[str] | None 
     if options.keys_path is not None:
         write_keys(options.keys_path, keys)
     source = str(Path(scenario_ref).resolve()) if Path(scenario_ref).is_file() else scenario_ref
-    session = Session(scenario, seed, wall_ms(), until_ms=until_ms, source=source, log_path=options.log_path,
-                      overrides=tuple(overrides or ()))
-    gateway = Gateway(session, {k.api_key: a for a, k in keys.items()}, rate=options.rate,
-                      rate_limit=options.rate_limit)
-    if scenario.faults or scenario.latency_rules or scenario.latency.kind != "zero":
-        print("marginsim serve: the scenario's latency and faults are not modelled by serve "
-              "(requests meet the venue at zero latency)", file=sys.stderr)
+    session = Session(scenario, seed, wall_ms(), clock=PacedClock(options.rate), until_ms=until_ms, source=source,
+                      log_path=options.log_path, overrides=tuple(overrides or ()))
+    gateway = Gateway(session, {k.api_key: a for a, k in keys.items()}, rate_limit=options.rate_limit)
     if options.host not in LOOPBACK:
         print(f"marginsim serve: WARNING: listening on {options.host}, reachable from other machines; "
               "the API keys are the only protection", file=sys.stderr)
+    failure: RunFailed | None = None
     try:
         trio.run(_serve, gateway, options)
     except* OSError as failed:  # the bind: the port is taken, or the address is not this machine's
@@ -144,8 +143,10 @@ def serve(scenario_ref: str, options: ServeOptions, overrides: list[str] | None 
             cause = cause.exceptions[0]
         raise InputError("--port", "--host/--port", f"{options.host}:{options.port}",
                          f"an address and port free to listen on ({cause}); --port 0 takes a free one") from None
-    session.log_end()
-    return Served(result_of(session, session.log.close()), tuple(session.invariant_violations()))
+    except* RunFailed as stopped:
+        failure = stopped.exceptions[0]  # type: ignore[assignment]
+    fingerprint = session.result.fingerprint if session.result is not None else session.log.close()
+    return Served(result_of(session, fingerprint), tuple(session.invariant_violations()), failure)
 
 
 async def _serve(gateway: Gateway, options: ServeOptions) -> None:
@@ -173,17 +174,23 @@ async def _serve(gateway: Gateway, options: ServeOptions) -> None:
                     app, config, shutdown_trigger=shutdown_trigger, task_status=task_status))
                 address = binds[0].split("://", 1)[1]
                 print(f"serving http://{address} ws://{address}/ws", flush=True)
-                while not stop.is_set():
-                    gateway.sync()
-                    if gateway.session.finished:
-                        break
-                    with trio.move_on_after(PACE_S):
-                        await stop.wait()
-                gateway.accepting = False  # requests still in flight finish; new ones get 503
-                stop.set()
+                session = gateway.session
+                async with trio.open_nursery() as venue:
+                    venue.start_soon(_run_venue, session, stop)
+                    await stop.wait()
+                    gateway.accepting = False  # requests still in flight are answered; new ones get 503
+                    session.stop()  # the current instant is finished, then the run ends
                 streams.close()
                 server.cancel_scope.deadline = trio.current_time() + 2 * config.graceful_timeout
             outer.cancel_scope.cancel()
+
+
+async def _run_venue(session: Session, stop: trio.Event) -> None:
+    """The actor system on the paced clock; its end (``--until``, a stop) stops the server."""
+    try:
+        await session.run()
+    finally:
+        stop.set()
 
 
 async def _signals(signals: Any, stop: trio.Event) -> None:
@@ -230,25 +237,21 @@ def _replay(log_path: Path, new_log: Path) -> Replay:
     session = Session(scenario, int(head["seed"]), int(head["start_wall_ms"]), source=head["scenario"],
                       log_path=new_log, overrides=tuple(head.get("overrides", [])))
     requests = 0
-    end_ms = None
+    end_ms = 0
     for event in original:
         kind = event["event"]
         if kind == "api_request":
-            session.advance(int(event["t"]))
             requests += 1
-            try:
-                dispatch(session, event["account"], event["method"], event["path"], event["params"])
-            except ApiError:
-                pass  # refused again, as it was: the refusal is in the new log too
+            session.plan(int(event["t"]), lambda now, e=event: dispatch(session, e["account"], e["method"], e["path"],
+                                                                       e["params"]))
         elif kind == "api_refused" and event.get("stage") == "gate":
-            session.advance(int(event["t"]))
-            session.log_refused(event["method"], event["path"], int(event["status"]), event["code"], event["message"])
-        elif kind == "api_session_end":
-            end_ms = int(event["t"])
-    if end_ms is not None:
-        session.advance(end_ms)
-        session.log_end()
-    fingerprint = session.log.close()
+            session.plan(int(event["t"]), lambda now, e=event: session.log_refused(
+                e["method"], e["path"], int(e["status"]), e["code"], e["message"]))
+        end_ms = max(end_ms, int(event["t"]))
+    try:
+        fingerprint = session.run_replay(end_ms).fingerprint
+    except RunFailed as failure:  # it stopped where the served run stopped, or it differs: the logs say
+        fingerprint = failure.fingerprint
     difference = _first_difference(original, read_log(new_log))
     return Replay(result_of(session, fingerprint), requests, _fingerprint(log_path), fingerprint, difference)
 

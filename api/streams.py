@@ -72,6 +72,7 @@ class Streams:
         self.connections: list[Connection] = []
         self._fresh: list[dict[str, Any]] = []  # events logged since the last publish
         self.session.view.listeners.append(self._fresh.append)
+        self.session.listeners.append(self.publish)  # each time the venue is quiet and time waits
         self._books: dict[str, tuple[dict[Decimal, Decimal], dict[Decimal, Decimal], int]] = {}
         self._tops: dict[str, tuple[Any, Any]] = {}
 

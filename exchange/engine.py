@@ -42,6 +42,7 @@ from exchange.protocol import (
     LoanRequest,
     OrderChanged,
     OrderFilled,
+    OrderPlaced,
     OrderRefused,
     PlaceOrder,
     RequestDone,
@@ -68,6 +69,54 @@ class OrderOutcome:
     @property
     def accepted(self) -> bool:
         return self.rejection is None
+
+
+# -- reading a trader's replies ---------------------------------------------------------
+# What a sub-account answers its trader, read the same way by every caller (the engine's
+# methods below, the API over the actors): one home for what a reply means.
+
+
+def order_answered(order: Order, replies: Iterable[object]) -> bool:
+    """Whether the sub-account has taken or refused ``order`` (its other replies may follow)."""
+    return any(isinstance(r, (OrderPlaced, OrderRefused)) and r.order.order_id == order.order_id for r in replies)
+
+
+def order_outcome(order: Order, replies: Iterable[object]) -> OrderOutcome:
+    """The order's refusal, or its own fills and updates, among the replies."""
+    rejection, fills, updates = None, [], []
+    for reply in replies:
+        if isinstance(reply, OrderRefused) and reply.order.order_id == order.order_id:
+            rejection = reply.rejection
+        elif isinstance(reply, OrderFilled) and reply.fill.order_id == order.order_id:
+            fills.append(reply.fill)
+        elif isinstance(reply, OrderChanged) and reply.update.order_id == order.order_id:
+            updates.append(reply.update)
+    return OrderOutcome(order, rejection, tuple(fills), tuple(updates))
+
+
+def cancel_outcome(order_id: str, replies: Iterable[object]) -> OrderUpdate | Rejection | None:
+    """The order's final update or the cancel's refusal; None: not answered yet."""
+    for reply in replies:
+        if isinstance(reply, OrderChanged) and reply.update.order_id == order_id and reply.update.status.is_final:
+            return reply.update
+        if isinstance(reply, RequestRefused) and reply.request_id == order_id:
+            return reply.rejection
+    return None
+
+
+def cancelled(replies: Iterable[object]) -> list[OrderUpdate]:
+    """The orders a cancel-all ended, in the order their ends were told."""
+    return [r.update for r in replies if isinstance(r, OrderChanged) and r.update.status.is_final]
+
+
+def request_outcome(request_id: str, replies: Iterable[object]) -> RequestDone | Rejection | None:
+    """A deposit's, loan's, withdrawal's or settings change's answer; None: not answered yet."""
+    for reply in replies:
+        if isinstance(reply, RequestDone) and reply.request_id == request_id:
+            return reply
+        if isinstance(reply, RequestRefused) and reply.request_id == request_id:
+            return reply.rejection
+    return None
 
 
 class Exchange:
@@ -196,37 +245,25 @@ class Exchange:
                                 price, **flags))
 
     def place(self, order: Order) -> OrderOutcome:
-        rejection, fills, updates = None, [], []
-        for reply in self._ask(order.account, PlaceOrder(order)):
-            if isinstance(reply, OrderRefused) and reply.order.order_id == order.order_id:
-                rejection = reply.rejection
-            elif isinstance(reply, OrderFilled) and reply.fill.order_id == order.order_id:
-                fills.append(reply.fill)
-            elif isinstance(reply, OrderChanged) and reply.update.order_id == order.order_id:
-                updates.append(reply.update)
-        return OrderOutcome(order, rejection, tuple(fills), tuple(updates))
+        return order_outcome(order, self._ask(order.account, PlaceOrder(order)))
 
     def cancel(self, account_id: str, symbol: str, order_id: str) -> OrderUpdate | Rejection:
-        for reply in self._ask(account_id, CancelOrder(symbol, order_id)):
-            if isinstance(reply, OrderChanged) and reply.update.order_id == order_id and reply.update.status.is_final:
-                return reply.update
-            if isinstance(reply, RequestRefused) and reply.request_id == order_id:
-                return reply.rejection
-        raise AssertionError(f"the cancel of {order_id} was not answered")
+        answer = cancel_outcome(order_id, self._ask(account_id, CancelOrder(symbol, order_id)))
+        if answer is None:
+            raise AssertionError(f"the cancel of {order_id} was not answered")
+        return answer
 
     def cancel_all(self, account_id: str, symbols: Iterable[str] | None = None) -> list[OrderUpdate]:
         replies: list[object] = []
         for symbol in symbols if symbols is not None else (None,):
             replies += self._ask(account_id, CancelAll(symbol))
-        return [r.update for r in replies if isinstance(r, OrderChanged) and r.update.status.is_final]
+        return cancelled(replies)
 
     def _request(self, account_id: str, message: Any) -> RequestDone | Rejection:
-        for reply in self._ask(account_id, message):
-            if isinstance(reply, RequestDone) and reply.request_id == message.request_id:
-                return reply
-            if isinstance(reply, RequestRefused) and reply.request_id == message.request_id:
-                return reply.rejection
-        raise AssertionError(f"{type(message).__name__} {message.request_id} was not answered")
+        answer = request_outcome(message.request_id, self._ask(account_id, message))
+        if answer is None:
+            raise AssertionError(f"{type(message).__name__} {message.request_id} was not answered")
+        return answer
 
     def deposit(self, account_id: str, asset: str, quantity: Decimal) -> Decimal:
         """Deposit; returns the part that repaid a debt to the liquidity fund."""

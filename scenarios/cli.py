@@ -185,7 +185,8 @@ def _api_commands(commands: Any) -> None:
     """``serve`` and ``replay``: the Backpack-compatible API (api/)."""
     server = commands.add_parser(
         "serve", help="serve a scenario as a Backpack-compatible REST and WebSocket API",
-        description="Run a scenario's venue on a real-time clock and serve the Backpack Exchange API over it, so "
+        description="Run a scenario's actor system (its latency, faults and the live invariant observer included) on "
+        "a paced clock and serve the Backpack Exchange API over it, so "
         "unmodified ccxt and Backpack SDK clients can trade, borrow, lend and be liquidated. Prints `serving "
         "http://HOST:PORT ws://HOST:PORT/ws` when ready; Ctrl-C (or SIGTERM) stops it and prints the run summary.",
         epilog="Keys: an [[accounts]] entry may set api_key (base64 ED25519 public key); the others get fresh "
@@ -225,6 +226,9 @@ def _serve(args: argparse.Namespace) -> int:
     served = serve(args.scenario, options, args.overrides)
     out = Console()
     print_summary(served.run, out if out.is_terminal else Console(width=160))
+    if served.failure is not None:
+        print(f"the run stopped the server: {served.failure}")
+        return 1
     if served.violations:
         print("invariants broken at the end:", *served.violations, sep="\n  ")
         return 1

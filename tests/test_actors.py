@@ -536,3 +536,16 @@ def test_a_usdc_shortfall_converts_lent_collateral_after_redeeming_it():
     final = result.summary["accounts"]["l"]
     assert D(final["balances"].get("USDC", 0)) >= 0 and D(final["unsettled_equity"]) == 0
     assert final["lends"] == {"SOL": D("78.84"), "USDC": D("42.74516")} and not final["balances"]
+
+
+def test_an_event_log_calls_every_listener_in_order() -> None:
+    """One listener is called directly; a second turns it into a fan-out, first comer first."""
+    from actors.events import EventLog
+
+    log = EventLog()
+    heard: list[tuple[str, int]] = []
+    log.listen(lambda e: heard.append(("observer", e["seq"])))
+    log.append({"event": "a", "actor": "x", "t": 0})
+    log.listen(lambda e: heard.append(("view", e["seq"])))
+    log.append({"event": "b", "actor": "x", "t": 0})
+    assert heard == [("observer", 1), ("observer", 2), ("view", 2)]
