@@ -174,9 +174,11 @@ class LiquidatorMachine(Machine):
 
     def _record(self, account: str, step: LiquidationStep) -> None:
         self.history.setdefault(account, []).append(step)
-        self.emit("liquidation_step", account=account, stage=step.stage, market=step.market, side=step.side,
-                      quantity=step.quantity, price=step.price, fee=step.fee, mmr_before=step.mmr_before,
-                      mmr_after=step.mmr_after, reason=step.reason)
+        self.emit("liquidation_step", at=step.time_ms, account=account, stage=step.stage, market=step.market,
+                  side=step.side, quantity=step.quantity, price=step.price, fee=step.fee, taker_fee=step.taker_fee,
+                  liquidation_fee=step.liquidation_fee, mark=step.mark, planned_mark=step.planned_mark,
+                  mmr_after_at_planned_mark=step.mmr_after_at_planned_mark, position_after=step.position_after,
+                  mmr_before=step.mmr_before, mmr_after=step.mmr_after, reason=step.reason)
 
     def _plan_backstop(self, account: str, case: _Case, reason: str) -> None:
         """Stage 2 then 3 on what has been heard (see ``exchange.backstop``)."""

@@ -27,9 +27,9 @@ from rich.table import Table
 
 from actors.system import Interrupted
 from exchange import margin
-from exchange.decimals import fmt, fmt_pct
+from exchange.decimals import ceil_to, floor_to, fmt, fmt_pct
 from exchange.ledger import Settings, SubAccount
-from exchange.liquidation import describe_step
+from exchange.liquidation import describe_estimate, describe_step
 from exchange.orders import Fill, Side
 from exchange.profile import MAX_QUANTITY, available_profiles, load_profile
 from exchange.validation import MAX_SECONDS, MILLISECOND, InputError, did_you_mean
@@ -404,6 +404,9 @@ def summary_document(outcome: runner.ScenarioRun) -> dict[str, Any]:
                 key: _plain(row[key]) for key in ("net_equity", "imr", "mmr", "available", "balances", "positions",
                                                    "borrows", "lends", "unsettled_equity", "liquidations")
             }
+            document["accounts"][account].update(
+                open_orders=row["open_orders"], status=account_status(row, outcome.scenario.profile.settlement_asset),
+                liquidation_prices={s: _plain(attrs.asdict(e)) for s, e in row["liquidation_prices"].items()})
             document["accounts"][account]["liquidation_history"] = [
                 _plain(attrs.asdict(step)) for step in result.history.get(account, [])
             ]
@@ -417,6 +420,23 @@ def _holdings(values: Mapping[str, Decimal]) -> str:
     return ", ".join(f"{fmt(q)} {s}" for s, q in values.items()) or "-"
 
 
+CENT = Decimal("0.01")  # the summary's money column: equity floored, debts ceiled, against the account
+
+
+def account_status(row: Mapping[str, Any], settle: str) -> str:
+    """What a sub-account's end state means for liquidation, in words: a bankrupt account's debt
+    to the fund, a liquidation the run ended in the middle of, or one the next loop would start."""
+    if row["unsettled_equity"] < 0 and not row["positions"]:
+        return f"bankrupt: owes the liquidity fund {fmt(ceil_to(-row['unsettled_equity'], CENT))} {settle}"
+    if row["liquidations"] and row["net_equity"] <= 0 and not (row["positions"] or row["borrows"]):
+        return "liquidated to zero equity"
+    if row["liquidating"]:
+        return "the run ended mid-liquidation"
+    if row["mmr"] >= 1:
+        return f"liquidation pending: MMR {fmt_pct(row['mmr'])} >= 100%, the next loop starts it"
+    return ""
+
+
 def print_summary(outcome: runner.ScenarioRun, console: Console) -> None:
     scenario, result = outcome.scenario, outcome.result
     console.print(f"[bold]{scenario.name}[/bold] — {scenario.description}")
@@ -427,14 +447,31 @@ def print_summary(outcome: runner.ScenarioRun, console: Console) -> None:
         console.print(f"fingerprint {outcome.failure.fingerprint} (of the event log up to the stop)")
         return
     assert result is not None
+    rows = result.summary["accounts"]
+    shown = [c for c in ("borrows", "lends") if any(r[c] for r in rows.values())]
     accounts = Table(title="sub-accounts", title_justify="left")
-    for column in ("account", "net equity", "IMR", "MMR", "positions", "borrows", "lends", "liquidations"):
-        accounts.add_column(column, justify="right" if column not in ("account", "positions", "borrows", "lends") else "left")
-    for account, row in result.summary["accounts"].items():
-        accounts.add_row(account, fmt(row["net_equity"], 2), fmt_pct(row["imr"]), fmt_pct(row["mmr"]),
-                         _holdings(row["positions"]), _holdings(row["borrows"]), _holdings(row["lends"]),
-                         str(row["liquidations"]))
+    for column in ("account", "net equity", "IMR", "MMR", "balances", "positions", *shown, "open orders",
+                   "liquidations", "status"):
+        accounts.add_column(column, justify="right" if column in ("net equity", "IMR", "MMR", "open orders",
+                                                                   "liquidations") else "left")
+    settle = scenario.profile.settlement_asset
+    for account, row in rows.items():
+        empty = row["net_equity"] <= 0 and not (row["positions"] or row["borrows"])  # no ratio to show
+        accounts.add_row(account, fmt(floor_to(row["net_equity"], CENT)), "-" if empty else fmt_pct(row["imr"]),
+                         "-" if empty else fmt_pct(row["mmr"]), _holdings(row["balances"]),
+                         _holdings(row["positions"]), *(_holdings(row[c]) for c in shown), str(row["open_orders"]),
+                         str(row["liquidations"]), account_status(row, settle))
     console.print(accounts)
+    estimates = Table(title="estimated liquidation prices (single-position, rounded toward the mark)",
+                      title_justify="left")
+    for column in ("account", "position", "estimate (method: why)"):
+        estimates.add_column(column, justify="left")
+    for account, row in rows.items():
+        for symbol, estimate in row["liquidation_prices"].items():
+            quantity = row["positions"][symbol]
+            estimates.add_row(account, f"{fmt(quantity)} {symbol}", describe_estimate(estimate, quantity))
+    if estimates.row_count:
+        console.print(estimates)
     markets = Table(title="markets", title_justify="left")
     for column in ("market", "trades", "volume (USDC)", "funding paid"):
         markets.add_column(column, justify="left" if column == "market" else "right")
@@ -627,7 +664,7 @@ def _position(args: argparse.Namespace) -> int:
         f"  margin fraction        {fmt(summary.margin_fraction, 6)}",
         f"  IMR                    {fmt_pct(summary.imr, 3)}   (orders that add risk are refused at 100%)",
         f"  MMR                    {fmt_pct(summary.mmr, 3)}   (liquidation starts at 100%)",
-        f"  est. liquidation price {fmt(estimate.price, 2)}   ({estimate.method}: {estimate.reason})",
+        f"  est. liquidation price {describe_estimate(estimate, args.size)}",
     ]
     print("\n".join(lines))
     return 0

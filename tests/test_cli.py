@@ -186,8 +186,10 @@ def test_counted_expectations_have_an_upper_bound(tmp_path, capsys):
 JSON_KEYS = {"scenario", "description", "seed", "until", "passed", "failure", "fingerprint", "events", "accounts",
              "markets", "fund", "expectations"}
 ACCOUNT_KEYS = {"net_equity", "imr", "mmr", "available", "balances", "positions", "borrows", "lends",
-                "unsettled_equity", "liquidations", "liquidation_history"}
-STEP_KEYS = {"time_ms", "stage", "market", "side", "quantity", "price", "fee", "mmr_before", "mmr_after", "reason"}
+                "unsettled_equity", "liquidations", "liquidation_history", "open_orders", "status",
+                "liquidation_prices"}
+STEP_KEYS = {"time_ms", "stage", "market", "side", "quantity", "price", "fee", "mmr_before", "mmr_after", "reason",
+             "taker_fee", "liquidation_fee", "mark", "planned_mark", "mmr_after_at_planned_mark", "position_after"}
 
 
 def test_json_summary_has_the_documented_keys(tmp_path, capsys):
@@ -231,11 +233,16 @@ def test_explain_a_liquidation(tmp_path, capsys):
     assert "trader: 1 start, 5 book, 1 healthy" in capsys.readouterr().out
     assert main(["explain", str(log), "--account", "trader"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("t=6.000s liquidation started. MMR 150.75%: net equity 400 against maintenance "
+    # The single-position estimate (partial-liquidation's header): 9,950 USDC + 1 BTC bought at
+    # 100,000, MMF 0.00666667: P = (100,000 - 9,950) / (1 - 0.00666667) = 90,654.3627..., shown
+    # rounded up (toward the mark, for a long) as 90,654.37.
+    assert lines[0] == ("t=6.000s 1 BTC_USDC_PERP at mark 90450: its estimated liquidation price was 90654.37 "
+                        "(closed form: MMF flat at its base).")
+    assert lines[1].startswith("t=6.000s start at MMR 150.75% (MMR 150.75%: net equity 400 against maintenance "
                                "margin 603 (1 BTC_USDC_PERP at 90450 needs 603, PnL -9550)")
-    assert lines[1].startswith("t=6.000s sold 0.1 BTC_USDC_PERP at 90440 on the book, fee 4.522: "
-                               "MMR 150.75% -> 137.57%; 0.9 left.")
-    assert lines[-1].startswith("t=11.000s liquidation ended (healthy)")
+    assert lines[2].startswith("t=6.000s book: Ask 0.1 BTC_USDC_PERP at 90440 (mark 90450), taker fee 4.522, "
+                               "liquidation fee 0; MMR 150.75% -> 137.57%; 0.9 left")
+    assert lines[-1].startswith("t=11.000s healthy (")
 
 
 def test_the_event_log_file_is_the_fingerprinted_log(tmp_path, capsys):

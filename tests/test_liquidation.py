@@ -7,10 +7,11 @@ from decimal import Decimal
 import pytest
 
 from exchange import margin
+from exchange.decimals import fmt_pct
 from exchange.engine import Exchange
 from exchange.ledger import Settings
 from exchange.lending import Grant
-from exchange.liquidation import describe_step
+from exchange.liquidation import LiquidationStep, describe_step, mmr_at_marks
 from exchange.orders import ErrorCode, Side
 from exchange.profile import load_profile
 
@@ -350,14 +351,55 @@ def test_the_estimate_is_a_reference_for_a_complex_account():
 
 
 def test_history_reads_as_plain_words():
+    """The first book step sells 0.1 BTC at 90,440 against mark 90,450: notional 9,044, taker
+    fee 0.05% = 4.522, and no liquidation fee under the current profile (the venue FAQ), shown
+    apart so nobody reads the taker fee as a liquidation fee; 0.9 BTC is left."""
     ex = ten_x_long()
     quote_bid(ex, D(90450))
     ex.advance_to(2000)
     lines = [describe_step(s) for s in ex.liquidation_history["trader"]]
     assert lines[1] == (
-        "t=1.000s book: Ask 0.1 BTC_USDC_PERP at 90440, fee 4.522; MMR 150.75% -> 137.57% "
-        "(reduce the position on the book)"
+        "t=1.000s book: Ask 0.1 BTC_USDC_PERP at 90440 (mark 90450), taker fee 4.522, liquidation fee 0; "
+        "MMR 150.75% -> 137.57%; 0.9 left (reduce the position on the book)"
     )
+
+
+def test_taker_and_liquidation_fees_are_kept_apart():
+    """Under the 2025-10 profile (1% liquidation fee) the same sale pays taker fee 4.522 and
+    liquidation fee 1% x 9,044 = 90.44; ``fee`` stays their sum, 94.962. The fee is above BTC's
+    MMF, so this step raises MMR (150.75% -> 178.49%), as the module docstring warns."""
+    ex = ten_x_long("backpack-2025-10")
+    quote_bid(ex, D(90450))
+    ex.advance_to(1000)
+    step = ex.liquidation_history["trader"][1]
+    assert (step.taker_fee, step.liquidation_fee, step.fee) == (D("4.522"), D("90.44"), D("94.962"))
+    assert (step.mark, step.position_after, step.planned_mark) == (D(90450), D("0.9"), None)
+    assert "taker fee 4.522, liquidation fee 90.44; MMR 150.75% -> 178.49%" in describe_step(step)
+
+
+def test_mmr_at_other_marks_puts_the_account_marks_back():
+    """The trader holds 1 BTC bought at 100,000 and 9,950 USDC. At mark 90,450 equity is
+    9,950 + 90,450 - 100,000 = 400 against maintenance 90,450 x 0.00666667 = 603.0003 (MMR
+    150.75%); at 95,000 it is 4,950 against 633.33365 (MMR 12.79%). The account keeps its own mark."""
+    ex = ten_x_long()
+    account = ex.accounts["trader"]
+    own = account.marks[BTC]
+    assert fmt_pct(mmr_at_marks(account, {BTC: D(90450)})) == "150.75%"
+    assert mmr_at_marks(account, {BTC: D(95000)}) == D("633.33365") / D(4950)
+    assert account.marks[BTC] == own
+
+
+def test_a_step_says_when_a_new_mark_arrived_during_it():
+    """A row whose loop was planned at 97,485.1 and whose fills landed at mark 97,461.2 gives
+    MMR after at both, so before and after can be read at one mark."""
+    step = LiquidationStep(time_ms=12025, stage="book", market=BTC, side="Ask", quantity=D("0.18"),
+                           price=D("97436.3"), fee=D("8.769267"), taker_fee=D("8.769267"), mark=D("97461.2"),
+                           planned_mark=D("97485.1"), mmr_after_at_planned_mark=D("1.128"), position_after=D("1.62"),
+                           mmr_before=D("1.2302"), mmr_after=D("1.1766"), reason="reduce the position on the book")
+    assert describe_step(step) == (
+        "t=12.025s book: Ask 0.18 BTC_USDC_PERP at 97436.3 (mark 97461.2), taker fee 8.769267, liquidation fee 0; "
+        "MMR 123.02% -> 117.66%; 1.62 left; the mark moved 97485.1 -> 97461.2 during the step: at 97485.1 it took "
+        "MMR 123.02% -> 112.8% (reduce the position on the book)")
 
 
 @pytest.mark.parametrize("profile_name", ["backpack", "backpack-2025-10"])
