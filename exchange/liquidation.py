@@ -180,6 +180,12 @@ def why_liquidated(account: SubAccount) -> str:
 
 
 BOOK_FAILURES_TO_BACKSTOP = 2
+# A loop that found nothing to trade within the band is read again this much later, once, before
+# it counts as failed: a market maker that refreshes on the loop's own beat (FORMAT.md's default
+# ``refresh = 1`` against the 1 s loop) is between its cancel and its new quotes at the instant
+# the loop reads the book, and would otherwise starve every other loop. 100 ms is well past a
+# cancel-and-quote round trip on any latency a scenario sets up, and well inside the loop.
+BOOK_RETRY_MS = 100
 
 
 class CaseState(StrEnum):
@@ -692,7 +698,7 @@ def describe_estimate(estimate: LiquidationPriceEstimate, quantity: Decimal, pla
     """An estimated liquidation price with its method, for people: rounded toward the mark
     (up for a long, down for a short), so the number shown is reached no later than the true one."""
     if estimate.price is None:
-        return f"not available ({estimate.reason})"
+        return f"- ({estimate.method}: {estimate.reason})"
     grid = Decimal(1).scaleb(-places)
     shown = ceil_to(estimate.price, grid) if quantity > 0 else floor_to(estimate.price, grid)
     return f"{fmt(shown)} ({estimate.method}: {estimate.reason})"

@@ -88,10 +88,11 @@ def test_partial_liquidation_leaves_a_balance():
 
 def test_one_empty_book_read_is_not_enough_for_the_backstop():
     """The first example, but the market maker's bid is missing at the t=1s loop (between its
-    cancel and its new quote): that loop sells nothing and tries again. The bid is back for
-    t=2s, and the same steps as in the first example follow one second later, although a
-    backstop with room for the whole position is configured. Before, the single empty read sent
-    the whole position to the backstop at MMR 150.75%."""
+    cancel and its new quote): that loop sells nothing, and reads the book again 100 ms later
+    (``BOOK_RETRY_MS``), where the bid is back. The first example's steps follow: 0.1, 0.09 and
+    0.081 BTC at 90,440, taker fees 4.522, 4.0698 and 3.66282 (0.05% of each notional), the
+    first at t=1.1s, although a backstop with room for the whole position is configured. Before,
+    the single empty read sent the whole position to the backstop at MMR 150.75%."""
     ex = ten_x_long(backstop=D(10_000_000))
     ex.cancel_all("mm", [BTC])
     ex.set_price("BTC", D(90450))
@@ -100,10 +101,44 @@ def test_one_empty_book_read_is_not_enough_for_the_backstop():
     assert ex.order("mm", BTC, Side.BID, D(5), D(90440)).accepted
     ex.advance_to(3000)
     assert rows(ex, stage="book") == [
-        (2000, "book", D("0.1"), D(90440), D("4.522")),
-        (3000, "book", D("0.09"), D(90440), D("4.0698")),
+        (1100, "book", D("0.1"), D(90440), D("4.522")),
+        (2000, "book", D("0.09"), D(90440), D("4.0698")),
+        (3000, "book", D("0.081"), D(90440), D("3.66282")),
     ]
     assert "backstop" not in [s.stage for s in ex.liquidation_history["trader"]]
+
+
+def test_a_book_still_empty_on_the_retry_counts_one_failed_loop():
+    """No bid at the t=1s loop nor at its retry 100 ms later: one failed loop, not two, so the
+    backstop waits. The bid arrives before t=2s and that loop sells 0.1 BTC at 90,440."""
+    ex = ten_x_long(backstop=D(10_000_000))
+    ex.cancel_all("mm", [BTC])
+    ex.set_price("BTC", D(90450))
+    ex.advance_to(1500)
+    assert rows(ex) == [(1000, "start", D(0), None, D(0))]
+    assert ex.order("mm", BTC, Side.BID, D(5), D(90440)).accepted
+    ex.advance_to(2000)
+    assert rows(ex)[1:] == [(2000, "book", D("0.1"), D(90440), D("4.522"))]
+
+
+def test_a_maker_refreshing_on_the_loop_beat_does_not_starve_liquidation(tmp_path):
+    """liquidation-history with its maker at FORMAT.md's default ``refresh = 1``, on the 1 s
+    liquidation loop's beat: the loops at t=6s and t=7s read the book while the maker is between
+    its cancel and its quotes. Each reads again 100 ms later, so every loop from the start at
+    t=6s to the healthy end sells on the book (t=6.1, 7.1, 8 s), as with ``refresh = 0.999``
+    (t=6, 7, 8 s); before, the t=6s and t=9s loops sold nothing and the end came at t=11s."""
+    from scenarios import loader, runner
+
+    text = loader.shipped()["liquidation-history"].read_text(encoding="utf-8")
+    path = tmp_path / "default-refresh.toml"
+    path.write_text(text.replace("refresh = 0.999", "refresh = 1"), encoding="utf-8")
+    scenario = loader.load(str(path))
+    outcome = runner.run(scenario)
+    assert outcome.failure is None
+    history = outcome.result.history["trader"]
+    book = sorted({s.time_ms for s in history if s.stage == "book"})
+    assert book == [6100, 7100, 8000]
+    assert [s.stage for s in history][-1] == "healthy" and history[-1].time_ms == 9000
 
 
 def test_a_liquidation_ends_within_its_loop_bound():
@@ -495,7 +530,7 @@ def test_a_solvent_borrower_without_a_buyer_waits_instead_of_being_written_off()
     """No bid and no backstop: the t=1s loop finds nothing to sell into and tries again, the
     t=2s loop turns to the backstop and finds nobody. The borrow is not written off while B
     holds 100 SOL and equity is positive; the history says it waits. Once the market maker bids 65.9 (after the t=3s
-    loop), the t=4s loop sells 4.75 SOL (the plan sizes the sale at the impact band's floor, as in F6):
+    loop found nothing), that loop's read again at t=3.1s sells 4.75 SOL (the plan sizes the sale at the impact band's floor, as in F6):
     4.75 x 65.9 = 313.025 less the 0.1% taker fee 0.313025 repays 312.711975, leaving
     5,687.29419; equity 95.25 x 66 x 0.95 - 5,687.29419 = 284.88081, MMR 99.82%: healthy."""
     ex = usdc_borrower("backpack")
@@ -511,8 +546,8 @@ def test_a_solvent_borrower_without_a_buyer_waits_instead_of_being_written_off()
     assert rows(ex, "b") == [
         (1000, "start", D(0), None, D(0)),
         (2000, "waiting", D(0), None, D(0)),
-        (4000, "conversion", D("4.75"), D("65.9"), D("0.313025")),
-        (5000, "healthy", D(0), None, D(0)),
+        (3100, "conversion", D("4.75"), D("65.9"), D("0.313025")),
+        (4000, "healthy", D(0), None, D(0)),
     ]
     assert b.borrows == {"USDC": D("5687.294190")} and margin.totals(b).net_equity == D("284.88081")
     assert ex.invariant_violations() == []
