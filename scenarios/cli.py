@@ -1,4 +1,4 @@
-"""The ``marginsim`` command line: run, list, explain, demo, fuzz, position, serve, replay.
+"""The ``marginsim`` command line: run, list, explain, export, demo, fuzz, position, serve, replay.
 
 Exit status: 0 when a run's expectations all hold, 1 when one fails (or the run stopped early:
 an actor crashed, an invariant broke, it stalled), 2 when the input is bad (the message names
@@ -125,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     explainer.add_argument("log", type=Path, metavar="LOG", help="an events .jsonl file")
     explainer.add_argument("--account", metavar="ID", help="explain this sub-account's liquidations and refusals")
     explainer.add_argument("--order", metavar="ID", help="explain this order")
+
+    exporter = commands.add_parser(
+        "export", help="an event log as tables (CSV or Parquet): orders, fills, liquidation steps, ...",
+        description="Read an event log written by `marginsim run --log` and write one table per kind into DIR: "
+        "events, orders, fills, liquidation_steps, account_samples, funding, interest, transfers. CSV keeps the "
+        "log's exact decimals; Parquet (pip install 'marginsim[data]') holds numbers as float64.",
+    )
+    exporter.add_argument("log", type=Path, metavar="LOG", help="an events .jsonl file")
+    exporter.add_argument("--to", type=Path, metavar="DIR", required=True, help="the folder to write the tables into")
+    exporter.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
 
     demo = commands.add_parser(
         "demo", help="watch a scenario live in the terminal",
@@ -275,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"run": _run, "list": _list, "explain": _explain, "demo": _demo, "fuzz": _fuzz, "position": _position,
-                "serve": _serve, "replay": _replay}
+    handlers = {"run": _run, "list": _list, "explain": _explain, "export": _export, "demo": _demo, "fuzz": _fuzz,
+                "position": _position, "serve": _serve, "replay": _replay}
     previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job: SIGTERM still needs SIGINT
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -530,6 +540,27 @@ def _explain(args: argparse.Namespace) -> int:
     if not (args.order or args.account):
         lines += explain.overview(events)
     print("\n".join(lines))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from scenarios import export
+
+    events = explain.read_events(args.log)
+    if args.to.exists() and not args.to.is_dir():
+        raise InputError("--to", "--to", f"{args.to} (a file)", "a folder to write the tables into (made if missing)")
+    if args.format == "parquet":
+        try:
+            import pandas  # noqa: F401
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise InputError("--format", "--format", "parquet without pandas and pyarrow installed",
+                             "csv, or install the data extra: pip install 'marginsim[data]'") from None
+        counts = export.write_parquet(events, args.to)
+    else:
+        counts = export.write_csv(events, args.to)
+    for name, count in counts.items():
+        print(f"{args.to / f'{name}.{args.format}'}  {count} rows")
     return 0
 
 
