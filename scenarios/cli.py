@@ -1,4 +1,4 @@
-"""The ``marginsim`` command line: run, list, explain, export, demo, fuzz, position, serve, replay.
+"""The ``marginsim`` command line: run, list, explain, export, sweep, demo, fuzz, position, serve, replay.
 
 Exit status: 0 when a run's expectations all hold, 1 when one fails (or the run stopped early:
 an actor crashed, an invariant broke, it stalled), 2 when the input is bad (the message names
@@ -135,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("log", type=Path, metavar="LOG", help="an events .jsonl file")
     exporter.add_argument("--to", type=Path, metavar="DIR", required=True, help="the folder to write the tables into")
     exporter.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
+
+    sweeper = commands.add_parser(
+        "sweep", help="a scenario over many seeds and a grid of settings, outcomes compared",
+        description="Run SCENARIO at every seed for every combination of the --set values (their cartesian "
+        "product), on a process pool of --jobs, and print per combination: liquidations started, bankruptcies, ADL "
+        "steps and the liquidity fund's balance, each as mean, standard deviation, min and max across seeds.",
+    )
+    sweeper.add_argument("scenario", metavar="FILE", help="a scenario .toml file or a shipped scenario's name")
+    sweeper.add_argument("--seeds", default="0..9", metavar="A..B", help="seeds: a range 0..99 (both ends) or a "
+                         "list 1,2,5 (default 0..9)")
+    sweeper.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", dest="grid",
+                         help="a field and the values to try, e.g. --set accounts[0].leverage_limit=5,10 (repeatable)")
+    sweeper.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (default 1)")
+    sweeper.add_argument("--report", type=Path, metavar="DIR", help="write sweep.csv, runs.csv and sweep.png into DIR")
 
     demo = commands.add_parser(
         "demo", help="watch a scenario live in the terminal",
@@ -285,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"run": _run, "list": _list, "explain": _explain, "export": _export, "demo": _demo, "fuzz": _fuzz,
+    handlers = {"run": _run, "list": _list, "explain": _explain, "export": _export, "sweep": _sweep, "demo": _demo, "fuzz": _fuzz,
                 "position": _position, "serve": _serve, "replay": _replay}
     previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job: SIGTERM still needs SIGINT
@@ -561,6 +575,31 @@ def _export(args: argparse.Namespace) -> int:
         counts = export.write_csv(events, args.to)
     for name, count in counts.items():
         print(f"{args.to / f'{name}.{args.format}'}  {count} rows")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from scenarios import sweep
+
+    seeds = sweep.parse_seeds(args.seeds)
+    combinations = sweep.grid(args.grid)
+    if args.report is not None and args.report.exists() and not args.report.is_dir():
+        raise InputError("--report", "--report", f"{args.report} (a file)", "a folder for the sweep's tables and chart")
+    result = sweep.sweep(args.scenario, seeds, combinations, jobs=args.jobs)
+    table = Table(title=f"sweep of {args.scenario}: {len(seeds)} seeds x {len(combinations)} combination(s), "
+                  f"{result.elapsed_s:.1f}s", title_justify="left")
+    rows = sweep.rows(result)
+    for column in ("settings", "runs", "failed", *(f"{m} mean [min..max]" for m in sweep.METRICS)):
+        table.add_column(column, justify="left" if column == "settings" else "right")
+    for row in rows:
+        table.add_row(row["settings"], row["runs"], row["failed"],
+                      *(f"{row[f'{m} mean']} [{row[f'{m} min']}..{row[f'{m} max']}]" for m in sweep.METRICS))
+    Console().print(table)
+    print("failed: runs whose expectations did not all hold (or that stopped early); standard deviations in "
+          "--report's sweep.csv")
+    if args.report is not None:
+        for path in sweep.write_report(result, args.report):
+            print(path)
     return 0
 
 
