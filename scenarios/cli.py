@@ -27,7 +27,7 @@ from rich.table import Table
 
 from actors.system import Interrupted
 from exchange import margin
-from exchange.decimals import ceil_to, floor_to, fmt, fmt_pct
+from exchange.decimals import floor_to, fmt, fmt_pct
 from exchange.ledger import Settings, SubAccount
 from exchange.liquidation import describe_estimate, describe_step
 from exchange.orders import Fill, Side
@@ -429,7 +429,8 @@ def summary_document(outcome: runner.ScenarioRun) -> dict[str, Any]:
                                                    "borrows", "lends", "unsettled_equity", "liquidations")
             }
             document["accounts"][account].update(
-                open_orders=row["open_orders"], status=account_status(row, outcome.scenario.profile.settlement_asset),
+                open_orders=row["open_orders"],
+                status=runner.account_status(row, outcome.scenario.profile.settlement_asset),
                 liquidation_prices={s: _plain(attrs.asdict(e)) for s, e in row["liquidation_prices"].items()})
             document["accounts"][account]["liquidation_history"] = [
                 _plain(attrs.asdict(step)) for step in result.history.get(account, [])
@@ -442,23 +443,6 @@ def summary_document(outcome: runner.ScenarioRun) -> dict[str, Any]:
 
 def _holdings(values: Mapping[str, Decimal]) -> str:
     return ", ".join(f"{fmt(q)} {s}" for s, q in values.items()) or "-"
-
-
-CENT = Decimal("0.01")  # the summary's money column: equity floored, debts ceiled, against the account
-
-
-def account_status(row: Mapping[str, Any], settle: str) -> str:
-    """What a sub-account's end state means for liquidation, in words: a bankrupt account's debt
-    to the fund, a liquidation the run ended in the middle of, or one the next loop would start."""
-    if row["unsettled_equity"] < 0 and not row["positions"]:
-        return f"bankrupt: owes the liquidity fund {fmt(ceil_to(-row['unsettled_equity'], CENT))} {settle}"
-    if row["liquidations"] and row["net_equity"] <= 0 and not (row["positions"] or row["borrows"]):
-        return "liquidated to zero equity"
-    if row["liquidating"]:
-        return "the run ended mid-liquidation"
-    if row["mmr"] >= 1:
-        return f"liquidation pending: MMR {fmt_pct(row['mmr'])} >= 100%, the next loop starts it"
-    return ""
 
 
 def print_summary(outcome: runner.ScenarioRun, console: Console) -> None:
@@ -481,10 +465,10 @@ def print_summary(outcome: runner.ScenarioRun, console: Console) -> None:
     settle = scenario.profile.settlement_asset
     for account, row in rows.items():
         empty = row["net_equity"] <= 0 and not (row["positions"] or row["borrows"])  # no ratio to show
-        accounts.add_row(account, fmt(floor_to(row["net_equity"], CENT)), "-" if empty else fmt_pct(row["imr"]),
+        accounts.add_row(account, fmt(floor_to(row["net_equity"], runner.CENT)), "-" if empty else fmt_pct(row["imr"]),
                          "-" if empty else fmt_pct(row["mmr"]), _holdings(row["balances"]),
                          _holdings(row["positions"]), *(_holdings(row[c]) for c in shown), str(row["open_orders"]),
-                         str(row["liquidations"]), account_status(row, settle))
+                         str(row["liquidations"]), runner.account_status(row, settle))
     console.print(accounts)
     estimates = Table(title="estimated liquidation prices (single-position, rounded toward the mark)",
                       title_justify="left")
