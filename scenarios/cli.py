@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(demo)
     demo.add_argument("--rate", type=_positive_seconds, default=5.0,
                       help="virtual seconds per real second (default %(default)s)")
+    demo.add_argument("--web", action="store_true", help="play it in a web page instead (prints its URL; offline, "
+                      "nothing fetched from elsewhere): the run is computed, then the page plays its events")
+    demo.add_argument("--port", type=_port, default=8000, help="--web: the port on 127.0.0.1 (default 8000; 0: any)")
+    demo.add_argument("--log", type=Path, metavar="EVENTS.jsonl", help="--web: play this saved event log instead of "
+                      "running the scenario")
+    demo.add_argument("--start-paused", action="store_true", help="--web: the page waits for play")
 
     fuzzer = commands.add_parser(
         "fuzz", help="hunt race conditions: random scenarios with seeded faults, checked live",
@@ -587,10 +593,51 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
+def _demo_web(args: argparse.Namespace, scenario: loader.Scenario) -> int:
+    """The run's events (from --log, or a run now) played by the web dashboard until Ctrl-C."""
+    from web import dashboard
+
+    if args.log is not None:
+        events = explain.read_events(args.log)
+        seed, until_ms = args.seed if args.seed is not None else scenario.seed, max((e["t"] for e in events), default=0)
+    else:
+        outcome = runner.run(scenario, seed=args.seed, until_s=args.until)
+        if outcome.result is None:
+            print(f"the run stopped early ({outcome.failure}); nothing to play", file=sys.stderr)
+            return 1
+        events, seed, until_ms = outcome.result.events, outcome.seed, outcome.until_ms
+    perps = [m for m in scenario.profile.perp_markets() if any(e["event"] == "trade" and e["actor"] == f"market:{m.symbol}"
+                                                              for e in events)]
+    market = perps[0] if perps else None
+    meta = {"name": scenario.name, "seed": seed, "until_ms": until_ms, "settle": scenario.profile.settlement_asset,
+            "auto_close": float(scenario.profile.liquidation.auto_close_mmr), "start_paused": args.start_paused,
+            "market": market.symbol if market else None, "base": market.base if market else None,
+            "backstops": {a: {k: float(v) for k, v in capacity.items()} for a, capacity in scenario.backstops}}
+    dashboard.serve(events, meta, port=args.port,
+                    ready=lambda url: print(f"dashboard: {url}  (Ctrl-C to stop)", flush=True))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from scenarios.demo import run_demo
 
     scenario = loader.load(args.scenario, args.overrides)
+    if args.web:
+        return _demo_web(args, scenario)
+    for flag in ("log", "start_paused"):
+        if getattr(args, flag):
+            raise InputError(f"--{flag.replace('_', '-')}", f"--{flag.replace('_', '-')}", "without --web",
+                             "--web with it (the terminal demo runs the scenario live)")
     outcome = run_demo(scenario, seed=args.seed, rate=args.rate, until_s=args.until)
     return 0 if outcome.passed else 1
 
