@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_port, default=8000, help="--web: the port on 127.0.0.1 (default 8000; 0: any)")
     demo.add_argument("--log", type=Path, metavar="EVENTS.jsonl", help="--web: play this saved event log instead of "
                       "running the scenario")
-    demo.add_argument("--start-paused", action="store_true", help="--web: the page waits for play")
+    demo.add_argument("--start-paused", action="store_true", help="wait for play (space; in the page, its button)")
+    demo.add_argument("--pause-on", action="append", default=[], choices=("liquidation", "bankruptcy", "refusal"),
+                      help="stop the clock at the next such event (repeatable; space goes on)")
 
     fuzzer = commands.add_parser(
         "fuzz", help="hunt race conditions: random scenarios with seeded faults, checked live",
@@ -634,11 +636,10 @@ def _demo(args: argparse.Namespace) -> int:
     scenario = loader.load(args.scenario, args.overrides)
     if args.web:
         return _demo_web(args, scenario)
-    for flag in ("log", "start_paused"):
-        if getattr(args, flag):
-            raise InputError(f"--{flag.replace('_', '-')}", f"--{flag.replace('_', '-')}", "without --web",
-                             "--web with it (the terminal demo runs the scenario live)")
-    outcome = run_demo(scenario, seed=args.seed, rate=args.rate, until_s=args.until)
+    if args.log is not None:
+        raise InputError("--log", "--log", "without --web", "--web with it (the terminal demo runs the scenario live)")
+    outcome = run_demo(scenario, seed=args.seed, rate=args.rate, until_s=args.until, start_paused=args.start_paused,
+                       pause_on=args.pause_on)
     return 0 if outcome.passed else 1
 
 
