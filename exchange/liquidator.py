@@ -201,7 +201,8 @@ class LiquidatorMachine(Machine):
         self.emit("backstop_plan", account=account, reason=reason, transfers=len(plan.handovers),
                   deliveries=len(plan.deliveries), purchases=len(plan.purchases))
         self.send(account_address(account),
-                  BackstopPlan(case.loop, reason, plan.handovers, plan.deliveries, plan.purchases))
+                  BackstopPlan(case.loop, reason, plan.handovers, plan.deliveries, plan.purchases,
+                               providers=bool(self.providers)))
 
     # -- the liquidity fund -----------------------------------------------------------------
     def on_fund_flow(self, sender: str, message: FundFlow) -> None:

@@ -156,6 +156,7 @@ class _LiquidationRun:
     reason: str = ""
     settling: bool = False
     marks: dict[str, Decimal] = attrs.field(factory=dict)  # the marks ``mmr_before`` was taken at
+    providers: bool = True  # a backstop provider is configured (else ADL is all stage 2/3 has)
 
 
 class SubAccountMachine(Machine):
@@ -911,7 +912,7 @@ class SubAccountMachine(Machine):
         """Carry out the liquidator's plan: transfers at mark, then deliveries, then settle."""
         account = self.account
         run = self.liquidation = _LiquidationRun(message.loop, totals(account).mmr, reason=message.reason,
-                                                 marks=dict(account.marks))
+                                                 marks=dict(account.marks), providers=message.providers)
         for handover in message.handovers:
             fee_cap = backstop_fee_cap(account)
             run.outstanding += 1
@@ -938,7 +939,8 @@ class SubAccountMachine(Machine):
         assert run is not None
         if message.quantity:
             reason = (f"{run.reason}; taken by {message.counterparty} at mark" if message.kind == "backstop"
-                      else f"backstop capacity exhausted; closed against {message.counterparty} "
+                      else f"{'backstop capacity exhausted' if run.providers else 'no backstop provider'}; "
+                      f"closed against {message.counterparty} "
                       f"(ADL score {fmt(message.adl_score, 6)})")
             side = "Ask" if message.quantity > 0 else "Bid"
             self._record_step(run, message.kind, message.market, side, abs(message.quantity), message.price, reason,

@@ -437,6 +437,21 @@ def test_a_step_says_when_a_new_mark_arrived_during_it():
         "MMR 123.02% -> 112.8% (reduce the position on the book)")
 
 
+def test_an_adl_step_says_whether_a_backstop_existed():
+    """ten_x_long gapped to 85,000 (equity -5,050): without a backstop the ADL step says there is
+    no provider; with blp's 1,000 USD of capacity (used up by 1,000/85,000 BTC) it says the
+    capacity ran out."""
+    reasons = {}
+    for backstop in (None, D(1000)):
+        ex = ten_x_long(backstop=backstop)
+        ex.set_price("BTC", D(85000))
+        ex.advance_to(1000)
+        adl = [s for s in ex.liquidation_history["trader"] if s.stage == "adl"]
+        reasons[backstop] = adl[0].reason
+    assert reasons[None].startswith("no backstop provider; closed against mm")
+    assert reasons[D(1000)].startswith("backstop capacity exhausted; closed against mm")
+
+
 @pytest.mark.parametrize("profile_name", ["backpack", "backpack-2025-10"])
 def test_bankruptcy_leaves_a_debt_that_deposits_repay(profile_name):
     """A gap far past zero equity with no backstop: ADL closes the long against the market
