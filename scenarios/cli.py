@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweeper.add_argument("--report", type=Path, metavar="DIR", help="write sweep.csv, runs.csv and sweep.png into DIR")
 
     demo = commands.add_parser(
-        "demo", help="watch a scenario live in the terminal",
+        "demo", help="watch a scenario live in the terminal, or in a web page (--web)",
         description="Run a scenario at a readable clock rate with a live dashboard: prices, books, each "
         "sub-account's equity and IMR/MMR, fills, refusals and liquidation steps. It is the same run as "
         "`marginsim run` with the same seed (same fingerprint), only paced. Keys (in a terminal): space pause, "
