@@ -45,12 +45,16 @@ class Quiet:
     whether every task waits (``wait_all_tasks_blocked``) costs a pass per instant and brings
     its testing module in."""
 
-    __slots__ = ("busy", "lot", "settled")
+    __slots__ = ("busy", "lot", "settled", "settling")
 
     def __init__(self) -> None:
         self.busy = 0
         self.lot = trio.lowlevel.ParkingLot()
         self.settled: Callable[[], None] | None = None
+        # The mailbox whose actor is running ``settled`` on its way to park: a message the step
+        # delivers there (a tick it scheduled for itself) makes it busy, or the step would move
+        # the clock past the instant that message is due at.
+        self.settling: Mailbox | None = None
 
 
 class Mailbox:
@@ -68,6 +72,9 @@ class Mailbox:
         if self._lot:
             self._lot.unpark()
             self._quiet.busy += 1
+        elif self._quiet.settling is self:
+            self._quiet.settling = None
+            self._quiet.busy += 1
 
     async def wait(self) -> None:
         if not self.queue:
@@ -75,10 +82,11 @@ class Mailbox:
             quiet.busy -= 1
             if not quiet.busy:
                 if quiet.settled is not None:
-                    quiet.settled()  # what it delivers may land here too
-                    if self.queue:
-                        quiet.busy += 1
+                    quiet.settling = self
+                    quiet.settled()  # what it delivers may land here too (and counts as busy)
+                    if quiet.settling is None:
                         return
+                    quiet.settling = None
                 elif quiet.lot:
                     quiet.lot.unpark()
             await self._lot.park()

@@ -10,6 +10,7 @@ venue's 96-bit decimals); results that land in a ledger are quantized to a step 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
 ZERO = Decimal(0)
@@ -87,12 +88,24 @@ def fmt(value: Decimal | None, places: int | None = None, *, truncate: bool = Fa
     return "0" if text in ("-0", "") else text
 
 
-def fmt_pct(value: Decimal, places: int = 2) -> str:
+def fmt_pct(value: Decimal, places: int = 2, thresholds: Iterable[Decimal] = (ONE,)) -> str:
     """A ratio as a percentage for people: ``0.1234 -> '12.34%'``; infinite ratios read ``inf``.
 
-    Truncated, never rounded up: 99.9996% reads 99.99%, so a number shown under a 100% threshold
-    is under it.
+    Truncated toward zero at ``places``, then given more digits until the text sits on the same
+    side of every deciding ``threshold`` (100% by default) as the true value: 100.001% reads
+    ``100.001%``, never ``100%`` next to a rule that says "at most 100%", and 99.9996% reads
+    ``99.99%``. Callers pass their own thresholds (a liquidation's end target, auto-close level).
     """
     if value.is_infinite():
         return "inf"
-    return f"{fmt(value * 100, places, truncate=True)}%"
+    limits = tuple(thresholds)
+    digits = places
+    while True:
+        shown = (value * 100).quantize(Decimal(1).scaleb(-digits), ROUND_DOWN)
+        if all(_side(shown, 100 * t) == _side(value * 100, 100 * t) for t in limits) or shown == value * 100:
+            return f"{fmt(shown)}%"
+        digits += 1
+
+
+def _side(value: Decimal, threshold: Decimal) -> int:
+    return (value > threshold) - (value < threshold)

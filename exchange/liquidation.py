@@ -72,7 +72,7 @@ import attrs
 
 from exchange.decimals import INFINITY, ONE, ZERO, ceil_to, floor_to, fmt, fmt_pct
 from exchange.ledger import SubAccount
-from exchange.margin import Totals, collateral_value, exposures, totals
+from exchange.margin import LiquidationPriceEstimate, Totals, collateral_value, exposures, totals
 from exchange.orders import Side
 from exchange.profile import LiquidationParams
 from exchange.settlement import spot_market_for
@@ -98,7 +98,15 @@ class LiquidationStep:
     side: str | None = None
     quantity: Decimal = ZERO
     price: Decimal | None = None
-    fee: Decimal = ZERO
+    fee: Decimal = ZERO  # everything the step cost the account: taker_fee + liquidation_fee
+    taker_fee: Decimal = ZERO  # the book's taker fee on a book or conversion fill (in the settlement asset)
+    liquidation_fee: Decimal = ZERO  # the liquidation fee, which goes to the liquidity fund
+    mark: Decimal | None = None  # the mark of the step's market (or asset) when the step was recorded
+    # When a new mark arrived between the plan (or the previous step) and this step: the mark
+    # ``mmr_before`` was taken at, and MMR after the step at that same mark.
+    planned_mark: Decimal | None = None
+    mmr_after_at_planned_mark: Decimal | None = None
+    position_after: Decimal | None = None  # what is left of the perp position after the step
 
 
 @attrs.define
@@ -172,6 +180,12 @@ def why_liquidated(account: SubAccount) -> str:
 
 
 BOOK_FAILURES_TO_BACKSTOP = 2
+# A loop that found nothing to trade within the band is read again this much later, once, before
+# it counts as failed: a market maker that refreshes on the loop's own beat (FORMAT.md's default
+# ``refresh = 1`` against the 1 s loop) is between its cancel and its new quotes at the instant
+# the loop reads the book, and would otherwise starve every other loop. 100 ms is well past a
+# cancel-and-quote round trip on any latency a scenario sets up, and well inside the loop.
+BOOK_RETRY_MS = 100
 
 
 class CaseState(StrEnum):
@@ -248,8 +262,9 @@ def plan_step(
     again). A position left over (ADL planned on reports that were stale) goes back to stage 2
     as before, to be deleveraged on fresher ones."""
     t = totals(account)
+    levels = (params.end_mmr, params.auto_close_mmr)  # the thresholds this plan decides on
     if t.maintenance == 0 or t.mmr < params.end_mmr:
-        return Plan("healthy", t.mmr, f"MMR {fmt_pct(t.mmr)} is below the end target {fmt_pct(params.end_mmr)}")
+        return Plan("healthy", t.mmr, f"MMR {fmt_pct(t.mmr, thresholds=levels)} is below the end target {fmt_pct(params.end_mmr)}")
     if progress.book_loops >= params.max_book_loops:
         return Plan(BACKSTOP, t.mmr, f"{progress.book_loops} loops on the book have not brought MMR under "
                                      f"{fmt_pct(params.end_mmr)}")
@@ -258,7 +273,7 @@ def plan_step(
     if not book_only:
         if t.mmr >= params.auto_close_mmr:
             return Plan(
-                BACKSTOP, t.mmr, f"MMR {fmt_pct(t.mmr)} reached the auto-close level {fmt_pct(params.auto_close_mmr)}"
+                BACKSTOP, t.mmr, f"MMR {fmt_pct(t.mmr, thresholds=levels)} reached the auto-close level {fmt_pct(params.auto_close_mmr)}"
             )
         if failures >= BOOK_FAILURES_TO_BACKSTOP:
             return Plan(BACKSTOP, t.mmr, f"the book failed {failures} loops running: it cannot absorb the rest "
@@ -280,7 +295,7 @@ def plan_step(
         maintenance -= freed
         if net_equity > 0 and maintenance / net_equity < params.end_mmr:
             break
-    return Plan(BOOK, t.mmr, f"MMR {fmt_pct(t.mmr)} >= 100%: reduce on the book", tuple(orders))
+    return Plan(BOOK, t.mmr, f"MMR {fmt_pct(t.mmr, thresholds=levels)} >= 100%: reduce on the book", tuple(orders))
 
 
 # ---------------------------------------------------------------------------------------
@@ -645,11 +660,50 @@ def liquidated_positions(history: Sequence[LiquidationStep]) -> list[LiquidatedP
     return summary
 
 
-def describe_step(step: LiquidationStep) -> str:
-    """One line of plain words for a history row (used by the CLI's ``explain``)."""
-    what = f": {step.side or ''} {fmt(step.quantity)} {step.market} at {fmt(step.price)}" if step.market else ""
-    fee = f", fee {fmt(step.fee)}" if step.fee else ""
-    return (
-        f"t={step.time_ms / 1000:.3f}s {step.stage}{what}{fee}; MMR {fmt_pct(step.mmr_before)} -> "
-        f"{fmt_pct(step.mmr_after)} ({step.reason})"
-    )
+def mmr_at_marks(account: SubAccount, marks: Mapping[str, Decimal]) -> Decimal:
+    """The account's MMR valued at other marks (its own are put back): a step's before and
+    after compared at one mark when a new one arrived while the step was under way."""
+    own = dict(account.marks)
+    account.marks.update(marks)
+    try:
+        return totals(account).mmr
+    finally:
+        account.marks.clear()
+        account.marks.update(own)
+
+
+def describe_step(step: LiquidationStep, thresholds: Sequence[Decimal] = (ONE,)) -> str:
+    """One line of plain words for a history row, for ``run``, ``explain`` and the demo.
+
+    A moving row says what traded at what price against which mark, the taker fee and the
+    liquidation fee apart, MMR before and after and what is left of the position; when a new
+    mark arrived during the step it says so, with MMR after the step at the earlier mark, so
+    before and after can also be read at one mark."""
+    def pct(value: Decimal) -> str:
+        return "inf (no equity left)" if value.is_infinite() else fmt_pct(value, thresholds=thresholds)
+
+    when = f"t={step.time_ms / 1000:.3f}s {step.stage}"
+    if not step.market:
+        if step.stage == "start":
+            return f"{when} at MMR {pct(step.mmr_before)} ({step.reason})"
+        return f"{when} ({step.reason})"
+    mark = f" (mark {fmt(step.mark)})" if step.mark is not None and step.mark != step.price else ""
+    fees = (f", taker fee {fmt(step.taker_fee)}, liquidation fee {fmt(step.liquidation_fee)}"
+            if step.taker_fee or step.liquidation_fee else "")
+    left = f"; {fmt(step.position_after)} left" if step.position_after is not None else ""
+    moved = ""
+    if step.planned_mark is not None and step.mmr_after_at_planned_mark is not None:
+        moved = (f"; the mark moved {fmt(step.planned_mark)} -> {fmt(step.mark)} during the step: at "
+                 f"{fmt(step.planned_mark)} it took MMR {pct(step.mmr_before)} -> {pct(step.mmr_after_at_planned_mark)}")
+    return (f"{when}: {step.side or ''} {fmt(step.quantity)} {step.market} at {fmt(step.price)}{mark}{fees}; "
+            f"MMR {pct(step.mmr_before)} -> {pct(step.mmr_after)}{left}{moved} ({step.reason})")
+
+
+def describe_estimate(estimate: LiquidationPriceEstimate, quantity: Decimal, places: int = 2) -> str:
+    """An estimated liquidation price with its method, for people: rounded toward the mark
+    (up for a long, down for a short), so the number shown is reached no later than the true one."""
+    if estimate.price is None:
+        return f"- ({estimate.method}: {estimate.reason})"
+    grid = Decimal(1).scaleb(-places)
+    shown = ceil_to(estimate.price, grid) if quantity > 0 else floor_to(estimate.price, grid)
+    return f"{fmt(shown)} ({estimate.method}: {estimate.reason})"

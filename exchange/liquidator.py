@@ -24,6 +24,7 @@ import attrs
 from exchange.backstop import allocate
 from exchange.decimals import ONE, ZERO, floor_to, fmt
 from exchange.liquidation import (
+    BOOK_RETRY_MS,
     BackstopProvider,
     CaseState,
     LiquidationStep,
@@ -37,6 +38,7 @@ from exchange.profile import Profile
 from exchange.protocol import (
     FEED,
     LIQUIDATOR,
+    SCHEDULER,
     AssetTransfer,
     BackstopPlan,
     Depth,
@@ -47,6 +49,7 @@ from exchange.protocol import (
     LiquidationReport,
     PriceSnapshot,
     PriceUpdate,
+    Schedule,
     StartLiquidation,
     Subscribe,
     Tick,
@@ -65,6 +68,8 @@ class _Case:
     waiting: bool = True  # a message to the account is unanswered
     progress: Progress = attrs.field(factory=Progress)
     started_ms: int = 0
+    due: bool = True  # its next loop is due: at the start, each liquidation tick, a retry
+    retried: bool = False  # this loop found an empty book and is being read again
 
 
 class LiquidatorMachine(Machine):
@@ -108,8 +113,13 @@ class LiquidatorMachine(Machine):
 
     # -- the loop ---------------------------------------------------------------------------
     def on_tick(self, sender: str, message: Tick) -> None:
+        if message.kind == "liquidation-retry":
+            self._request_loops()
+            return
         if message.kind != "liquidation":
             return
+        for case in self.cases.values():
+            case.due = True
         for account, report in self.reports.items():
             if account not in self.cases and needs_liquidation(report) and not report.liquidating:
                 self._loop += 1
@@ -119,7 +129,8 @@ class LiquidatorMachine(Machine):
 
     def _request_loops(self) -> None:
         """Ask every book for its depth, then give each running liquidation its next loop."""
-        if self._depth_wanted == 0 and any(c.state is CaseState.RUNNING and not c.waiting for c in self.cases.values()):
+        if self._depth_wanted == 0 and any(c.state is CaseState.RUNNING and not c.waiting and c.due
+                                           for c in self.cases.values()):
             self.depth.clear()
             self._depth_wanted = len(self.profile.markets)
             for symbol in self.profile.markets:
@@ -132,8 +143,8 @@ class LiquidatorMachine(Machine):
             return
         view = {d.market: (d.bids, d.asks) for d in self.depth.values()}
         for account, case in self.cases.items():
-            if case.state is CaseState.RUNNING and not case.waiting:
-                case.waiting = True
+            if case.state is CaseState.RUNNING and not case.waiting and case.due:
+                case.waiting, case.due = True, False
                 self.send(account_address(account),
                           LiquidationLoop(case.loop, view, case.progress))
 
@@ -157,8 +168,12 @@ class LiquidatorMachine(Machine):
         elif outcome is Outcome.STEPPED:
             if state is CaseState.BACKSTOP:  # whatever stage 2 left goes back to the book, counted afresh
                 case.progress = case.progress.after_backstop()
+            elif message.book_failed and not message.steps and not case.retried:
+                case.retried = case.due = True  # nothing to trade against: read the book again shortly
+                self.send(SCHEDULER, Schedule("liquidation-retry", self.now_ms + BOOK_RETRY_MS))
             else:
                 case.progress = case.progress.after_book_loop(message.book_failed)
+                case.retried = False
             case.waiting = False
         elif outcome is Outcome.BACKSTOP:
             self._plan_backstop(account, case, message.reason)
@@ -174,9 +189,11 @@ class LiquidatorMachine(Machine):
 
     def _record(self, account: str, step: LiquidationStep) -> None:
         self.history.setdefault(account, []).append(step)
-        self.emit("liquidation_step", account=account, stage=step.stage, market=step.market, side=step.side,
-                      quantity=step.quantity, price=step.price, fee=step.fee, mmr_before=step.mmr_before,
-                      mmr_after=step.mmr_after, reason=step.reason)
+        self.emit("liquidation_step", at=step.time_ms, account=account, stage=step.stage, market=step.market,
+                  side=step.side, quantity=step.quantity, price=step.price, fee=step.fee, taker_fee=step.taker_fee,
+                  liquidation_fee=step.liquidation_fee, mark=step.mark, planned_mark=step.planned_mark,
+                  mmr_after_at_planned_mark=step.mmr_after_at_planned_mark, position_after=step.position_after,
+                  mmr_before=step.mmr_before, mmr_after=step.mmr_after, reason=step.reason)
 
     def _plan_backstop(self, account: str, case: _Case, reason: str) -> None:
         """Stage 2 then 3 on what has been heard (see ``exchange.backstop``)."""
@@ -184,7 +201,8 @@ class LiquidatorMachine(Machine):
         self.emit("backstop_plan", account=account, reason=reason, transfers=len(plan.handovers),
                   deliveries=len(plan.deliveries), purchases=len(plan.purchases))
         self.send(account_address(account),
-                  BackstopPlan(case.loop, reason, plan.handovers, plan.deliveries, plan.purchases))
+                  BackstopPlan(case.loop, reason, plan.handovers, plan.deliveries, plan.purchases,
+                               providers=bool(self.providers)))
 
     # -- the liquidity fund -----------------------------------------------------------------
     def on_fund_flow(self, sender: str, message: FundFlow) -> None:

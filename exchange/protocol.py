@@ -478,6 +478,7 @@ class BackstopPlan:
     handovers: tuple[Handover, ...]
     deliveries: tuple[Delivery, ...]
     purchases: tuple[Purchase, ...] = ()
+    providers: bool = True  # whether any backstop provider is configured (an ADL step says which it was)
 
 
 @attrs.frozen

@@ -38,6 +38,7 @@ from exchange.liquidation import (
     backstop_fee,
     backstop_fee_cap,
     may_write_off,
+    mmr_at_marks,
     needs_liquidation,
     plan_step,
     settlement_borrow_to_cover,
@@ -45,7 +46,7 @@ from exchange.liquidation import (
     why_liquidated,
 )
 from exchange.machine import Machine
-from exchange.margin import totals
+from exchange.margin import estimate_liquidation_price, totals
 from exchange.orders import (
     ErrorCode,
     ExpiryReason,
@@ -154,6 +155,8 @@ class _LiquidationRun:
     steps: list[LiquidationStep] = attrs.field(factory=list)
     reason: str = ""
     settling: bool = False
+    marks: dict[str, Decimal] = attrs.field(factory=dict)  # the marks ``mmr_before`` was taken at
+    providers: bool = True  # a backstop provider is configured (else ADL is all stage 2/3 has)
 
 
 class SubAccountMachine(Machine):
@@ -810,7 +813,10 @@ class SubAccountMachine(Machine):
             return
         account.liquidating = True
         self.lends_unredeemable.clear()
-        self.emit("liquidating", mmr=t.mmr)
+        estimates = {s: estimate_liquidation_price(account, s) for s, p in account.positions.items() if p.quantity}
+        self.emit("liquidating", mmr=t.mmr, estimates={
+            s: {"price": e.price, "method": e.method, "reason": e.reason, "quantity": account.positions[s].quantity,
+                "mark": account.marks.get(s)} for s, e in estimates.items()})
         why = why_liquidated(account)
         for market in self._markets_with_orders():
             self.send(market_address(market), CancelAllOnBook(account.id))
@@ -838,7 +844,8 @@ class SubAccountMachine(Machine):
                                                     net_equity=totals(account).net_equity))
             return
         assert plan.stage == BOOK
-        run = self.liquidation = _LiquidationRun(message.loop, plan.mmr, book_failed=not plan.orders)
+        run = self.liquidation = _LiquidationRun(message.loop, plan.mmr, book_failed=not plan.orders,
+                                                 marks=dict(account.marks))
         for wanted in plan.orders:
             spec = self.profile.markets[wanted.market]
             order = Order(self._next_id("l"), account.id, wanted.market, wanted.side, OrderType.MARKET,
@@ -884,14 +891,11 @@ class SubAccountMachine(Machine):
             notional = sum((f.quote_quantity for f in fills), ZERO)
             fee = sum((f.liquidation_fee + (f.fee if f.fee_asset == self.settle_asset else f.fee * f.price) for f in fills),
                       ZERO)
+            liquidation_fee = sum((f.liquidation_fee for f in fills), ZERO)
             stage = BOOK if self.profile.markets[order.market].is_perp else "conversion"
             average = average_fill_price(notional, filled, self.profile.markets[order.market].tick_size)
-            # Each order's "before" is where the previous one left the account, not the loop's start.
-            mmr = totals(self.account).mmr
-            run.steps.append(LiquidationStep(time_ms=self.now_ms, stage=stage, market=order.market, side=str(order.side),
-                                             quantity=filled, price=average, fee=fee, mmr_before=run.mmr_before,
-                                             mmr_after=mmr, reason=wanted.reason))
-            run.mmr_before = mmr
+            self._record_step(run, stage, order.market, str(order.side), filled, average, wanted.reason,
+                              liquidation_fee=liquidation_fee, taker_fee=fee - liquidation_fee)
         if not run.orders:
             self._finish_step()
 
@@ -908,7 +912,8 @@ class SubAccountMachine(Machine):
     def on_backstop_plan(self, sender: str, message: BackstopPlan) -> None:
         """Carry out the liquidator's plan: transfers at mark, then deliveries, then settle."""
         account = self.account
-        run = self.liquidation = _LiquidationRun(message.loop, totals(account).mmr, reason=message.reason)
+        run = self.liquidation = _LiquidationRun(message.loop, totals(account).mmr, reason=message.reason,
+                                                 marks=dict(account.marks), providers=message.providers)
         for handover in message.handovers:
             fee_cap = backstop_fee_cap(account)
             run.outstanding += 1
@@ -934,15 +939,13 @@ class SubAccountMachine(Machine):
         run = self.liquidation
         assert run is not None
         if message.quantity:
-            mmr = totals(self.account).mmr
             reason = (f"{run.reason}; taken by {message.counterparty} at mark" if message.kind == "backstop"
-                      else f"backstop capacity exhausted; closed against {message.counterparty} "
+                      else f"{'backstop capacity exhausted' if run.providers else 'no backstop provider'}; "
+                      f"closed against {message.counterparty} "
                       f"(ADL score {fmt(message.adl_score, 6)})")
             side = "Ask" if message.quantity > 0 else "Bid"
-            run.steps.append(LiquidationStep(time_ms=self.now_ms, stage=message.kind, market=message.market, side=side,
-                                             quantity=abs(message.quantity), price=message.price, fee=message.fee,
-                                             mmr_before=run.mmr_before, mmr_after=mmr, reason=reason))
-            run.mmr_before = mmr
+            self._record_step(run, message.kind, message.market, side, abs(message.quantity), message.price, reason,
+                              liquidation_fee=message.fee)
         run.outstanding -= 1
         if not run.outstanding:
             self._settle_liquidation()
@@ -970,12 +973,8 @@ class SubAccountMachine(Machine):
             self.emit("backstop_bought", provider=message.provider, asset=message.asset, quantity=message.quantity,
                           price=message.price, value=value, fee=fee)
             self._repay_from_available(message.asset)
-            mmr = totals(account).mmr
-            run.steps.append(LiquidationStep(
-                time_ms=self.now_ms, stage=BACKSTOP, market=message.asset, side="Bid", quantity=message.quantity,
-                price=message.price, fee=fee, mmr_before=run.mmr_before, mmr_after=mmr,
-                reason=f"{run.reason}; {message.provider} repaid the borrow at mark"))
-            run.mmr_before = mmr
+            self._record_step(run, BACKSTOP, message.asset, "Bid", message.quantity, message.price,
+                              f"{run.reason}; {message.provider} repaid the borrow at mark", liquidation_fee=fee)
         run.outstanding -= 1
         if not run.outstanding:
             self._settle_liquidation()
@@ -1012,16 +1011,35 @@ class SubAccountMachine(Machine):
         self.emit("backstop_sold", provider=message.provider, asset=message.asset, quantity=message.bought,
                       returned=message.returned, price=message.price, value=message.value, fee=fee)
         if message.bought:
-            mmr = totals(account).mmr
-            run.steps.append(LiquidationStep(
-                time_ms=self.now_ms, stage=BACKSTOP, market=message.asset, side="Ask", quantity=message.bought,
-                price=message.price, fee=fee, mmr_before=run.mmr_before, mmr_after=mmr,
-                reason=f"{run.reason}; {message.provider} bought {message.asset} at mark to repay the "
-                       f"{self.settle_asset} borrow"))
-            run.mmr_before = mmr
+            self._record_step(run, BACKSTOP, message.asset, "Ask", message.bought, message.price,
+                              f"{run.reason}; {message.provider} bought {message.asset} at mark to repay the "
+                              f"{self.settle_asset} borrow", liquidation_fee=fee)
         run.outstanding -= 1
         if not run.outstanding:
             self._settle_liquidation()
+
+    def _record_step(self, run: _LiquidationRun, stage: str, market: str, side: str, quantity: Decimal,
+                     price: Decimal, reason: str, *, liquidation_fee: Decimal, taker_fee: Decimal = ZERO) -> None:
+        """One moving row of the history: its fees apart, the mark it acted on and, when a new
+        mark arrived since ``mmr_before`` was taken, that earlier mark and MMR after the step at
+        it, so before and after can be compared at one mark. Each step's "before" is where the
+        previous one left the account."""
+        account = self.account
+        spec = self.profile.markets.get(market)
+        perp = spec is not None and spec.is_perp
+        key = spec.base if spec is not None and not perp else market
+        mark, planned = account.marks.get(key), run.marks.get(key)
+        moved = planned is not None and planned != mark
+        position = account.positions.get(market)
+        mmr = totals(account).mmr
+        run.steps.append(LiquidationStep(
+            time_ms=self.now_ms, stage=stage, market=market, side=side, quantity=quantity, price=price,
+            fee=taker_fee + liquidation_fee, taker_fee=taker_fee, liquidation_fee=liquidation_fee, mark=mark,
+            planned_mark=planned if moved else None,
+            mmr_after_at_planned_mark=mmr_at_marks(account, run.marks) if moved else None,
+            position_after=(position.quantity if position is not None else ZERO) if perp else None,
+            mmr_before=run.mmr_before, mmr_after=mmr, reason=reason))
+        run.mmr_before, run.marks = mmr, dict(account.marks)
 
     def _pay_backstop_fee(self, notional: Decimal) -> Decimal:
         fee = backstop_fee(self.account, notional, self.profile.liquidation.fee_rate)
@@ -1082,7 +1100,13 @@ class SubAccountMachine(Machine):
         if outcome is not Outcome.STEPPED:
             account.liquidating = self.waiting_for_liquidity = False
             self.emit("liquidation_ended", outcome=outcome, unsettled_equity=account.unsettled_equity)
-        self.send(LIQUIDATOR, LiquidationReport(run.loop, outcome, totals(account).mmr,
-                                                "nothing left to liquidate", tuple(run.steps),
+        reason = "nothing left to liquidate"
+        if outcome is Outcome.BANKRUPTCY and account.unsettled_equity < 0:
+            reason += (f"; the liquidity fund covered the shortfall, so the account owes it "
+                       f"{fmt(-account.unsettled_equity)} {self.settle_asset} (repaid from later deposits)")
+        if outcome is Outcome.BANKRUPTCY and account.borrows:
+            reason += "; written off, its lenders paid by the fund: " + ", ".join(
+                f"{fmt(q)} {a}" for a, q in sorted(account.borrows.items()))
+        self.send(LIQUIDATOR, LiquidationReport(run.loop, outcome, totals(account).mmr, reason, tuple(run.steps),
                                                 net_equity=totals(account).net_equity))
         self.settle()

@@ -22,7 +22,7 @@ from exchange.lending import LendingPool
 from exchange.liquidation import BackstopProvider
 from exchange.liquidator import LiquidatorMachine
 from exchange.machine import Effect, Machine, Send
-from exchange.margin import totals
+from exchange.margin import estimate_liquidation_price, totals
 from exchange.market import MarketMachine
 from exchange.pool import PoolMachine
 from exchange.profile import Profile
@@ -160,6 +160,9 @@ class Venue:
                 "borrows": dict(account.borrows),
                 "unsettled_equity": account.unsettled_equity,
                 "liquidating": account.liquidating,
+                "open_orders": len(account.open_orders),
+                "liquidation_prices": {s: estimate_liquidation_price(account, s) for s, p in account.positions.items()
+                                       if p.quantity},
                 "liquidations": sum(1 for s in history.get(account_id, []) if s.stage == "start"),
             }
         trades: dict[str, list[Any]] = {s: [0, ZERO] for s in self.markets}

@@ -1,4 +1,4 @@
-"""The ``marginsim`` command line: run, list, explain, demo, fuzz, position, serve, replay.
+"""The ``marginsim`` command line: run, list, explain, export, sweep, demo, fuzz, position, serve, replay.
 
 Exit status: 0 when a run's expectations all hold, 1 when one fails (or the run stopped early:
 an actor crashed, an invariant broke, it stalled), 2 when the input is bad (the message names
@@ -27,9 +27,9 @@ from rich.table import Table
 
 from actors.system import Interrupted
 from exchange import margin
-from exchange.decimals import fmt, fmt_pct
+from exchange.decimals import floor_to, fmt, fmt_pct
 from exchange.ledger import Settings, SubAccount
-from exchange.liquidation import describe_step
+from exchange.liquidation import describe_estimate, describe_step
 from exchange.orders import Fill, Side
 from exchange.profile import MAX_QUANTITY, available_profiles, load_profile
 from exchange.validation import MAX_SECONDS, MILLISECOND, InputError, did_you_mean
@@ -126,8 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
     explainer.add_argument("--account", metavar="ID", help="explain this sub-account's liquidations and refusals")
     explainer.add_argument("--order", metavar="ID", help="explain this order")
 
+    exporter = commands.add_parser(
+        "export", help="an event log as tables (CSV or Parquet): orders, fills, liquidation steps, ...",
+        description="Read an event log written by `marginsim run --log` and write one table per kind into DIR: "
+        "events, orders, fills, liquidation_steps, account_samples, funding, interest, transfers. CSV keeps the "
+        "log's exact decimals; Parquet (pip install 'marginsim[data]') holds numbers as float64.",
+    )
+    exporter.add_argument("log", type=Path, metavar="LOG", help="an events .jsonl file")
+    exporter.add_argument("--to", type=Path, metavar="DIR", required=True, help="the folder to write the tables into")
+    exporter.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
+
+    sweeper = commands.add_parser(
+        "sweep", help="a scenario over many seeds and a grid of settings, outcomes compared",
+        description="Run SCENARIO at every seed for every combination of the --set values (their cartesian "
+        "product), on a process pool of --jobs, and print per combination: liquidations started, bankruptcies, ADL "
+        "steps and the liquidity fund's balance, each as mean, standard deviation, min and max across seeds.",
+    )
+    sweeper.add_argument("scenario", metavar="FILE", help="a scenario .toml file or a shipped scenario's name")
+    sweeper.add_argument("--seeds", default="0..9", metavar="A..B", help="seeds: a range 0..99 (both ends) or a "
+                         "list 1,2,5 (default 0..9)")
+    sweeper.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", dest="grid",
+                         help="a field and the values to try, e.g. --set accounts[0].leverage_limit=5,10 (repeatable)")
+    sweeper.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (default 1)")
+    sweeper.add_argument("--report", type=Path, metavar="DIR", help="write sweep.csv, runs.csv and sweep.png into DIR")
+
     demo = commands.add_parser(
-        "demo", help="watch a scenario live in the terminal",
+        "demo", help="watch a scenario live in the terminal, or in a web page (--web)",
         description="Run a scenario at a readable clock rate with a live dashboard: prices, books, each "
         "sub-account's equity and IMR/MMR, fills, refusals and liquidation steps. It is the same run as "
         "`marginsim run` with the same seed (same fingerprint), only paced. Keys (in a terminal): space pause, "
@@ -137,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(demo)
     demo.add_argument("--rate", type=_positive_seconds, default=5.0,
                       help="virtual seconds per real second (default %(default)s)")
+    demo.add_argument("--web", action="store_true", help="play it in a web page instead (prints its URL; offline, "
+                      "nothing fetched from elsewhere): the run is computed, then the page plays its events")
+    demo.add_argument("--port", type=_port, default=8000, help="--web: the port on 127.0.0.1 (default 8000; 0: any)")
+    demo.add_argument("--log", type=Path, metavar="EVENTS.jsonl", help="--web: play this saved event log instead of "
+                      "running the scenario")
+    demo.add_argument("--start-paused", action="store_true", help="wait for play (space; in the page, its button)")
+    demo.add_argument("--pause-on", action="append", default=[], choices=("liquidation", "bankruptcy", "refusal"),
+                      help="stop the clock at the next such event (repeatable; space goes on)")
 
     fuzzer = commands.add_parser(
         "fuzz", help="hunt race conditions: random scenarios with seeded faults, checked live",
@@ -279,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"run": _run, "list": _list, "explain": _explain, "demo": _demo, "fuzz": _fuzz, "position": _position,
-                "serve": _serve, "replay": _replay}
+    handlers = {"run": _run, "list": _list, "explain": _explain, "export": _export, "sweep": _sweep, "demo": _demo, "fuzz": _fuzz,
+                "position": _position, "serve": _serve, "replay": _replay}
     previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job: SIGTERM still needs SIGINT
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -408,6 +440,10 @@ def summary_document(outcome: runner.ScenarioRun) -> dict[str, Any]:
                 key: _plain(row[key]) for key in ("net_equity", "imr", "mmr", "available", "balances", "positions",
                                                    "borrows", "lends", "unsettled_equity", "liquidations")
             }
+            document["accounts"][account].update(
+                open_orders=row["open_orders"],
+                status=runner.account_status(row, outcome.scenario.profile.settlement_asset),
+                liquidation_prices={s: _plain(attrs.asdict(e)) for s, e in row["liquidation_prices"].items()})
             document["accounts"][account]["liquidation_history"] = [
                 _plain(attrs.asdict(step)) for step in result.history.get(account, [])
             ]
@@ -431,14 +467,31 @@ def print_summary(outcome: runner.ScenarioRun, console: Console) -> None:
         console.print(f"fingerprint {outcome.failure.fingerprint} (of the event log up to the stop)")
         return
     assert result is not None
+    rows = result.summary["accounts"]
+    shown = [c for c in ("borrows", "lends") if any(r[c] for r in rows.values())]
     accounts = Table(title="sub-accounts", title_justify="left")
-    for column in ("account", "net equity", "IMR", "MMR", "positions", "borrows", "lends", "liquidations"):
-        accounts.add_column(column, justify="right" if column not in ("account", "positions", "borrows", "lends") else "left")
-    for account, row in result.summary["accounts"].items():
-        accounts.add_row(account, fmt(row["net_equity"], 2), fmt_pct(row["imr"]), fmt_pct(row["mmr"]),
-                         _holdings(row["positions"]), _holdings(row["borrows"]), _holdings(row["lends"]),
-                         str(row["liquidations"]))
+    for column in ("account", "net equity", "IMR", "MMR", "balances", "positions", *shown, "open orders",
+                   "liquidations", "status"):
+        accounts.add_column(column, justify="right" if column in ("net equity", "IMR", "MMR", "open orders",
+                                                                   "liquidations") else "left")
+    settle = scenario.profile.settlement_asset
+    for account, row in rows.items():
+        empty = row["net_equity"] <= 0 and not (row["positions"] or row["borrows"])  # no ratio to show
+        accounts.add_row(account, fmt(floor_to(row["net_equity"], runner.CENT)), "-" if empty else fmt_pct(row["imr"]),
+                         "-" if empty else fmt_pct(row["mmr"]), _holdings(row["balances"]),
+                         _holdings(row["positions"]), *(_holdings(row[c]) for c in shown), str(row["open_orders"]),
+                         str(row["liquidations"]), runner.account_status(row, settle))
     console.print(accounts)
+    estimates = Table(title="estimated liquidation prices (single-position, rounded toward the mark)",
+                      title_justify="left")
+    for column in ("account", "position", "estimate (method: why)"):
+        estimates.add_column(column, justify="left")
+    for account, row in rows.items():
+        for symbol, estimate in row["liquidation_prices"].items():
+            quantity = row["positions"][symbol]
+            estimates.add_row(account, f"{fmt(quantity)} {symbol}", describe_estimate(estimate, quantity))
+    if estimates.row_count:
+        console.print(estimates)
     markets = Table(title="markets", title_justify="left")
     for column in ("market", "trades", "volume (USDC)", "funding paid"):
         markets.add_column(column, justify="left" if column == "market" else "right")
@@ -500,11 +553,97 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from scenarios import export
+
+    events = explain.read_events(args.log)
+    if args.to.exists() and not args.to.is_dir():
+        raise InputError("--to", "--to", f"{args.to} (a file)", "a folder to write the tables into (made if missing)")
+    if args.format == "parquet":
+        try:
+            import pandas  # noqa: F401
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise InputError("--format", "--format", "parquet without pandas and pyarrow installed",
+                             "csv, or install the data extra: pip install 'marginsim[data]'") from None
+        counts = export.write_parquet(events, args.to)
+    else:
+        counts = export.write_csv(events, args.to)
+    for name, count in counts.items():
+        print(f"{args.to / f'{name}.{args.format}'}  {count} rows")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from scenarios import sweep
+
+    seeds = sweep.parse_seeds(args.seeds)
+    combinations = sweep.grid(args.grid)
+    if args.report is not None and args.report.exists() and not args.report.is_dir():
+        raise InputError("--report", "--report", f"{args.report} (a file)", "a folder for the sweep's tables and chart")
+    result = sweep.sweep(args.scenario, seeds, combinations, jobs=args.jobs)
+    table = Table(title=f"sweep of {args.scenario}: {len(seeds)} seeds x {len(combinations)} combination(s), "
+                  f"{result.elapsed_s:.1f}s", title_justify="left")
+    rows = sweep.rows(result)
+    for column in ("settings", "runs", "failed", *(f"{m} mean [min..max]" for m in sweep.METRICS)):
+        table.add_column(column, justify="left" if column == "settings" else "right")
+    for row in rows:
+        table.add_row(row["settings"], row["runs"], row["failed"],
+                      *(f"{row[f'{m} mean']} [{row[f'{m} min']}..{row[f'{m} max']}]" for m in sweep.METRICS))
+    Console().print(table)
+    print("failed: runs whose expectations did not all hold (or that stopped early); standard deviations in "
+          "--report's sweep.csv")
+    if args.report is not None:
+        for path in sweep.write_report(result, args.report):
+            print(path)
+    return 0
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
+def _demo_web(args: argparse.Namespace, scenario: loader.Scenario) -> int:
+    """The run's events (from --log, or a run now) played by the web dashboard until Ctrl-C."""
+    from web import dashboard
+
+    if args.log is not None:
+        events = explain.read_events(args.log)
+        seed, until_ms = args.seed if args.seed is not None else scenario.seed, max((e["t"] for e in events), default=0)
+    else:
+        outcome = runner.run(scenario, seed=args.seed, until_s=args.until)
+        if outcome.result is None:
+            print(f"the run stopped early ({outcome.failure}); nothing to play", file=sys.stderr)
+            return 1
+        events, seed, until_ms = outcome.result.events, outcome.seed, outcome.until_ms
+    perps = [m for m in scenario.profile.perp_markets() if any(e["event"] == "trade" and e["actor"] == f"market:{m.symbol}"
+                                                              for e in events)]
+    market = perps[0] if perps else None
+    meta = {"name": scenario.name, "seed": seed, "until_ms": until_ms, "settle": scenario.profile.settlement_asset,
+            "auto_close": float(scenario.profile.liquidation.auto_close_mmr), "start_paused": args.start_paused,
+            "market": market.symbol if market else None, "base": market.base if market else None,
+            "backstops": {a: {k: float(v) for k, v in capacity.items()} for a, capacity in scenario.backstops}}
+    dashboard.serve(events, meta, port=args.port,
+                    ready=lambda url: print(f"dashboard: {url}  (Ctrl-C to stop)", flush=True))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from scenarios.demo import run_demo
 
     scenario = loader.load(args.scenario, args.overrides)
-    outcome = run_demo(scenario, seed=args.seed, rate=args.rate, until_s=args.until)
+    if args.web:
+        return _demo_web(args, scenario)
+    if args.log is not None:
+        raise InputError("--log", "--log", "without --web", "--web with it (the terminal demo runs the scenario live)")
+    outcome = run_demo(scenario, seed=args.seed, rate=args.rate, until_s=args.until, start_paused=args.start_paused,
+                       pause_on=args.pause_on)
     return 0 if outcome.passed else 1
 
 
@@ -631,7 +770,7 @@ def _position(args: argparse.Namespace) -> int:
         f"  margin fraction        {fmt(summary.margin_fraction, 6)}",
         f"  IMR                    {fmt_pct(summary.imr, 3)}   (orders that add risk are refused at 100%)",
         f"  MMR                    {fmt_pct(summary.mmr, 3)}   (liquidation starts at 100%)",
-        f"  est. liquidation price {fmt(estimate.price, 2)}   ({estimate.method}: {estimate.reason})",
+        f"  est. liquidation price {describe_estimate(estimate, args.size)}",
     ]
     print("\n".join(lines))
     return 0

@@ -51,10 +51,10 @@ from rich.text import Text
 from actors.agents import ScriptedTrader
 from actors.events import Event
 from actors.system import RunFailed, System
-from exchange.decimals import fmt, fmt_pct
+from exchange.decimals import ZERO, ceil_to, floor_to, fmt, fmt_pct
 from exchange.protocol import PlaceOrder
 from scenarios.loader import Scenario
-from scenarios.runner import ScenarioRun, build, judge
+from scenarios.runner import CENT, ScenarioRun, build, judge
 
 FRAME_S = 0.1  # real seconds between redraws
 SPARK_POINTS = 20  # samples in a price line, one per price interval at most
@@ -105,6 +105,17 @@ class DemoState:
     books: dict[str, Event | None] = attrs.field(factory=dict)  # market -> last book_top
     health: dict[str, Event | None] = attrs.field(factory=dict)  # account -> last health sample
     feed: deque[Event] = attrs.field(factory=lambda: deque(maxlen=FEED_LINES))
+    pause_on: frozenset[str] = frozenset()  # "liquidation", "bankruptcy", "refusal": stop the clock there
+    # (account, market) -> the position after the newest fill, so the accounts panel and the
+    # feed show one instant even between two health samples.
+    positions: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)
+    fund_held: Decimal = ZERO  # the liquidator's fund (its events report it) ...
+    fund_fees: Decimal = ZERO  # ... and the books' liquidation fees, as the run's summary counts them
+    backstop_used: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)  # (provider, market) -> notional
+    capacity: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)
+    adl_parties: dict[str, None] = attrs.field(factory=dict)
+    bankrupt: dict[str, None] = attrs.field(factory=dict)
+    settle: str = "USDC"
     _sampled: int = attrs.field(default=-1, init=False)  # the last sample's slot (now_ms // sample_ms)
 
     @classmethod
@@ -113,9 +124,11 @@ class DemoState:
         """Empty, with a row for every sub-account and market the scenario names."""
         markets = scenario_markets(scenario)
         accounts = tuple(a.id for a in scenario.accounts)
+        capacity = {(a, m): q for a, cap in scenario.backstops for m, q in cap.items()}
         return cls(scenario.name, seed, until_ms, rate, watched_symbols(scenario, markets), accounts,
                    sample_ms=scenario.price_interval_ms, interactive=interactive,
-                   books=dict.fromkeys(markets), health=dict.fromkeys(accounts))
+                   books=dict.fromkeys(markets), health=dict.fromkeys(accounts), capacity=capacity,
+                   settle=scenario.profile.settlement_asset)
 
     def on_event(self, event: Event) -> None:
         self.now_ms = max(self.now_ms, event["t"])
@@ -125,9 +138,39 @@ class DemoState:
         elif kind == "book_top":
             self.books[event["actor"].removeprefix("market:")] = event
         elif kind == "health":
-            self.health[event["actor"].removeprefix("account:")] = event
-        elif kind in FEED_KINDS:
+            account = event["actor"].removeprefix("account:")
+            self.health[account] = event
+            for market in [m for (a, m) in self.positions if a == account]:
+                del self.positions[(account, market)]  # the sample is the newer word
+        elif kind in ("fund_flow", "lenders_compensated") and event.get("asset", self.settle) == self.settle:
+            self.fund_held = event["fund"]
+        if kind == "fill":
+            if event.get("position") is not None:
+                self.positions[(event["actor"].removeprefix("account:"), event["market"])] = event["position"]
+            if event.get("liquidation_fee") and str(event["market"]).endswith("_PERP"):
+                self.fund_fees += event["liquidation_fee"]
+        elif kind == "liquidation_step":
+            self._step(event)
+        if kind in FEED_KINDS:
             self.feed.append(event)
+
+    def _step(self, event: Event) -> None:
+        reason = str(event["reason"])
+        if event["stage"] == "backstop" and " taken by " in reason:
+            provider = reason.split(" taken by ", 1)[1].split(" ", 1)[0]
+            key = (provider, str(event["market"]))
+            self.backstop_used[key] = self.backstop_used.get(key, ZERO) + event["quantity"] * event["price"]
+        elif event["stage"] == "adl" and "closed against " in reason:
+            self.adl_parties[reason.split("closed against ", 1)[1].split(" ", 1)[0]] = None
+        elif event["stage"] == "bankruptcy":
+            self.bankrupt[event["account"]] = None
+
+    def should_pause(self, event: Event) -> bool:
+        """Whether ``event`` is one the lecture asked to stop at (``--pause-on``)."""
+        kind = event["event"]
+        return (("refusal" in self.pause_on and kind == "order_rejected")
+                or ("liquidation" in self.pause_on and kind == "liquidation_step")
+                or ("bankruptcy" in self.pause_on and kind == "liquidation_step" and event["stage"] == "bankruptcy"))
 
     def _price(self, symbol: str, price: Decimal) -> None:
         line = self.prices.get(symbol)
@@ -233,7 +276,8 @@ def feed_line(event: Event) -> Text:
             text += f"  largest that passes {fmt(event['max_quantity'])}"
         return Text(t + text, style="yellow", no_wrap=True, overflow="ellipsis")
     stage = event["stage"]
-    text = f"liq {stage:<9}{event['account']}"
+    t = f"{int(event.get('at', event['t'])) / 1000:8.3f}s "  # the step's own time, as run prints it
+    text = f"liq {stage:<10} {event['account']}"
     if event.get("quantity"):
         text += (f" {_side(event['side'])} {fmt(event['quantity'])} {event['market']} {_price_part(event['price'])}"
                  f"  MMR {fmt_pct(event['mmr_before'])} -> {fmt_pct(event['mmr_after'])}")
@@ -254,13 +298,29 @@ def header(state: DemoState) -> Panel:
     return Panel(line, title="marginsim demo", title_align="left")
 
 
-def _table(*columns: str, right: tuple[str, ...] = (), wrap: tuple[str, ...] = (), title: str | None = None) -> Table:
+def _table(*columns: str, right: tuple[str, ...] = (), wrap: tuple[str, ...] = (), title: str | None = None,
+           widths: dict[str, int] | None = None) -> Table:
     """A borderless table, left-justified except the ``right`` columns; only the ``wrap``
-    columns give up width when the console is narrow."""
+    columns give up width when the console is narrow; ``widths`` keeps columns from changing
+    width between frames."""
     table = Table(title=title, title_justify="left", expand=True, box=None)
     for column in columns:
-        table.add_column(column, justify="right" if column in right else "left", no_wrap=column not in wrap)
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=column not in wrap,
+                         min_width=(widths or {}).get(column))
     return table
+
+
+def fund_panel(state: DemoState) -> Text:
+    """The liquidity fund, what the backstop providers can still take, and who ADL closed against."""
+    fund = state.fund_held + state.fund_fees
+    line = Text.assemble("liquidity fund ", (f"{fmt(fund, 2)} {state.settle}", "red" if fund < 0 else ""))
+    for (provider, market), most in state.capacity.items():
+        left = max(most - state.backstop_used.get((provider, market), ZERO), ZERO)
+        line.append(f"   backstop {provider} {market}: {fmt(left, 2)} of {fmt(most)} left")
+    if not state.capacity:
+        line.append("   no backstop provider")
+    line.append("   ADL against: " + (", ".join(state.adl_parties) or "nobody yet"))
+    return line
 
 
 def prices_table(state: DemoState) -> Table:
@@ -292,22 +352,34 @@ def _shown_accounts(state: DemoState) -> list[str]:
     """All sub-accounts in scenario order, or the riskiest by MMR when there are too many."""
     if len(state.accounts) <= MAX_ACCOUNTS:
         return list(state.accounts)
-    mmr = {a: sample["mmr"] for a, sample in state.health.items() if sample is not None}
-    return sorted(mmr, key=mmr.__getitem__, reverse=True)[:MAX_ACCOUNTS]
+    def risk(account: str) -> tuple[bool, bool, Decimal]:
+        sample = state.health[account]
+        assert sample is not None
+        return account in state.bankrupt, bool(sample["liquidating"]), sample["mmr"]
+
+    shown = [a for a, sample in state.health.items() if sample is not None]
+    return sorted(shown, key=risk, reverse=True)[:MAX_ACCOUNTS]  # bankrupt and liquidating ones stay on
 
 
 def accounts_table(state: DemoState, bar_width: int = BAR_WIDTH) -> Table:
     table = _table("account", "net equity", "IMR", "MMR", "positions, borrows", "", right=("net equity",),
-                   wrap=("positions, borrows",))
+                   wrap=("positions, borrows",), widths={"account": 8, "net equity": 13})
     for account in _shown_accounts(state):
         sample = state.health[account]
         if sample is None:
             table.add_row(account, "-", "-", "-", "-", "")
             continue
-        holdings = [f"{fmt(q)} {m}" for m, q in sample["positions"].items() if q]
+        positions = {**sample["positions"], **{m: q for (a, m), q in state.positions.items() if a == account}}
+        holdings = [f"{fmt(q)} {m}" for m, q in positions.items() if q]
         holdings += [f"borrowed {fmt(q, 2)} {a}" for a, q in sample["borrows"].items() if q]
+        debt = -sample.get("unsettled_equity", ZERO)
+        if account in state.bankrupt and debt > 0:
+            status = Text(f"bankrupt, owes the fund {fmt(ceil_to(debt, CENT))}", style="bold red")
+            table.add_row(account, fmt(floor_to(sample["net_equity"], CENT)), "-", "-", ", ".join(holdings) or "-",
+                          status)
+            continue
         status = Text("liquidating", style="bold red") if sample["liquidating"] else Text("")
-        table.add_row(account, fmt(sample["net_equity"], 2), ratio_bar(sample["imr"], bar_width),
+        table.add_row(account, fmt(floor_to(sample["net_equity"], CENT)), ratio_bar(sample["imr"], bar_width),
                       ratio_bar(sample["mmr"], bar_width), ", ".join(holdings) or "-", status)
     return table
 
@@ -331,6 +403,7 @@ def dashboard(state: DemoState, width: int) -> RenderableType:
         header(state),
         Panel(markets, title="market", title_align="left"),
         Panel(accounts, title=accounts_title, title_align="left"),
+        Panel(fund_panel(state), title="fund, backstop, ADL", title_align="left"),
         Panel(feed, title="fills, refusals, liquidation steps", title_align="left"),
     )
 
@@ -371,6 +444,12 @@ class _Demo:
     def on_event(self, event: Event) -> None:
         self.wait_until(event["t"])
         self.state.on_event(event)
+        if self.state.should_pause(event) and not self.state.paused and not self.state.finishing:
+            self.state.paused = True  # the clock stops at this instant; space or s goes on
+            self.hold_ms = event["t"]
+            self.anchor = (time.monotonic(), event["t"])
+            self.draw(force=True)
+            return
         self.draw()
 
     def on_progress(self, now_ms: int) -> None:
@@ -478,13 +557,17 @@ def run_demo(
     console: Console | None = None,
     until_s: float | None = None,
     interactive: bool | None = None,
+    start_paused: bool = False,
+    pause_on: Sequence[str] = (),
 ) -> ScenarioRun:
     """Run ``scenario`` at ``rate`` virtual seconds per real second with a live dashboard on
     ``console``, print the expectations' results and return the run: the same run, event for
     event, as ``runner.run`` with this seed.
 
     ``interactive`` (default: the console is a terminal and so is stdin, which it needs) reads
-    keys from stdin: space, s, +, -, q (see the module docstring)."""
+    keys from stdin: space, s, +, -, q (see the module docstring). ``start_paused`` and
+    ``pause_on`` (``liquidation``, ``bankruptcy``, ``refusal``: the clock stops at the next such
+    event) need those keys to go on, so they are ignored without them."""
     if rate <= 0:
         raise ValueError(f"rate must be positive, not {rate}")
     console = console if console is not None else Console()
@@ -494,6 +577,9 @@ def run_demo(
         interactive = console.is_terminal and sys.stdin.isatty()
     keys_fd = sys.stdin.fileno() if interactive else None
     state = DemoState.for_scenario(scenario, seed, until_ms, rate, interactive)
+    if interactive:
+        state.pause_on = frozenset(pause_on)
+        state.paused = start_paused
     with Live(dashboard(state, console.width), console=console, auto_refresh=False) as live, _cbreak(keys_fd):
         demo = _Demo(state, live, keys_fd)
         system, scripts = build(scenario, seed, progress=demo.on_progress)

@@ -18,7 +18,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from exchange.decimals import fmt, fmt_pct
+from exchange.decimals import ZERO, fmt, fmt_pct
+from exchange.liquidation import LiquidationStep, describe_estimate, describe_step
+from exchange.margin import LiquidationPriceEstimate
 from exchange.validation import InputError
 
 Event = dict[str, Any]
@@ -158,53 +160,78 @@ def _why_refused(event: Event) -> list[str]:
     return [f"  {event.get('message', '')}"]
 
 
+END_STAGES = ("healthy", "closed", "bankruptcy")
+
+
+def step_from_event(event: Event) -> LiquidationStep:
+    """A ``liquidation_step`` event read back as the history row it was written from, so the
+    log's answers use the same words and rounding as ``run`` (``describe_step``)."""
+    def num(key: str) -> Decimal | None:
+        return number(event.get(key))
+
+    return LiquidationStep(
+        time_ms=int(event.get("at", event["t"])), stage=event["stage"], reason=event["reason"],
+        mmr_before=num("mmr_before") or ZERO, mmr_after=num("mmr_after") or ZERO, market=event.get("market"),
+        side=event.get("side"), quantity=num("quantity") or ZERO, price=num("price"), fee=num("fee") or ZERO,
+        taker_fee=num("taker_fee") or ZERO, liquidation_fee=num("liquidation_fee") or ZERO, mark=num("mark"),
+        planned_mark=num("planned_mark"), mmr_after_at_planned_mark=num("mmr_after_at_planned_mark"),
+        position_after=num("position_after"))
+
+
 def explain_account(events: Sequence[Event], account: str) -> list[str]:
+    """A sub-account's refusals and liquidation steps in time order, with the estimate it was
+    liquidated against, who absorbed its losses, and how its story stood when the log ends."""
     address = f"account:{account}"
     if not any(e["actor"] == address or e.get("account") == account for e in events):
         return [f"No sub-account {account} in this log."]
-    lines: list[str] = []
-    positions: dict[str, Decimal] = {}
-    steps = 0
+    timed: list[tuple[int, str]] = []  # (when it happened, line): steps are logged after their loop ends
+    steps: list[LiquidationStep] = []
+    last_health: Event | None = None
     for event in events:
         kind = event["event"]
-        if event["actor"] == address and kind == "fill":
-            positions[event["market"]] = number(event.get("position")) or Decimal(0)
-        elif event["actor"] == address and kind == "order_rejected":
-            lines.append(f"{_t(event)} order {event['order_id']} refused ({event['code']}): "
-                         f"{event.get('message', '')}")
+        if event["actor"] == address and kind == "order_rejected":
+            timed.append((event["t"], f"{_t(event)} order {event['order_id']} refused ({event['code']}): "
+                                      f"{event.get('message', '')}"))
+        elif event["actor"] == address and kind == "health":
+            last_health = event
+        elif event["actor"] == address and kind == "liquidating":
+            timed.extend((event["t"], line) for line in _estimates(event))
+        elif kind == "fund_flow" and event.get("account") == account and event.get("reason") == "covered a shortfall":
+            timed.append((event["t"], f"{_t(event)} the liquidity fund absorbed its debt: it paid "
+                          f"{_num(-(number(event['quantity']) or ZERO))} {event.get('asset')} to cover the shortfall "
+                          f"(fund now {_num(event.get('fund'))} {event.get('asset')})."))
+        elif kind == "lenders_compensated" and event.get("account") == account:
+            timed.append((event["t"], f"{_t(event)} its {_num(event.get('debt'))} {event.get('asset')} borrow was "
+                          f"written off; the liquidity fund paid the lenders ({event.get('detail', '')}) at "
+                          f"{_num(event.get('price'))}."))
         elif kind == "liquidation_step" and event.get("account") == account:
-            steps += 1
-            lines.append(_describe_step(event, positions))
+            step = step_from_event(event)
+            steps.append(step)
+            timed.append((step.time_ms, describe_step(step)))
+    lines = [line for _, line in sorted(timed, key=lambda pair: pair[0])]
     if not steps:
         lines.append(f"Sub-account {account} was never liquidated.")
+    elif steps[-1].stage not in END_STAGES:
+        lines.append(f"The run ended mid-liquidation: the last step was {steps[-1].stage} at "
+                     f"t={steps[-1].time_ms / 1000:.3f}s and the liquidation had not finished.")
+    if last_health is not None and (not steps or steps[-1].stage in END_STAGES):
+        mmr = number(last_health.get("mmr"))
+        if mmr is not None and mmr >= 1 and not mmr.is_infinite() or (mmr is not None and mmr.is_infinite()
+                                                                       and last_health.get("positions")):
+            lines.append(f"Liquidation pending: at its last sample ({_t(last_health)}) MMR was {fmt_pct(mmr)}, at or "
+                         "over 100%; the run ended before the next liquidation loop.")
     return lines
 
 
-def _describe_step(event: Event, positions: dict[str, Decimal]) -> str:
-    stage = event["stage"]
-    mmr = f"MMR {_pct(event.get('mmr_before'))} -> {_pct(event.get('mmr_after'))}"
-    if stage == "start":
-        return f"{_t(event)} liquidation started. {event['reason']}."
-    if stage in ("healthy", "closed", "bankruptcy") and not event.get("market"):
-        return f"{_t(event)} liquidation ended ({stage}): {event['reason']}."
-    if stage == "fund":
-        return f"{_t(event)} {event['reason']}."
-    if stage == "waiting":
-        return f"{_t(event)} waiting for liquidity ({mmr}): {event['reason']}."
-    market = event.get("market")
-    verb = {"Ask": "sold", "Bid": "bought back"}.get(str(event.get("side")), "moved")
-    how = {
-        "book": "on the book",
-        "conversion": "on the book (collateral conversion)",
-        "backstop": "to a backstop provider at mark",
-        "adl": "by auto-deleveraging at mark",
-        "bankruptcy": "written off",
-    }.get(stage, stage)
-    left = positions.get(str(market))
-    remaining = f"; {fmt(left)} left" if left is not None and stage in ("book", "backstop", "adl") else ""
-    fee = f", fee {_num(event.get('fee'))}" if number(event.get("fee")) else ""
-    return (f"{_t(event)} {verb} {_num(event.get('quantity'))} {market} at {_num(event.get('price'))} {how}{fee}: "
-            f"{mmr}{remaining}. ({event['reason']})")
+def _estimates(event: Event) -> list[str]:
+    """The single-position estimate each position had when the liquidation started."""
+    lines = []
+    for symbol, e in sorted((event.get("estimates") or {}).items()):
+        quantity = number(e.get("quantity")) or ZERO
+        estimate = LiquidationPriceEstimate(number(e.get("price")), str(e.get("method")), str(e.get("reason")))
+        lines.append(f"{_t(event)} {fmt(quantity)} {symbol} at mark {_num(e.get('mark'))}: its estimated liquidation "
+                     f"price was {describe_estimate(estimate, quantity)}.")
+    return lines
 
 
 def overview(events: Iterable[Event]) -> list[str]:

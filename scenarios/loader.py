@@ -361,7 +361,8 @@ def locate(text: str, field: str) -> int | None:
 def _prefix(table: list[tuple[str, int | None]], target: list[tuple[str, int | None]]) -> int:
     depth = 0
     for (name, index), (t_name, t_index) in zip(table, target):
-        if name != t_name or (index is not None and index != t_index):
+        # A target without an index (an unknown array such as ``expectations``) is found at its first table.
+        if name != t_name or (index is not None and t_index is not None and index != t_index):
             break
         depth += 1
     return depth

@@ -28,11 +28,11 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from exchange.decimals import fmt, fmt_pct
+from exchange.decimals import floor_to, fmt, fmt_pct
 from exchange.orders import Origin
 from exchange.profile import Profile
 from exchange.validation import InputError
-from scenarios.runner import Outcome, ScenarioRun
+from scenarios.runner import CENT, Outcome, ScenarioRun, account_status
 
 Event = Mapping[str, Any]
 
@@ -45,8 +45,10 @@ STAGE_COLORS = {
 OTHER_STAGE_COLOR = "tab:pink"
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+div.wide { overflow-x: auto; margin: 0.5em 0 1.5em; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+td.reason { min-width: 18em; max-width: 36em; overflow-wrap: anywhere; font-size: 0.92em; }
 th { background: #f3f3f3; }
 tr.pass td:first-child { color: #1a7f37; font-weight: bold; }
 tr.fail td:first-child { color: #cf222e; font-weight: bold; }
@@ -195,6 +197,12 @@ def _draw_charts(run: ScenarioRun, directory: Path) -> list[Chart]:
         what = "index and mark" if profile.markets[market].is_perp else "index"
         charts.append(_save(figure, directory, f"prices-{market}.png",
                             f"{market}: {what} over time, with its trades (liquidation trades as crosses)."))
+    fund = _fund_series(events, profile.settlement_asset)
+    if fund:
+        charts.append(_save(_fund_figure(fund, _by_kind(events, "liquidation_step", "liquidator"), profile, end_ms),
+                            directory, "fund.png", f"The liquidity fund ({profile.settlement_asset}) over time: "
+                            "liquidation fees and residual equity in, shortfalls and lender compensation out; "
+                            "bankruptcies marked."))
     samples = _grouped(events, "health", _owner)
     steps = _grouped(events, "liquidation_step", lambda e: e["account"])
     for account in summary["accounts"]:
@@ -210,6 +218,44 @@ def _draw_charts(run: ScenarioRun, directory: Path) -> list[Chart]:
                                 f"{account}: what each liquidation step sold and at which price (bars), and the "
                                 f"position left after it (line)."))
     return charts
+
+
+def _fund_series(events: Iterable[Event], settle: str) -> list[tuple[int, Decimal]]:
+    """The fund's balance after each change: what the liquidator holds (the ``fund`` its events
+    report) plus the liquidation fees the books collected on liquidation fills, as the run's
+    summary counts it. Empty when the fund never moved."""
+    held = fees = Decimal(0)
+    series: list[tuple[int, Decimal]] = []
+    for event in events:
+        kind = event["event"]
+        if kind in ("fund_flow", "lenders_compensated") and event.get("asset", settle) == settle:
+            held = Decimal(event["fund"])
+        elif kind == "fill" and event.get("liquidation_fee") and event.get("market", "").endswith("_PERP"):
+            fees += Decimal(event["liquidation_fee"])
+        else:
+            continue
+        series.append((int(event["t"]), held + fees))
+    return series
+
+
+def _fund_figure(series: Sequence[tuple[int, Decimal]], steps: Sequence[Event], profile: Profile,
+                 end_ms: int) -> Figure:
+    figure = _new_figure(10, 3.2)
+    ax = figure.subplots()
+    _step_line(ax, [(0, Decimal(0)), *series], end_ms, color="tab:brown", label="liquidity fund")
+    ax.axhline(0, color="black", linewidth=0.8)
+    bankrupt = [s for s in steps if s["stage"] == "bankruptcy"]
+    for i, step in enumerate(bankrupt):
+        ax.axvline(_seconds(_step_ms(step)), color="black", linestyle=":", alpha=0.6,
+                   label="a bankruptcy" if i == 0 else None)
+    ax.set_title("liquidity fund")
+    ax.set_ylabel(profile.settlement_asset)
+    ax.set_xlabel("time (s)")
+    ax.set_xlim(0, _seconds(end_ms))
+    ax.grid(alpha=0.3)
+    _plain_axis(ax)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    return figure
 
 
 def _safe(name: str) -> str:
@@ -228,6 +274,11 @@ def _new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
+
+
+def _step_ms(step: Event) -> int:
+    """When a step happened (its own time; the log's ``t`` is when the liquidator recorded it)."""
+    return int(step.get("at", step["t"]))
 
 
 def _seconds(ms: int) -> float:
@@ -286,22 +337,32 @@ def _account_figure(account: str, samples: Sequence[Event], steps: Sequence[Even
     figure = _new_figure(10, 6)
     equity_ax, mmr_ax = figure.subplots(2, 1, sharex=True)
     times = [_seconds(s["t"]) for s in samples]
-    equity_ax.plot(times, [float(s["net_equity"]) for s in samples], color="tab:green")
+    equity = [float(s["net_equity"]) for s in samples]
+    equity_ax.plot(times, equity, color="tab:green")
+    if any(e < 0 for e in equity):  # a debt to the fund: shaded, under a zero line, never off the axis
+        equity_ax.fill_between(times, equity, 0, where=[e < 0 for e in equity], color="tab:red", alpha=0.3,
+                               step="post", label="negative equity (owed to the liquidity fund)")
+        equity_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    equity_ax.axhline(0, color="black", linewidth=0.8)
     equity_ax.set_title(f"sub-account {account}")
     equity_ax.set_ylabel(f"net equity ({profile.settlement_asset})")
     _plain_axis(equity_ax)
 
     auto_close = float(profile.liquidation.auto_close_mmr * 100)
     ceiling = MMR_CEILING * auto_close
-    mmr = [_mmr_percent(s["mmr"], ceiling) for s in samples]
+    # No requirement left and no equity (a bankrupt account): MMR means nothing, so none is drawn.
+    mmr = [float("nan") if s["net_equity"] <= 0 and not s.get("maintenance") else _mmr_percent(s["mmr"], ceiling)
+           for s in samples]
     mmr_ax.plot(times, mmr, color="tab:blue", label="MMR")
     mmr_ax.axhline(float(LIQUIDATION_TRIGGER * 100), color="tab:red", linestyle="--",
                    label=f"liquidation starts ({fmt_pct(LIQUIDATION_TRIGGER, 0)})")
     mmr_ax.axhline(auto_close, color="black", linestyle=":",
                    label=f"auto-close to backstop ({fmt_pct(profile.liquidation.auto_close_mmr, 0)})")
     _mark_steps(equity_ax, mmr_ax, steps, ceiling)
-    mmr_ax.set_ylim(0, max([auto_close * 1.2, *(m * 1.05 for m in mmr)]))
-    mmr_ax.set_ylabel(f"MMR (%, clipped at {ceiling:g}%)")
+    clipped = any(m >= ceiling for m in mmr)
+    drawn = [m for m in mmr if m == m]  # without the NaNs
+    mmr_ax.set_ylim(0, ceiling * 1.05 if clipped else max([auto_close * 1.2, *(m * 1.05 for m in drawn)]))
+    mmr_ax.set_ylabel(f"MMR % (>{ceiling:g} drawn at {ceiling:g})" if clipped else "MMR %")
     mmr_ax.set_xlabel("time (s)")
     mmr_ax.set_xlim(0, _seconds(end_ms))
     for ax in (equity_ax, mmr_ax):
@@ -318,8 +379,8 @@ def _mark_steps(equity_ax: Axes, mmr_ax: Axes, steps: Sequence[Event], ceiling: 
         color = _stage_color(stage)
         for step in chosen:
             for ax in (equity_ax, mmr_ax):
-                ax.axvline(_seconds(step["t"]), color=color, alpha=0.35, linewidth=1)
-        mmr_ax.scatter([_seconds(s["t"]) for s in chosen], [_mmr_percent(s["mmr_after"], ceiling) for s in chosen],
+                ax.axvline(_seconds(_step_ms(step)), color=color, alpha=0.35, linewidth=1)
+        mmr_ax.scatter([_seconds(_step_ms(s)) for s in chosen], [_mmr_percent(s["mmr_after"], ceiling) for s in chosen],
                        color=color, s=18, zorder=3, label=f"step: {stage}")
 
 
@@ -358,16 +419,20 @@ def _holdings(values: Mapping[str, Decimal]) -> str:
     return ", ".join(f"{fmt(q)} {s}" for s, q in values.items() if q) or "-"
 
 
-def _row(cells: Sequence[str], css: str = "") -> str:
-    """A table row; cells are escaped here, so callers pass plain text."""
+def _row(cells: Sequence[str], css: str = "", *, prose_last: bool = False) -> str:
+    """A table row; cells are escaped here, so callers pass plain text. ``prose_last`` wraps the
+    last cell (a reason) in a column of its own width, so the table fits the page."""
     attribute = f' class="{css}"' if css else ""
-    return f"<tr{attribute}>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
+    tds = [f"<td>{html.escape(cell)}</td>" for cell in cells]
+    if prose_last and tds:
+        tds[-1] = f'<td class="reason">{html.escape(cells[-1])}</td>'
+    return f"<tr{attribute}>" + "".join(tds) + "</tr>"
 
 
 def _table(headers: Sequence[str], rows: Iterable[str]) -> str:
-    """A table of ``_row`` rows under escaped headers."""
+    """A table of ``_row`` rows under escaped headers, scrolling sideways rather than overflowing."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def _overview(run: ScenarioRun) -> str:
@@ -397,19 +462,22 @@ def _outcome_row(outcome: Outcome) -> str:
 
 def _summary(summary: Mapping[str, Any], settle: str) -> str:
     """The end state: the same tables the terminal summary prints (markets that traded or paid funding)."""
-    accounts = [
-        _row((account, fmt(row["net_equity"], 2), fmt_pct(row["imr"]), fmt_pct(row["mmr"]), _holdings(row["positions"]),
-         _holdings(row["borrows"]), _holdings(row["lends"]), str(row["liquidations"])))
-        for account, row in summary["accounts"].items()
-    ]
+    accounts = []
+    for account, row in summary["accounts"].items():
+        empty = row["net_equity"] <= 0 and not (row["positions"] or row["borrows"])  # no ratio to show
+        accounts.append(_row((
+            account, fmt(floor_to(row["net_equity"], CENT)), "-" if empty else fmt_pct(row["imr"]),
+            "-" if empty else fmt_pct(row["mmr"]), _holdings(row["balances"]), _holdings(row["positions"]),
+            _holdings(row["borrows"]), _holdings(row["lends"]), str(row["open_orders"]), str(row["liquidations"]),
+            account_status(row, settle)), prose_last=True))
     markets = [
         _row((market, str(row["trades"]), fmt(row["volume"], 2), fmt(row["funding_paid"], 6)))
         for market, row in summary["markets"].items() if row["trades"] or row["funding_paid"]
     ]
     parts = [
         "<h2>Sub-accounts at the end</h2>",
-        _table(("account", f"net equity ({settle})", "IMR", "MMR", "positions", "borrows", "lends", "liquidations"),
-               accounts),
+        _table(("account", f"net equity ({settle})", "IMR", "MMR", "balances", "positions", "borrows", "lends",
+                "open orders", "liquidations", "status"), accounts),
         "<h2>Markets</h2>",
         _table(("market", "trades", f"volume ({settle})", "funding paid"), markets) if markets else "<p>No trades.</p>",
     ]
@@ -422,14 +490,18 @@ def _liquidation_steps(steps: Sequence[Event]) -> str:
     """Every liquidation step with its reason: the chart shows how much, this says why."""
     if not steps:
         return ""
-    rows = (
-        _row((f"{_seconds(s['t']):g}s", s["account"], s["stage"], s["market"] or "-", s["side"] or "-",
-              fmt(s["quantity"]), fmt(s["price"], 2), fmt(s["fee"], 6),
-              f"{fmt_pct(s['mmr_before'])} → {fmt_pct(s['mmr_after'])}", s["reason"]))
-        for s in steps
-    )
+    rows = []
+    for s in steps:
+        moved = (f"; at the earlier mark {fmt(s['planned_mark'])}: → {fmt_pct(s['mmr_after_at_planned_mark'])}"
+                 if s.get("planned_mark") is not None and s.get("mmr_after_at_planned_mark") is not None else "")
+        rows.append(_row((
+            f"{_step_ms(s) / 1000:.3f}s", s["account"], s["stage"], s["market"] or "-", s["side"] or "-",
+            fmt(s["quantity"]), fmt(s["price"]), fmt(s.get("mark")), fmt(s.get("taker_fee", 0)),
+            fmt(s.get("liquidation_fee", 0)), fmt(s.get("position_after")),
+            f"{fmt_pct(s['mmr_before'])} → {fmt_pct(s['mmr_after'])}{moved}", s["reason"]), prose_last=True))
     return "<h2>Liquidation steps</h2>\n" + _table(
-        ("time", "account", "stage", "market", "side", "quantity", "price", "fee", "MMR", "reason"), rows)
+        ("time", "account", "stage", "market", "side", "quantity", "price", "mark", "taker fee", "liquidation fee",
+         "left", "MMR", "reason"), rows)
 
 
 def _figures(charts: Sequence[Chart]) -> str:

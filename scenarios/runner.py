@@ -22,7 +22,7 @@ from actors.determinism import stream
 from actors.faults import FaultScript
 from actors.paths import Constant, Linear, PricePath, RandomWalk, Shifted, Steps
 from actors.system import RunFailed, RunResult, System
-from exchange.decimals import INFINITY, ZERO, fmt
+from exchange.decimals import INFINITY, ZERO, ceil_to, fmt, fmt_pct
 from exchange.ledger import Settings
 from exchange.venue import Venue
 from scenarios.loader import Expectation, PathSpec, Scenario
@@ -151,6 +151,23 @@ def run(
             return ScenarioRun(scenario, seed, until_ms, result, failure, ())
     outcomes = tuple(judge(e, result, scripts) for e in scenario.expectations)
     return ScenarioRun(scenario, seed, until_ms, result, None, outcomes)
+
+
+CENT = Decimal("0.01")  # the summary's money column: equity floored, debts ceiled, against the account
+
+
+def account_status(row: dict[str, Any], settle: str) -> str:
+    """What a sub-account's end state means for liquidation, in words: a bankrupt account's debt
+    to the fund, a liquidation the run ended in the middle of, or one the next loop would start."""
+    if row["unsettled_equity"] < 0 and not row["positions"]:
+        return f"bankrupt: owes the liquidity fund {fmt(ceil_to(-row['unsettled_equity'], CENT))} {settle}"
+    if row["liquidations"] and row["net_equity"] <= 0 and not (row["positions"] or row["borrows"]):
+        return "liquidated to zero equity"
+    if row["liquidating"]:
+        return "the run ended mid-liquidation"
+    if row["mmr"] >= 1:
+        return f"liquidation pending: MMR {fmt_pct(row['mmr'])} >= 100%, the next loop starts it"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------

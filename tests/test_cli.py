@@ -186,8 +186,10 @@ def test_counted_expectations_have_an_upper_bound(tmp_path, capsys):
 JSON_KEYS = {"scenario", "description", "seed", "until", "passed", "failure", "fingerprint", "events", "accounts",
              "markets", "fund", "expectations"}
 ACCOUNT_KEYS = {"net_equity", "imr", "mmr", "available", "balances", "positions", "borrows", "lends",
-                "unsettled_equity", "liquidations", "liquidation_history"}
-STEP_KEYS = {"time_ms", "stage", "market", "side", "quantity", "price", "fee", "mmr_before", "mmr_after", "reason"}
+                "unsettled_equity", "liquidations", "liquidation_history", "open_orders", "status",
+                "liquidation_prices"}
+STEP_KEYS = {"time_ms", "stage", "market", "side", "quantity", "price", "fee", "mmr_before", "mmr_after", "reason",
+             "taker_fee", "liquidation_fee", "mark", "planned_mark", "mmr_after_at_planned_mark", "position_after"}
 
 
 def test_json_summary_has_the_documented_keys(tmp_path, capsys):
@@ -231,11 +233,16 @@ def test_explain_a_liquidation(tmp_path, capsys):
     assert "trader: 1 start, 5 book, 1 healthy" in capsys.readouterr().out
     assert main(["explain", str(log), "--account", "trader"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("t=6.000s liquidation started. MMR 150.75%: net equity 400 against maintenance "
+    # The single-position estimate (partial-liquidation's header): 9,950 USDC + 1 BTC bought at
+    # 100,000, MMF 0.00666667: P = (100,000 - 9,950) / (1 - 0.00666667) = 90,654.3627..., shown
+    # rounded up (toward the mark, for a long) as 90,654.37.
+    assert lines[0] == ("t=6.000s 1 BTC_USDC_PERP at mark 90450: its estimated liquidation price was 90654.37 "
+                        "(closed form: MMF flat at its base).")
+    assert lines[1].startswith("t=6.000s start at MMR 150.75% (MMR 150.75%: net equity 400 against maintenance "
                                "margin 603 (1 BTC_USDC_PERP at 90450 needs 603, PnL -9550)")
-    assert lines[1].startswith("t=6.000s sold 0.1 BTC_USDC_PERP at 90440 on the book, fee 4.522: "
-                               "MMR 150.75% -> 137.57%; 0.9 left.")
-    assert lines[-1].startswith("t=11.000s liquidation ended (healthy)")
+    assert lines[2].startswith("t=6.000s book: Ask 0.1 BTC_USDC_PERP at 90440 (mark 90450), taker fee 4.522, "
+                               "liquidation fee 0; MMR 150.75% -> 137.57%; 0.9 left")
+    assert lines[-1].startswith("t=11.000s healthy (")
 
 
 def test_the_event_log_file_is_the_fingerprinted_log(tmp_path, capsys):
@@ -260,3 +267,50 @@ def test_run_differential_says_the_drivers_agree(capsys):
     assert main(["run", "partial-liquidation", "--differential"]) == 0
     assert capsys.readouterr().out == (
         "partial-liquidation, seed 1: the engine and the actors agree exactly (125 events)\n")
+
+
+def test_a_misnamed_expectations_table_is_refused_with_its_line(tmp_path, capsys):
+    """FORMAT.md names the table `[[expect]]`; `[[expectations]]` on line 7 gets that line and
+    the did-you-mean, exit 2."""
+    path = write(tmp_path, '[scenario]\nname = "x"\nduration = 1\n\n[[accounts]]\nid = "a"\n'
+                           '[[expectations]]\nkind = "fund"\n')
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:7: field `expectations`" in err and "(did you mean `expect`?)" in err
+
+
+def test_a_refusal_one_step_over_the_line_reads_over_it(capsys):
+    """order-refused's 0.69851 BTC bid leaves available equity -0.1 on net equity 9,985, so IMR
+    is 9,985.1 / 9,985 = 100.001...%: shown as 100.001%, not as the 100% the rule allows."""
+    assert main(["run", "order-refused", "--json"]) == 0
+    details = [e["detail"] for e in json.loads(capsys.readouterr().out)["expectations"]]
+    assert any("0.69851 BTC_USDC_PERP would take IMR from 30.04% to 100.001%" in d for d in details)
+
+
+def test_the_summary_says_how_each_account_ended(tmp_path, capsys):
+    """cascade at seed 1 ends with bankrupt accounts, t08 mid-liquidation and t09 over 100%
+    MMR with no liquidation yet (the run stopped before the next loop). A bankrupt account's
+    debt is its negative unsettled equity rounded up to the cent, and the fund paid at least the
+    sum of those debts; explain says who absorbed it and where the run stopped."""
+    log = tmp_path / "events.jsonl"
+    assert main(["run", "cascade", "--json", "--log", str(log)]) == 0
+    document = json.loads(capsys.readouterr().out)
+    accounts = document["accounts"]
+    for account in ("t01", "t02", "t03"):
+        debt = -Decimal(accounts[account]["unsettled_equity"])
+        cents = debt.quantize(Decimal("0.01"), rounding="ROUND_CEILING")
+        assert accounts[account]["status"] == f"bankrupt: owes the liquidity fund {cents} USDC"
+        assert accounts[account]["liquidation_history"][-1]["stage"] == "bankruptcy"
+    assert accounts["t08"]["status"] == "the run ended mid-liquidation"
+    assert Decimal(accounts["t09"]["mmr"]) >= 1 and accounts["t09"]["liquidations"] == 0
+    assert accounts["t09"]["status"].startswith("liquidation pending: MMR 105.")
+    estimate = accounts["t12"]["liquidation_prices"]["BTC_USDC_PERP"]
+    assert estimate["method"] == "closed form" and Decimal(estimate["price"]) > 0
+    assert main(["explain", str(log), "--account", "t01"]) == 0
+    out = capsys.readouterr().out
+    assert "the liquidity fund absorbed its debt: it paid 2568.01 USDC" in out
+    # explain's step times are the steps' own, as in run's history.
+    times = [f"t={s['time_ms'] / 1000:.3f}s {s['stage']}" for s in accounts["t01"]["liquidation_history"]]
+    assert all(t in out for t in times)
+    assert main(["explain", str(log), "--account", "t08"]) == 0
+    assert "The run ended mid-liquidation" in capsys.readouterr().out

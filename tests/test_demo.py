@@ -60,8 +60,8 @@ def test_demo_runs_partial_liquidation_and_shows_it(tmp_path: Path) -> None:
     assert outcome.result.fingerprint == plain.result.fingerprint
     text = console.export_text()
     for expected in ("partial-liquidation", "maker", "trader", "MMR", "BTC_USDC_PERP", "done",
-                     "liq book     trader sell 0.02669 BTC_USDC_PERP @ 90440  MMR 103.83% -> 99.99%",
-                     "liq healthy  trader",
+                     "liq book       trader sell 0.02669 BTC_USDC_PERP @ 90440  MMR 103.83% -> 99.99%",
+                     "liq healthy    trader",
                      "refused  maker buy 5000 BTC_USDC_PERP @ 80000  INSUFFICIENT_MARGIN  IMR 0.18% -> 2399.22%",
                      "fill     trader sell 0.02669 BTC_USDC_PERP @ 90440",
                      "PASS", "all expectations hold"):
@@ -112,7 +112,7 @@ def test_dashboard_renders_the_state() -> None:
     console.print(demo.dashboard(fed_state(), 120))
     text = console.export_text()
     for expected in ("example", "seed 7", "90000", "-10%", "89990", "trader", "400", "250%", "150%", "liquidating",
-                     "1 BTC_USDC_PERP", "liq book     trader sell 0.1 BTC_USDC_PERP @ 89990  MMR 150% -> 137%"):
+                     "1 BTC_USDC_PERP", "liq book       trader sell 0.1 BTC_USDC_PERP @ 89990  MMR 150% -> 137%"):
         assert expected in text, expected
 
 
@@ -172,3 +172,46 @@ def test_listener_chain_calls_the_observer_first() -> None:
     chained = demo._chain(lambda e: calls.append("observer"), lambda e: calls.append("demo"))
     chained({})
     assert calls == ["observer", "demo"]
+
+
+@pytest.fixture(scope="module")
+def cascade_state() -> demo.DemoState:
+    from scenarios.loader import load
+    from scenarios.runner import run
+
+    scenario = load("cascade")
+    outcome = run(scenario)
+    state = demo.DemoState.for_scenario(scenario, 1, scenario.duration_ms, 5.0)
+    for event in outcome.result.events:
+        state.on_event(event)
+        state.advance(event["t"])
+    return state
+
+
+def test_a_lecture_sees_bankrupt_accounts_the_fund_backstop_and_adl(cascade_state) -> None:
+    """cascade's end: its six bankrupt accounts stay on the screen with their debt (no IMR or MMR
+    beside a negative equity), and the fund panel shows the backstop blp took 1.02579 BTC at mark
+    97,485.1 = 99,999.24 of its 100,000 (0.76 left) and that ADL closed against the whale."""
+    shown = demo._shown_accounts(cascade_state)
+    assert {"t01", "t02", "t03", "t04", "t05", "t06"} <= set(shown)
+    console = recording_console()
+    console.print(demo.dashboard(cascade_state, 140))
+    text = console.export_text()
+    assert "bankrupt, owes the fund 2568.01" in text
+    assert "backstop blp BTC_USDC_PERP: 0.76 of 100000 left" in text and "ADL against: whale" in text
+
+
+def test_feed_labels_never_run_into_the_account() -> None:
+    line = demo.feed_line({"event": "liquidation_step", "t": 11994, "at": 11990, "account": "t01",
+                           "stage": "bankruptcy", "quantity": D(0), "reason": "nothing left to liquidate"})
+    assert line.plain.startswith("  11.990s liq bankruptcy t01  nothing left")
+
+
+def test_pause_on_stops_at_what_the_lecture_asked_for() -> None:
+    state = fed_state()
+    state.pause_on = frozenset({"bankruptcy", "refusal"})
+    step = {"event": "liquidation_step", "stage": "book"}
+    assert not state.should_pause(step)
+    assert state.should_pause({**step, "stage": "bankruptcy"}) and state.should_pause({"event": "order_rejected"})
+    state.pause_on = frozenset({"liquidation"})
+    assert state.should_pause(step) and not state.should_pause({"event": "order_rejected"})

@@ -7,10 +7,11 @@ from decimal import Decimal
 import pytest
 
 from exchange import margin
+from exchange.decimals import fmt_pct
 from exchange.engine import Exchange
 from exchange.ledger import Settings
 from exchange.lending import Grant
-from exchange.liquidation import describe_step
+from exchange.liquidation import LiquidationStep, describe_step, mmr_at_marks
 from exchange.orders import ErrorCode, Side
 from exchange.profile import load_profile
 
@@ -87,10 +88,11 @@ def test_partial_liquidation_leaves_a_balance():
 
 def test_one_empty_book_read_is_not_enough_for_the_backstop():
     """The first example, but the market maker's bid is missing at the t=1s loop (between its
-    cancel and its new quote): that loop sells nothing and tries again. The bid is back for
-    t=2s, and the same steps as in the first example follow one second later, although a
-    backstop with room for the whole position is configured. Before, the single empty read sent
-    the whole position to the backstop at MMR 150.75%."""
+    cancel and its new quote): that loop sells nothing, and reads the book again 100 ms later
+    (``BOOK_RETRY_MS``), where the bid is back. The first example's steps follow: 0.1, 0.09 and
+    0.081 BTC at 90,440, taker fees 4.522, 4.0698 and 3.66282 (0.05% of each notional), the
+    first at t=1.1s, although a backstop with room for the whole position is configured. Before,
+    the single empty read sent the whole position to the backstop at MMR 150.75%."""
     ex = ten_x_long(backstop=D(10_000_000))
     ex.cancel_all("mm", [BTC])
     ex.set_price("BTC", D(90450))
@@ -99,10 +101,44 @@ def test_one_empty_book_read_is_not_enough_for_the_backstop():
     assert ex.order("mm", BTC, Side.BID, D(5), D(90440)).accepted
     ex.advance_to(3000)
     assert rows(ex, stage="book") == [
-        (2000, "book", D("0.1"), D(90440), D("4.522")),
-        (3000, "book", D("0.09"), D(90440), D("4.0698")),
+        (1100, "book", D("0.1"), D(90440), D("4.522")),
+        (2000, "book", D("0.09"), D(90440), D("4.0698")),
+        (3000, "book", D("0.081"), D(90440), D("3.66282")),
     ]
     assert "backstop" not in [s.stage for s in ex.liquidation_history["trader"]]
+
+
+def test_a_book_still_empty_on_the_retry_counts_one_failed_loop():
+    """No bid at the t=1s loop nor at its retry 100 ms later: one failed loop, not two, so the
+    backstop waits. The bid arrives before t=2s and that loop sells 0.1 BTC at 90,440."""
+    ex = ten_x_long(backstop=D(10_000_000))
+    ex.cancel_all("mm", [BTC])
+    ex.set_price("BTC", D(90450))
+    ex.advance_to(1500)
+    assert rows(ex) == [(1000, "start", D(0), None, D(0))]
+    assert ex.order("mm", BTC, Side.BID, D(5), D(90440)).accepted
+    ex.advance_to(2000)
+    assert rows(ex)[1:] == [(2000, "book", D("0.1"), D(90440), D("4.522"))]
+
+
+def test_a_maker_refreshing_on_the_loop_beat_does_not_starve_liquidation(tmp_path):
+    """liquidation-history with its maker at FORMAT.md's default ``refresh = 1``, on the 1 s
+    liquidation loop's beat: the loops at t=6s and t=7s read the book while the maker is between
+    its cancel and its quotes. Each reads again 100 ms later, so every loop from the start at
+    t=6s to the healthy end sells on the book (t=6.1, 7.1, 8 s), as with ``refresh = 0.999``
+    (t=6, 7, 8 s); before, the t=6s and t=9s loops sold nothing and the end came at t=11s."""
+    from scenarios import loader, runner
+
+    text = loader.shipped()["liquidation-history"].read_text(encoding="utf-8")
+    path = tmp_path / "default-refresh.toml"
+    path.write_text(text.replace("refresh = 0.999", "refresh = 1"), encoding="utf-8")
+    scenario = loader.load(str(path))
+    outcome = runner.run(scenario)
+    assert outcome.failure is None
+    history = outcome.result.history["trader"]
+    book = sorted({s.time_ms for s in history if s.stage == "book"})
+    assert book == [6100, 7100, 8000]
+    assert [s.stage for s in history][-1] == "healthy" and history[-1].time_ms == 9000
 
 
 def test_a_liquidation_ends_within_its_loop_bound():
@@ -350,14 +386,70 @@ def test_the_estimate_is_a_reference_for_a_complex_account():
 
 
 def test_history_reads_as_plain_words():
+    """The first book step sells 0.1 BTC at 90,440 against mark 90,450: notional 9,044, taker
+    fee 0.05% = 4.522, and no liquidation fee under the current profile (the venue FAQ), shown
+    apart so nobody reads the taker fee as a liquidation fee; 0.9 BTC is left."""
     ex = ten_x_long()
     quote_bid(ex, D(90450))
     ex.advance_to(2000)
     lines = [describe_step(s) for s in ex.liquidation_history["trader"]]
     assert lines[1] == (
-        "t=1.000s book: Ask 0.1 BTC_USDC_PERP at 90440, fee 4.522; MMR 150.75% -> 137.57% "
-        "(reduce the position on the book)"
+        "t=1.000s book: Ask 0.1 BTC_USDC_PERP at 90440 (mark 90450), taker fee 4.522, liquidation fee 0; "
+        "MMR 150.75% -> 137.57%; 0.9 left (reduce the position on the book)"
     )
+
+
+def test_taker_and_liquidation_fees_are_kept_apart():
+    """Under the 2025-10 profile (1% liquidation fee) the same sale pays taker fee 4.522 and
+    liquidation fee 1% x 9,044 = 90.44; ``fee`` stays their sum, 94.962. The fee is above BTC's
+    MMF, so this step raises MMR (150.75% -> 178.49%), as the module docstring warns."""
+    ex = ten_x_long("backpack-2025-10")
+    quote_bid(ex, D(90450))
+    ex.advance_to(1000)
+    step = ex.liquidation_history["trader"][1]
+    assert (step.taker_fee, step.liquidation_fee, step.fee) == (D("4.522"), D("90.44"), D("94.962"))
+    assert (step.mark, step.position_after, step.planned_mark) == (D(90450), D("0.9"), None)
+    assert "taker fee 4.522, liquidation fee 90.44; MMR 150.75% -> 178.49%" in describe_step(step)
+
+
+def test_mmr_at_other_marks_puts_the_account_marks_back():
+    """The trader holds 1 BTC bought at 100,000 and 9,950 USDC. At mark 90,450 equity is
+    9,950 + 90,450 - 100,000 = 400 against maintenance 90,450 x 0.00666667 = 603.0003 (MMR
+    150.75%); at 95,000 it is 4,950 against 633.33365 (MMR 12.79%). The account keeps its own mark."""
+    ex = ten_x_long()
+    account = ex.accounts["trader"]
+    own = account.marks[BTC]
+    assert fmt_pct(mmr_at_marks(account, {BTC: D(90450)})) == "150.75%"
+    assert mmr_at_marks(account, {BTC: D(95000)}) == D("633.33365") / D(4950)
+    assert account.marks[BTC] == own
+
+
+def test_a_step_says_when_a_new_mark_arrived_during_it():
+    """A row whose loop was planned at 97,485.1 and whose fills landed at mark 97,461.2 gives
+    MMR after at both, so before and after can be read at one mark."""
+    step = LiquidationStep(time_ms=12025, stage="book", market=BTC, side="Ask", quantity=D("0.18"),
+                           price=D("97436.3"), fee=D("8.769267"), taker_fee=D("8.769267"), mark=D("97461.2"),
+                           planned_mark=D("97485.1"), mmr_after_at_planned_mark=D("1.128"), position_after=D("1.62"),
+                           mmr_before=D("1.2302"), mmr_after=D("1.1766"), reason="reduce the position on the book")
+    assert describe_step(step) == (
+        "t=12.025s book: Ask 0.18 BTC_USDC_PERP at 97436.3 (mark 97461.2), taker fee 8.769267, liquidation fee 0; "
+        "MMR 123.02% -> 117.66%; 1.62 left; the mark moved 97485.1 -> 97461.2 during the step: at 97485.1 it took "
+        "MMR 123.02% -> 112.8% (reduce the position on the book)")
+
+
+def test_an_adl_step_says_whether_a_backstop_existed():
+    """ten_x_long gapped to 85,000 (equity -5,050): without a backstop the ADL step says there is
+    no provider; with blp's 1,000 USD of capacity (used up by 1,000/85,000 BTC) it says the
+    capacity ran out."""
+    reasons = {}
+    for backstop in (None, D(1000)):
+        ex = ten_x_long(backstop=backstop)
+        ex.set_price("BTC", D(85000))
+        ex.advance_to(1000)
+        adl = [s for s in ex.liquidation_history["trader"] if s.stage == "adl"]
+        reasons[backstop] = adl[0].reason
+    assert reasons[None].startswith("no backstop provider; closed against mm")
+    assert reasons[D(1000)].startswith("backstop capacity exhausted; closed against mm")
 
 
 @pytest.mark.parametrize("profile_name", ["backpack", "backpack-2025-10"])
@@ -453,7 +545,7 @@ def test_a_solvent_borrower_without_a_buyer_waits_instead_of_being_written_off()
     """No bid and no backstop: the t=1s loop finds nothing to sell into and tries again, the
     t=2s loop turns to the backstop and finds nobody. The borrow is not written off while B
     holds 100 SOL and equity is positive; the history says it waits. Once the market maker bids 65.9 (after the t=3s
-    loop), the t=4s loop sells 4.75 SOL (the plan sizes the sale at the impact band's floor, as in F6):
+    loop found nothing), that loop's read again at t=3.1s sells 4.75 SOL (the plan sizes the sale at the impact band's floor, as in F6):
     4.75 x 65.9 = 313.025 less the 0.1% taker fee 0.313025 repays 312.711975, leaving
     5,687.29419; equity 95.25 x 66 x 0.95 - 5,687.29419 = 284.88081, MMR 99.82%: healthy."""
     ex = usdc_borrower("backpack")
@@ -469,8 +561,8 @@ def test_a_solvent_borrower_without_a_buyer_waits_instead_of_being_written_off()
     assert rows(ex, "b") == [
         (1000, "start", D(0), None, D(0)),
         (2000, "waiting", D(0), None, D(0)),
-        (4000, "conversion", D("4.75"), D("65.9"), D("0.313025")),
-        (5000, "healthy", D(0), None, D(0)),
+        (3100, "conversion", D("4.75"), D("65.9"), D("0.313025")),
+        (4000, "healthy", D(0), None, D(0)),
     ]
     assert b.borrows == {"USDC": D("5687.294190")} and margin.totals(b).net_equity == D("284.88081")
     assert ex.invariant_violations() == []

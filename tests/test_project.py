@@ -31,7 +31,8 @@ def test_position_command_prints_real_margin_numbers(capsys):
     assert main(["position", "--size", "50", "--collateral", "500000", "--leverage", "50"]) == 0
     out = capsys.readouterr().out
     assert "IMR                    55.767%" in out  # 55.7675...%, truncated
-    assert "est. liquidation price 93000.14" in out
+    # D4: the root is 93,000.144; shown rounded toward the mark (up, for a long), never down past it.
+    assert "est. liquidation price 93000.15 (bisection" in out
 
 
 def test_position_command_refuses_bad_input(capsys):

@@ -148,7 +148,7 @@ def test_backstop_bankruptcy_report_escapes_text_and_shows_the_failure(tmp_path)
     directory = write_report(outcome, tmp_path / "report").parent
     assert _pngs(directory) == {
         "prices-BTC_USDC_PERP.png", "prices-SOL_USDC.png", "prices-SOL_USDC_PERP.png",
-        "account-maker.png", "account-blp.png", "account-whale.png", "liquidation-whale.png",
+        "account-maker.png", "account-blp.png", "account-whale.png", "liquidation-whale.png", "fund.png",
     }
     _assert_real_pngs(directory)
     text = (directory / "index.html").read_text(encoding="utf-8")
@@ -164,3 +164,19 @@ def test_a_run_that_stopped_early_gets_a_page_saying_why(partial, tmp_path):
     text = page.read_text(encoding="utf-8")
     assert "nothing moved for 60 s" in text and "partial-liquidation" in text
     assert "<img" not in text and not _pngs(tmp_path)
+
+
+def test_the_fund_chart_follows_the_fund_to_its_end(tmp_path):
+    """cascade's fund pays six bankrupt accounts' shortfalls: the chart's series ends at the
+    fund the run's summary reports, and the steps table gives each step's own time to the
+    millisecond, as `run` prints it (t01's backstop step at 11.034 s)."""
+    from scenarios.report import _fund_series
+
+    outcome = run(load("cascade"))
+    series = _fund_series(outcome.result.events, "USDC")
+    assert series[-1][1] == outcome.result.summary["fund"]["USDC"] < 0
+    text = write_report(outcome, tmp_path / "report").read_text(encoding="utf-8")
+    backstop = next(st for st in outcome.result.history["t01"] if st.stage == "backstop")
+    assert backstop.time_ms == 11034
+    assert '<img src="fund.png"' in text and "<td>11.034s</td><td>t01</td><td>backstop</td>" in text
+    assert "bankrupt: owes the liquidity fund 2568.01 USDC" in text

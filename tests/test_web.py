@@ -1,0 +1,102 @@
+"""The web dashboard: its files are offline, its words are the project's, and a real headless
+Chromium plays cascade to its first liquidation step.
+
+The browser test needs Chromium and its driver from the OS (Debian: ``apt-get install chromium
+chromium-driver``, which ``.ci/run`` does); without them it is skipped and says so."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from exchange.liquidation import describe_step
+from scenarios import loader, runner
+from web import dashboard
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+ENABLE = "install Chromium and its driver to run it: apt-get install chromium chromium-driver (Debian)"
+
+
+@pytest.fixture(scope="module")
+def cascade() -> runner.ScenarioRun:
+    return runner.run(loader.load("cascade"))
+
+
+def test_the_page_fetches_nothing_from_elsewhere():
+    """Every script, style and font is shipped: no address outside the page's own server."""
+    files = sorted(dashboard.STATIC.iterdir())
+    assert {f.name for f in files} == {"dashboard.html", "dashboard.js", "dashboard.css"}
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", text), path.name
+        assert "@import" not in text and "url(" not in text, path.name
+
+
+def test_the_page_reads_steps_and_samples_in_the_projects_words(cascade):
+    """Each liquidation step carries describe_step's line, each health sample the summary's
+    rounding: a bankrupt account's equity floored and its debt ceiled to the cent, no ratio."""
+    events = dashboard.with_words(cascade.result.events)
+    steps = [e for e in events if e["event"] == "liquidation_step"]
+    for account, history in cascade.result.history.items():
+        assert [s["text"] for s in steps if s["account"] == account] == [describe_step(s) for s in history]
+    last = [e for e in events if e["event"] == "health" and e["actor"] == "account:t01"][-1]
+    assert last["imr_text"] == last["mmr_text"] == "-"
+    assert last["debt_text"] == "2568.01" and last["equity_text"] == "-2568.01"
+
+
+@pytest.mark.skipif(CHROMIUM is None or DRIVER is None, reason=f"no headless browser here: {ENABLE}")
+def test_a_browser_plays_cascade_to_its_first_liquidation_step(cascade, tmp_path):
+    """`marginsim demo cascade --web` serves the page; Chromium presses play at 10x with
+    "pause on the next liquidation step" on, and the page stops at the run's first step: its
+    clock at that step's time, its feed line the one `run` prints, t01 shown liquidating, the
+    same number of events as the run logged. The screenshot is saved beside the test's files."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    server = subprocess.Popen([sys.executable, "-m", "scenarios.cli", "demo", "cascade", "--web", "--port", "0",
+                               "--start-paused"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = server.stdout.readline()
+        url = re.search(r"http://\S+", line).group(0)
+        options = webdriver.ChromeOptions()
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,1500"):
+            options.add_argument(argument)
+        options.binary_location = CHROMIUM
+        browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+        try:
+            browser.get(url)
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: b.find_element(By.ID, "total").text not in ("", "0"))
+            assert int(browser.find_element(By.ID, "total").text) == cascade.result.event_count
+            Select(browser.find_element(By.ID, "speed")).select_by_value("10")
+            browser.find_element(By.ID, "play").click()
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#feed li"))
+            wait.until(lambda b: b.find_element(By.ID, "state").text == "paused")
+            first = min((s for steps in cascade.result.history.values() for s in steps), key=lambda s: s.time_ms)
+            account = next(a for a, steps in cascade.result.history.items() if first in steps)
+            feed = browser.find_elements(By.CSS_SELECTOR, "#feed li")
+            assert [li.text for li in feed] == [f"{account}: {describe_step(first)}"]
+            assert browser.find_element(By.ID, "time").text == f"{first.time_ms / 1000:.3f}"
+            row = browser.find_element(By.CSS_SELECTOR, f'#accounts tr[data-account="{account}"]')
+            assert "liquidating" in row.text
+            browser.find_element(By.ID, "step-second").click()
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#feed li")) > 1  # the next steps of that second
+            browser.find_element(By.ID, "back").click()
+            assert float(browser.find_element(By.ID, "time").text) < first.time_ms / 1000 + 1
+            browser.save_screenshot(str(tmp_path / "dashboard.png"))
+            assert (tmp_path / "dashboard.png").stat().st_size > 20_000
+        finally:
+            browser.quit()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+

@@ -1,0 +1,107 @@
+"""The web dashboard: a page that plays a run's event log, served offline.
+
+The page (``static/``: HTML, CSS and a script of our own, no library and nothing from a CDN)
+fetches the run's events once and replays them in the browser: index and mark with trades and
+liquidation fills, each sub-account's equity and MMR against the 100% and auto-close lines, the
+books' tops, the liquidation feed, the fund and ADL, with play, pause, step, speed, pause on the
+next liquidation and jump back. Each liquidation step comes with its line from
+``exchange.liquidation.describe_step``, so the page words it as ``run`` and ``explain`` do.
+
+``page_routes`` is what both front doors mount: ``marginsim demo --web`` (a finished run or a
+saved ``--log``) and ``marginsim serve`` (at ``/``, through ``api.app.build_app``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from actors.events import render
+from exchange.decimals import ceil_to, floor_to, fmt, fmt_pct
+from exchange.liquidation import describe_step
+from scenarios.explain import step_from_event
+from scenarios.runner import CENT
+
+STATIC = Path(__file__).resolve().parent / "static"
+Event = dict[str, Any]
+
+
+def with_words(events: Sequence[Event]) -> list[Event]:
+    """The events as the page reads them: canonical JSON values, each liquidation step with its
+    plain-words line (``text``)."""
+    out = []
+    for event in events:
+        plain = json.loads(render(event))
+        if plain["event"] == "liquidation_step":
+            plain["text"] = describe_step(step_from_event(plain))
+        elif plain["event"] == "health":
+            _health_words(plain)
+        out.append(plain)
+    return out
+
+
+def _health_words(sample: Event) -> None:
+    """A health sample's numbers as the terminal shows them: equity floored to the cent, a debt
+    ceiled, ratios that never read across 100%, and none at all for an account with nothing left."""
+    equity = Decimal(sample["net_equity"])
+    empty = equity <= 0 and not sample.get("positions") and not sample.get("borrows")
+    sample["equity_text"] = fmt(floor_to(equity, CENT))
+    sample["imr_text"] = "-" if empty else fmt_pct(Decimal(sample["imr"]))
+    sample["mmr_text"] = "-" if empty else fmt_pct(Decimal(sample["mmr"]))
+    unsettled = Decimal(sample.get("unsettled_equity") or 0)
+    if unsettled < 0:
+        sample["debt_text"] = fmt(ceil_to(-unsettled, CENT))
+
+
+def page_routes(events: Callable[[], Sequence[Event]] | None, *, meta: dict[str, Any] | None = None) -> list[BaseRoute]:
+    """The page at ``/``, its files under ``/dashboard/static`` and the run at
+    ``/dashboard/run.json``; without an event source the run answers 404 with the reason."""
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
+    async def run(request: Request) -> Response:
+        if events is None:
+            return JSONResponse({"code": "NO_EVENTS", "message": "this server keeps no event history to play"},
+                                status_code=404)
+        body = {"meta": meta or {}, "events": with_words(events())}
+        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+    return [Route("/", index), Route("/dashboard/run.json", run),
+            Mount("/dashboard/static", app=StaticFiles(directory=STATIC), name="dashboard-static")]
+
+
+def app(events: Sequence[Event], meta: dict[str, Any]) -> Starlette:
+    """The dashboard on its own, for ``marginsim demo --web``."""
+    return Starlette(routes=page_routes(lambda: events, meta=meta))
+
+
+def serve(events: Sequence[Event], meta: dict[str, Any], *, host: str = "127.0.0.1", port: int = 8000,
+          ready: Callable[[str], None] | None = None) -> None:
+    """Serve the dashboard on Hypercorn's Trio worker until Ctrl-C; ``ready`` gets the URL."""
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(lambda task_status=trio.TASK_STATUS_IGNORED: hypercorn_serve(
+                app(events, meta), config, task_status=task_status))  # type: ignore[arg-type]
+            if ready is not None:
+                ready(binds[0] + "/" if binds else f"http://{host}:{port}/")
+
+    trio.run(main)
