@@ -390,17 +390,20 @@ def evaluate_change(account: SubAccount, change: Change, before: Totals | None =
         sides = account.order_exposure.get(symbol)
         bids, asks = (sides[0], sides[1]) if sides else (ZERO, ZERO)
         mark = account.price(symbol)
-        if pos is not None or sides is not None:
-            old = _perp_risk(account, market, quantity, sides, floor)
-            locked -= old.initial_requirement
-            ten -= old.exposure_notional
-            old_maintenance = old.maintenance_requirement
-        else:
-            old_maintenance = ZERO
+        old = _perp_risk(account, market, quantity, sides, floor) if pos is not None or sides is not None else None
+        old_maintenance = old.maintenance_requirement if old is not None else ZERO
         exposure_notional = abs(net_exposure_quantity(quantity + d_pos, bids + d_bids, asks + d_asks)) * mark
-        imf_after, source = _fraction_with_floor(market.imf, exposure_notional, floor)
-        locked += exposure_notional * imf_after
-        ten += exposure_notional
+        if old is not None and exposure_notional == old.exposure_notional:
+            # The exposure is unchanged (an order on the side that does not set it): the totals
+            # stay exactly as they were, not subtracted and added back at 28 digits.
+            imf_after, source = old.imf, old.imf_source
+        else:
+            if old is not None:
+                locked -= old.initial_requirement
+                ten -= old.exposure_notional
+            imf_after, source = _fraction_with_floor(market.imf, exposure_notional, floor)
+            locked += exposure_notional * imf_after
+            ten += exposure_notional
         if d_pos:
             position_notional = abs(quantity + d_pos) * mark
             maintenance += position_notional * market.mmf.fraction(position_notional) - old_maintenance
