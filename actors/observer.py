@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from actors.runtime import now_ms
+from actors.clock import now_ms
 from exchange.conformance import Conformance
 from exchange.decimals import ZERO, fmt
 from exchange.invariants import conservation_violations, holdings_by_asset

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from actors.clock import PacedClock, RealTime, VirtualClock, now_ms, set_paced
 from exchange.calendar import Calendar
 from exchange.machine import Effect, Machine, Send
 from exchange.protocol import SCHEDULER
@@ -46,24 +47,6 @@ class ActorCrashed(Exception):
             f"actor {actor} crashed handling {type(message).__name__} from {sender}: "
             f"{type(cause).__name__}: {cause}\n  message: {message!r}"
         )
-
-
-_PACED: trio.lowlevel.RunVar[PacedClock | None] = trio.lowlevel.RunVar("paced_clock", default=None)
-
-
-def now_ms() -> int:
-    """The run's instant: trio's clock on virtual or real time, the paced clock when one runs
-    (trio then keeps real seconds for the server's own timeouts)."""
-    paced = _PACED.get()
-    return paced.ms if paced is not None else round(trio.current_time() * 1000)
-
-
-class RealTime:
-    """The run's time in milliseconds, read from trio's clock (a real-time run)."""
-
-    @property
-    def ms(self) -> int:
-        return now_ms()
 
 
 class Context:
@@ -129,68 +112,6 @@ class Actor:
 
 class Stalled(Exception):
     """Work is pending but nothing has been logged for the stall time."""
-
-
-class VirtualClock(trio.abc.Clock):
-    """Virtual time that moves only when the scheduler moves it, in whole milliseconds.
-
-    No task sleeps on it: the scheduler waits until every actor is parked, then jumps to the
-    next instant anything is due. A deadline (a ``trio.sleep``) would never fire by itself."""
-
-    def __init__(self) -> None:
-        self._now = 0.0
-        self.ms = 0
-
-    def start_clock(self) -> None:
-        pass
-
-    def current_time(self) -> float:
-        return self._now
-
-    def deadline_to_sleep_time(self, deadline: float) -> float:
-        return 0.0 if deadline <= self._now else float("inf")
-
-    def advance(self, ms: int) -> None:
-        if ms / 1000 < self._now:
-            raise ValueError(f"virtual time cannot go back from {self.ms} ms to {ms} ms")
-        self._now = ms / 1000
-        self.ms = ms
-
-
-class PacedClock:
-    """The venue's instant for a run served to the outside (``marginsim serve``): trio keeps its
-    real clock, and ``ms`` is set by the scheduler alone, once everything due before it has
-    happened. ``rate`` virtual seconds pass per real second from ``start``; with no rate the
-    instant goes only as far as ``target`` (a caller steps it: tests).
-
-    The machines and the log only ever see ``ms``; the real clock decides only which instant a
-    request arrives at, and the log records that instant."""
-
-    def __init__(self, rate: float | None) -> None:
-        if rate is not None and rate <= 0:
-            raise ValueError(f"a paced clock runs a positive number of virtual seconds per real second, not {rate}")
-        self.rate = rate
-        self.ms = 0
-        self.target = 0
-        self._start = 0.0
-
-    def start(self) -> None:
-        self._start = trio.current_time()
-
-    def reached(self) -> int:
-        """The virtual instant the wall clock has reached (or the target a caller set)."""
-        if self.rate is None:
-            return self.target
-        return int((trio.current_time() - self._start) * self.rate * 1000 + 1e-6)
-
-    def deadline(self, ms: int) -> float:
-        """When, on trio's real clock, the wall clock reaches virtual ``ms``."""
-        return float("inf") if self.rate is None else self._start + ms / (self.rate * 1000)
-
-    def set(self, ms: int) -> None:
-        if ms < self.ms:
-            raise ValueError(f"virtual time cannot go back from {self.ms} ms to {ms} ms")
-        self.ms = ms
 
 
 class Injections:
@@ -483,7 +404,7 @@ class Scheduler:
         if injections is None or run_queue is None:
             raise ValueError("a paced run takes its requests as injections and runs its machines on one queue")
         injections.wake = network.wake
-        _PACED.set(clock)  # the run's time for the rest of this trio run (the observer's last look)
+        set_paced(clock)  # the run's time for the rest of this trio run (the observer's last look)
         clock.start()
         instants = 0  # moved through since the server's tasks last had a turn
         while True:

@@ -29,6 +29,7 @@ import attrs
 import trio
 
 from actors import events
+from actors.clock import PacedClock, RealTime, VirtualClock
 from actors.determinism import deterministic_scheduling
 from actors.network import ZERO_LATENCY, Latency, Network
 from actors.observer import InvariantViolation, Observer
@@ -38,12 +39,9 @@ from actors.runtime import (
     Context,
     Injections,
     Inline,
-    PacedClock,
-    RealTime,
     RunQueue,
     Scheduler,
     Stalled,
-    VirtualClock,
     Watch,
 )
 from exchange import margin

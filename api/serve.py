@@ -31,8 +31,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from actors.clock import PacedClock
 from actors.events import read_log
-from actors.runtime import PacedClock
 from actors.system import RunFailed, RunResult
 from api import auth
 from api.app import Gateway, build_app, wall_ms

@@ -30,7 +30,8 @@ from typing import Any
 import attrs
 import trio
 
-from actors.runtime import Injections, PacedClock, VirtualClock
+from actors.clock import PacedClock, VirtualClock
+from actors.runtime import Injections
 from actors.system import RunResult
 from exchange.decimals import fmt
 from exchange.engine import cancel_outcome, cancelled, order_answered, order_outcome, request_outcome

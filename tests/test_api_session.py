@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from nacl.signing import SigningKey
 
-from actors.runtime import PacedClock
+from actors.clock import PacedClock
 from actors.system import RunFailed
 from api import auth
 from api.app import Gateway, wall_ms
