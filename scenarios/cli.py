@@ -62,14 +62,27 @@ def _decimal(text: str) -> Decimal:
     return value
 
 
-def _seed(text: str) -> int:
+def _whole(text: str, low: int, high: int, what: str) -> int:
+    """A whole number in [low, high]; ``what`` says what it is in the error."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= loader.MAX_SEED:
-        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to {loader.MAX_SEED}, not {value}")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{what}, not {value}")
     return value
+
+
+def _seed(text: str) -> int:
+    return _whole(text, 0, loader.MAX_SEED, f"a seed is a whole number from 0 to {loader.MAX_SEED}")
+
+
+def _positive_int(text: str) -> int:
+    return _whole(text, 1, 2**31, "must be at least 1 (and at most 2**31)")
+
+
+def _port(text: str) -> int:
+    return _whole(text, 0, 65535, "a port is 0 to 65535")
 
 
 def _seconds(text: str) -> float:
@@ -226,10 +239,10 @@ def _api_commands(commands: Any) -> None:
     )
     server.add_argument("scenario", metavar="SCENARIO", help="a scenario .toml file or a shipped scenario's name")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    server.add_argument("--port", type=int, default=8000, help="TCP port; 0 takes a free one (default %(default)s)")
+    server.add_argument("--port", type=_port, default=8000, help="TCP port; 0 takes a free one (default %(default)s)")
     server.add_argument("--rate", type=float, default=1.0,
                         help="virtual seconds per real second (default %(default)s; 60 makes an hour a minute)")
-    server.add_argument("--seed", type=int, help="the run's seed (default: the scenario's)")
+    server.add_argument("--seed", type=_seed, help="the run's seed (default: the scenario's)")
     server.add_argument("--keys", type=Path, metavar="FILE",
                         help="write every sub-account's api_key and secret here as JSON (mode 0600)")
     server.add_argument("--log", type=Path, metavar="EVENTS.jsonl",
@@ -280,16 +293,6 @@ def _replay(args: argparse.Namespace) -> int:
         return 0
     print(f"replayed {result.requests} API requests: the log differs from the recording\n{result.first_difference}")
     return 1
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
@@ -597,16 +600,6 @@ def _sweep(args: argparse.Namespace) -> int:
         for path in sweep.write_report(result, args.report):
             print(path)
     return 0
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
-    return value
 
 
 def _demo_web(args: argparse.Namespace, scenario: loader.Scenario) -> int:

@@ -226,6 +226,8 @@ FLAG_CASES = [
     ("demo-rate-nan", ["demo", "{scenario}", "--rate", "nan"], "--rate"),
     ("demo-until", ["demo", "{scenario}", "--until", "-1"], "--until"),
     ("fuzz-seed-negative", ["fuzz", "--seed", "-5"], "--seed"),
+    ("serve-seed-negative", ["serve", "{scenario}", "--seed", "-1"], "--seed"),
+    ("serve-port-too-big", ["serve", "{scenario}", "--port", "70000"], "--port"),
     ("fuzz-budget-nan", ["fuzz", "--time-budget", "nan"], "--time-budget"),
     ("fuzz-budget-zero", ["fuzz", "--time-budget", "0"], "--time-budget"),
     ("fuzz-runs-zero", ["fuzz", "--runs", "0"], "--runs"),
