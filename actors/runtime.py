@@ -62,6 +62,16 @@ class Context:
         self.after_message = after_message
         self.clock: VirtualClock | PacedClock | RealTime = RealTime()
 
+    def step(self, machine: Machine, sender: str, message: Any) -> None:
+        """One message handled by ``machine`` at the run's instant and its effects carried out
+        (agents and a served run's machines; an actor's loop does the same inline, its hot
+        path); a handler's exception becomes an ``ActorCrashed`` that names the machine."""
+        try:
+            effects = machine.handle(sender, message, self.clock.ms)
+        except Exception as exc:
+            raise ActorCrashed(machine.address, sender, message, exc) from exc
+        self.carry_out(machine.address, effects)
+
     def carry_out(self, address: str, effects: Iterable[Effect]) -> None:
         """Sends go on the network from ``address``; events go to the log, in order."""
         send = self.network.send
@@ -205,16 +215,11 @@ class RunQueue:
     def drain(self) -> None:
         """Handle every message waiting, and every one they cause at this instant, in order."""
         ready, context = self.ready, self.context
-        carry_out, after, clock = context.carry_out, context.after_message, context.clock
         while ready:
             slot = ready.popleft()
             sender, message = slot.queue.popleft()
-            try:
-                effects = slot.machine.handle(sender, message, clock.ms)
-            except Exception as exc:
-                raise ActorCrashed(slot.address, sender, message, exc) from exc
-            carry_out(slot.address, effects)
-            after(slot.address)
+            context.step(slot.machine, sender, message)
+            context.after_message(slot.address)
 
 
 class Watch:
@@ -279,16 +284,11 @@ class Inline:
         if self._busy:
             return
         self._busy = True
-        handle, carry_out, address = self.machine.handle, self.context.carry_out, self.address
+        step, machine = self.context.step, self.machine
         try:
             while queue:
-                sender, message = queue[0]
-                try:
-                    effects = handle(sender, message, self.context.clock.ms)
-                except Exception as exc:
-                    raise ActorCrashed(address, sender, message, exc) from exc
-                queue.popleft()
-                carry_out(address, effects)
+                sender, message = queue.popleft()
+                step(machine, sender, message)
         finally:
             self._busy = False
 
