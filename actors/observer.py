@@ -17,8 +17,9 @@ check at the end of a run looks at every sub-account. Checked:
 * **no negative balance** without a borrow of that asset or a USDC cover under way;
 * **liquidation is timely**: an account at MMR >= 100% on its own marks is liquidating within
   ``grace_ms`` (default: two liquidation loops plus the slowest link);
-* **liquidation acts only on accounts that need it**: no liquidation starts, and no book step
-  is taken, below MMR 100% (the account's own MMR, not the liquidator's last report);
+* **the venue's rules**, event by event (``exchange/conformance.py``: ``rule:<name>``), among
+  them that no liquidation starts below MMR 100% and no loop sells on the book under the end
+  target (the account's own MMR, not the liquidator's last report);
 * **the pre-trade check is honest**: a perp order's logged IMR after acceptance is the account's
   true IMR once it rests (checked right after the message, whatever ``every`` is);
 * **funding is paid on held positions**: each payment matches the position the market holds;
@@ -105,7 +106,6 @@ class Observer:
         self._seen_books: dict[str, dict[str, Decimal]] = {}  # perp -> positions when last looked at
         self._seen_pools: dict[str, tuple[dict[str, Decimal], dict[str, Decimal]]] = {}  # asset -> lenders, borrowers
         self._turn = 0  # where the sweep goes on
-        self._book_rows_at: dict[str, int] = {}  # account -> when its last book row was logged
         self._problem: tuple[str, str] | None = None
         self._timed_at = -1
         # account -> (IMR the pre-trade check logged, its event); the latest of a message wins,
@@ -126,20 +126,6 @@ class Observer:
             self._external(event["asset"], event["quantity"])
         elif kind == "withdrawal":
             self._external(event["asset"], -event["quantity"])
-        elif kind == "liquidation_step" and event["stage"] in ("start", "book"):
-            # A loop's book orders are decided together, at the loop's MMR: its first row's
-            # "before". The rows after it start where the previous fill left the account, which
-            # may be healthy by then (fills that took a while), so they judge nothing.
-            account, first = event["account"], True
-            if event["stage"] == "book":
-                first = self._book_rows_at.get(account) != event["t"]
-                self._book_rows_at[account] = event["t"]
-            if first and event["mmr_before"] < 1:
-                what = "put into liquidation" if event["stage"] == "start" else "sold down on the book"
-                self._problem = (
-                    "liquidation acts only on accounts that need it",
-                    f"{account} was {what} at MMR {fmt(event['mmr_before'], 4)} (< 100%)",
-                )
         elif kind == "order_placed" and event["imr_after"] is not None and event["market"].endswith("_PERP"):
             self._claims[actor.split(":", 1)[1]] = (event["imr_after"], event)
         elif kind == "funding":

@@ -59,7 +59,7 @@ def _handler(actor: type[Machine], name: str, replacement: Callable[..., None]) 
 def stale_liquidator() -> Iterator[None]:
     """The sub-account starts a liquidation on the liquidator's word: it does not re-check its
     own MMR, so a report that went stale (the price came back, a deposit arrived) liquidates a
-    healthy account. Expected catch: "liquidation acts only on accounts that need it"."""
+    healthy account. Expected catch: "rule:liquidation-trigger"."""
 
     def on_start_liquidation(self: Any, sender: str, message: Any) -> None:
         account = self.account
@@ -232,7 +232,7 @@ def refused_order_keeps_reservation() -> Iterator[None]:
 
 # mutant -> the invariants that may report it (the first broken one stops the run)
 MUTANTS: dict[str, tuple[Callable[[], Any], frozenset[str]]] = {
-    "stale-liquidator": (stale_liquidator, frozenset({"liquidation acts only on accounts that need it"})),
+    "stale-liquidator": (stale_liquidator, frozenset({"rule:liquidation-trigger"})),
     "open-orders-ignored": (open_orders_ignored, frozenset({"the pre-trade check is honest"})),
     "fills-out-of-order": (fills_out_of_order, frozenset({"no negative balance", "conservation"})),
     "fills-applied-twice": (fills_applied_twice, frozenset({"conservation", "positions", "no negative balance"})),
