@@ -148,9 +148,9 @@ MUTANTS: tuple[Mutant, ...] = (
        "the leverage limit may drop below what the open positions need"),
     # -- book -----------------------------------------------------------------------------
     _m("book-duplicate-id-accepted", "book", "book.py",
-       "if order_id in self._orders:",
+       "if (order.account, order_id) in self._orders:",
        "if False:",
-       "a second order with an open order's id is accepted"),
+       "a second order with an open order's id from the same account is accepted"),
     _m("book-price-band-ignored", "book", "book.py",
        "if band is not None and not band[0] <= price <= band[1]:",
        "if False:",

@@ -161,7 +161,9 @@ class OrderBook:
         # The best prices are cached: a non-crossing limit order then costs no sorted lookup.
         self._best_bid: Decimal | None = None
         self._best_ask: Decimal | None = None
-        self._orders: dict[str, _Resting] = {}
+        # Resting orders by (account, order id): an order id is the account's own (a client id),
+        # so two accounts may each have an order "x1" on the same book.
+        self._orders: dict[tuple[str, str], _Resting] = {}
         self._by_account: dict[str, dict[str, None]] = {}
         self._reduce_only: dict[str, dict[str, _Resting]] = {}
         self._trade_id = 0
@@ -215,8 +217,8 @@ class OrderBook:
         """Ids of the account's resting orders, in the order they were placed."""
         return list(self._by_account.get(account, ()))
 
-    def resting_quantity(self, order_id: str) -> Decimal | None:
-        r = self._orders.get(order_id)
+    def resting_quantity(self, order_id: str, account: str) -> Decimal | None:
+        r = self._orders.get((account, order_id))
         return None if r is None else r.remaining
 
     # ----------------------------------------------------------------------------------
@@ -302,8 +304,8 @@ class OrderBook:
         if rejection is not None:
             return MatchResult(order, [], [], rejection)
         order_id = order.order_id
-        if order_id in self._orders:
-            refused = duplicate_order_id(order_id, self.symbol)
+        if (order.account, order_id) in self._orders:
+            refused = duplicate_order_id(order_id, f"{self.symbol} for account {order.account}")
             return MatchResult(order, [], [], Rejection(refused.code, refused.message,
                                                         refused.details | {"market": self.symbol}))
         price = order.price
@@ -387,8 +389,8 @@ class OrderBook:
 
     def cancel(self, order_id: str, account: str) -> OrderUpdate | Rejection:
         """Cancel one resting order; another account's order is "not found", never touched."""
-        r = self._orders.get(order_id)
-        if r is None or r.account != account:
+        r = self._orders.get((account, order_id))
+        if r is None:
             return Rejection(
                 ErrorCode.RESOURCE_NOT_FOUND,
                 f"order {order_id} is not open on {self.symbol} for account {account}",
@@ -402,7 +404,7 @@ class OrderBook:
         orders = self._orders
         updates = []
         for order_id in list(self._by_account.get(account, ())):
-            r = orders[order_id]
+            r = orders[(account, order_id)]
             self._remove(r)
             updates.append(self._final(r, _CANCELLED, None, False))
         return updates
@@ -699,7 +701,7 @@ class OrderBook:
         level.qty += r.remaining
         order_id = r.order_id
         account = r.account
-        self._orders[order_id] = r
+        self._orders[(account, order_id)] = r
         mine = self._by_account.get(account)
         if mine is None:
             mine = self._by_account[account] = {}
@@ -719,7 +721,7 @@ class OrderBook:
         r.live = False
         order_id = r.order_id
         account = r.account
-        del self._orders[order_id]
+        del self._orders[(account, order_id)]
         mine = self._by_account[account]
         del mine[order_id]
         if not mine:

@@ -76,6 +76,23 @@ def test_a_reused_order_id_is_refused_by_the_account_and_the_first_order_keeps_i
     assert ex.invariant_violations() == []
 
 
+def test_two_accounts_may_use_the_same_order_id_on_one_market():
+    """An order id is the account's own (a client id): alice and bob each rest a BTC_USDC bid
+    "x" (0.05 at 99,000 and 0.02 at 98,000). Both rest; the maker's ask of 0.05 at 99,000 fills
+    alice's alone, and bob's x still rests with its 1,960 USDC (0.02 x 98,000) locked."""
+    ex = venue()
+    ex.add_account("bob")
+    ex.deposit("bob", "USDC", D(10000))
+    assert ex.place(limit("alice", "x", "BTC_USDC", Side.BID, "0.05", "99000")).accepted
+    bob = ex.place(limit("bob", "x", "BTC_USDC", Side.BID, "0.02", "98000"))
+    assert bob.accepted and bob.rejection is None
+    assert ex.place(limit("maker", "m", "BTC_USDC", Side.ASK, "0.05", "99000")).fills
+    assert not ex.accounts["alice"].open_orders and ex.accounts["alice"].balances["USDC"].locked == 0
+    assert list(ex.accounts["bob"].open_orders) == ["x"]
+    assert ex.accounts["bob"].balances["USDC"].locked == D(1960)
+    assert ex.invariant_violations() == []
+
+
 def test_a_post_only_auto_borrow_order_that_would_cross_gives_its_borrow_back():
     """alice holds 10 SOL and no USDC; a post-only bid for 2 SOL at 151 with autoBorrow borrows
     302 USDC plus an entry fee of 0.000004 (interest to the next hour), then expires because

@@ -187,7 +187,7 @@ def test_price_time_priority() -> None:
     assert [(u.order_id, u.status) for u in result.updates] == [
         (a2.order_id, FILLED), (a4.order_id, FILLED), (a1.order_id, FILLED), (taker.order_id, FILLED),
     ]
-    assert book.resting_quantity(a3.order_id) == D("0.5")
+    assert book.resting_quantity(a3.order_id, a3.account) == D("0.5")
     assert book.best_ask() == (D("101.00"), D("0.5"))
 
 
@@ -234,7 +234,7 @@ def test_fok_dry_run_stops_at_own_order_like_the_real_match() -> None:
     book = book_with(limit("m", ASK, "1", "100.00"), own, limit("m", ASK, "5", "102.00"))
     result = book.submit(limit("t", BID, "3", "102.00", time_in_force=FOK))
     assert result.fills == [] and result.updates[0].reason is R.FILL_OR_KILL
-    assert book.resting_quantity(own.order_id) == D(1)
+    assert book.resting_quantity(own.order_id, own.account) == D(1)
 
 
 def test_post_only_that_would_take_expires() -> None:
@@ -261,7 +261,8 @@ def test_stp_reject_taker_stops_the_taker_and_keeps_the_maker() -> None:
     assert trades(result) == [(other.order_id, taker.order_id, D("100.00"), D(1))]
     update = final(result, taker)
     assert (update.status, update.reason, update.executed_quantity) == (EXPIRED, R.SELF_TRADE_PREVENTION, D(1))
-    assert book.resting_quantity(own.order_id) == D(1) and book.resting_quantity(behind.order_id) == D(1)
+    assert book.resting_quantity(own.order_id, own.account) == D(1)
+    assert book.resting_quantity(behind.order_id, behind.account) == D(1)
 
 
 def test_stp_reject_maker_removes_own_order_and_continues() -> None:
@@ -318,7 +319,7 @@ def test_resting_reduce_only_order_is_cut_then_expires_when_the_position_closes(
     # Selling 1 elsewhere leaves a position of 1: the resting order is cut from 2 to 1.
     result = book.submit(market("a", ASK, "1"))
     assert result.updates[-2] == OrderUpdate(reducing.order_id, "a", PERP, NEW, ZERO, ZERO, D(1), None, True)
-    assert book.resting_quantity(reducing.order_id) == D(1) and book.best_ask() == (D("105.00"), D(1))
+    assert book.resting_quantity(reducing.order_id, reducing.account) == D(1) and book.best_ask() == (D("105.00"), D(1))
     # Closing the position through another order: it no longer reduces anything.
     result = book.submit(market("a", ASK, "1"))
     assert (reducing.order_id, EXPIRED, R.REDUCE_ONLY_NOT_REDUCED) in [
@@ -524,7 +525,7 @@ def test_funds_limit_caps_what_a_buy_pays() -> None:
     update = final(result, order)
     assert (update.status, update.reason) == (EXPIRED, R.INSUFFICIENT_FUNDS)
     assert update.executed_quote_quantity == D("249.9951") <= 250
-    assert book.resting_quantity(order.order_id) is None  # a GTC buy out of funds does not rest
+    assert book.resting_quantity(order.order_id, order.account) is None  # a GTC buy out of funds does not rest
 
 
 def test_funds_limit_reached_with_the_target_is_filled() -> None:
@@ -572,7 +573,7 @@ def test_quote_quantity_worth_less_than_the_minimum_is_refused() -> None:
     book = book_with(limit("m", ASK, "1", "100.00", SPOT), symbol=SPOT)
     result = book.submit(market("t", BID, None, SPOT, quote_quantity=D("0.009")))
     assert result.rejection is not None and result.rejection.code is ErrorCode.INVALID_QUANTITY
-    assert result.updates == [] and book.resting_quantity(result.order.order_id) is None
+    assert result.updates == [] and book.resting_quantity(result.order.order_id, result.order.account) is None
 
 
 def test_fok_market_order_on_an_empty_side_is_killed() -> None:
@@ -598,7 +599,8 @@ def test_cancel_and_cancel_all() -> None:
     assert book.best_bid() == (D("99.00"), D(2))  # the cancelled head no longer counts
     assert [u.order_id for u in book.cancel_all("a")] == [a2.order_id, a3.order_id]
     assert book.cancel_all("a") == [] and len(book) == 1 and book.open_orders("b") == [b1.order_id]
-    assert book.resting_quantity(b1.order_id) == b1.quantity and book.resting_quantity(a1.order_id) is None
+    assert book.resting_quantity(b1.order_id, b1.account) == b1.quantity
+    assert book.resting_quantity(a1.order_id, a1.account) is None
 
 
 def test_refusals_come_back_as_values() -> None:
@@ -619,7 +621,7 @@ def test_depth_and_views_skip_cancelled_orders() -> None:
     book.cancel(orders[1].order_id, "a")  # not the head: stays in its queue, dead
     book.cancel(orders[2].order_id, "a")  # a whole level goes
     assert book.depth(2) == ([(D("99.00"), D(1)), (D("97.00"), D(1))], [(D("101.00"), D(2)), (D("102.00"), D(2))])
-    assert len(book) == 4 and book.resting_quantity(orders[1].order_id) is None
+    assert len(book) == 4 and book.resting_quantity(orders[1].order_id, orders[1].account) is None
     # The dead order behind the head must not be matched when the head goes.
     result = book.submit(market("c", ASK, "2"))
     assert [m for m, *_ in trades(result)] == [orders[0].order_id, orders[3].order_id]
@@ -904,6 +906,7 @@ class Ledger:
     filled: dict[str, Decimal] = field(default_factory=dict)
     final: dict[str, OrderUpdate] = field(default_factory=dict)
     positions: dict[str, Decimal] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
     last_trade_id: int = 0
 
     def submitted(self, order: Order, position_before: Decimal) -> None:
@@ -913,6 +916,7 @@ class Ledger:
         if order.reduce_only and position_before != 0:
             quantity = min(quantity, abs(position_before))
         self.effective[order.order_id] = quantity
+        self.owners[order.order_id] = order.account
         self.filled[order.order_id] = ZERO
 
     def record(self, fills: list[Fill], updates: list[OrderUpdate]) -> None:
@@ -933,7 +937,7 @@ class Ledger:
     def check(self, book: OrderBook) -> None:
         for order_id, effective in self.effective.items():
             filled = self.filled[order_id]
-            resting = book.resting_quantity(order_id)
+            resting = book.resting_quantity(order_id, self.owners[order_id])
             end = self.final.get(order_id)
             if end is None:
                 assert resting is not None, f"{order_id} vanished without a final update"
@@ -983,7 +987,7 @@ def run(book: OrderBook, ops: list[tuple]) -> None:
             result = book.submit(order)
             if not ref.submit(order):
                 assert result.rejection is not None and result.rejection.code is ErrorCode.INVALID_QUANTITY
-                assert result.fills == result.updates == [] and not book.resting_quantity(order.order_id)
+                assert result.fills == result.updates == [] and not book.resting_quantity(order.order_id, order.account)
                 continue
             assert result.rejection is None, result.rejection
             ledger.submitted(order, position)
