@@ -17,8 +17,12 @@ Rules the spec leaves open, as decided here:
 
 * A quote target is reached when what is left of it buys less than one step at the current
   best price (a sell does not look for a lower price that would fit another step).
-* ``funds_limit`` caps what a bid pays, as taker and later as maker; it is ignored on asks. A
-  resting bid that cannot pay for one more step expires ``InsufficientFunds``.
+* ``funds_limit`` caps what a bid pays, as taker and later as maker. A resting bid that cannot
+  pay for one more step expires ``InsufficientFunds``. On a market sell by quote it caps the
+  base the order gives (what its account locked, estimated at the account's mark): the impact
+  band is fixed from the book's best bid, which may sit further below the mark than the
+  estimate allowed. A sell that spends it before its target expires ``InsufficientFunds``
+  (a FOK one is killed). On any other ask it is ignored.
 * A market order meeting an empty side expires ``InsufficientLiquidity`` (``FillOrKill`` if FOK);
   the impact band is fixed from the best price on arrival.
 * Reduce-only caps are floored to the step; a cap of zero means "does not reduce".
@@ -329,7 +333,10 @@ class OrderBook:
             window = self._mark_window
             if window is not None and not window[0] <= price <= window[1]:
                 return self._ended_at_once(order, ExpiryReason.PRICE_OUT_OF_BOUNDS, False)
-        taker = _Resting(order, INFINITY if order.quantity is None else order.quantity)
+        remaining = order.quantity
+        if remaining is None:  # by quote: a sell never gives more base than its account locked for it
+            remaining = order.funds_limit if not is_bid and order.funds_limit is not None else INFINITY
+        taker = _Resting(order, remaining)
         modified = False
         if taker.reduce_only:
             position = self.positions.get(order.account, ZERO)
@@ -478,6 +485,9 @@ class OrderBook:
                 qty = maker.remaining
             self._trade(maker, taker, level, price, qty, fills, updates)
             if not taker.remaining:
+                # A sell by quote that spent its base before its target ran out of funds.
+                if order.quantity is None and affordable(quote_target - taker.executed_quote, price, False):
+                    return _NO_FUNDS
                 return None
 
     def _can_fill(self, taker: _Resting, limit: Decimal) -> bool:
@@ -547,8 +557,8 @@ class OrderBook:
                     remaining -= qty
                     if self._is_perp:
                         moved[maker_account] = position - qty if is_bid else position + qty
-                    if remaining == 0:
-                        return True
+                    if remaining == 0:  # a sell by quote may spend its base before its target
+                        return order.quantity is not None or not affordable(quote_target - paid, price, False)
         return False
 
     def _affordable(self, quote: Decimal, price: Decimal, paying: bool) -> Decimal:

@@ -117,7 +117,8 @@ class Order:
 
     ``quantity`` is in base units. A market order gives ``quantity`` or ``quote_quantity`` (or
     both: it stops at whichever is reached first). ``funds_limit`` is set by the sub-account on
-    spot buys: the quote it locked for the order; the book never spends more than that.
+    spot buys, the quote it locked for the order, and on spot sells by quote, the base it locked;
+    the book never spends more than that.
     """
 
     order_id: str

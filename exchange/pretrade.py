@@ -171,6 +171,8 @@ def _evaluate_spot(account: SubAccount, market: Market, order: Order, before: To
         order = attrs.evolve(order, funds_limit=lock)
     else:
         spent, received = lock, lock * price
+        if order.quantity is None:
+            order = attrs.evolve(order, funds_limit=lock)  # a sell by quote gives at most its lock
     change = Change(
         balances=((lock_asset, borrow - spent), (received_asset, received)),
         borrows=((lock_asset, borrow),) if borrow else (),

@@ -568,6 +568,29 @@ def test_market_sell_by_quote_quantity_and_quantity_whichever_first() -> None:
     assert [q for *_, q in trades(result)] == [D(1)] and final(result, by_quantity).status is FILLED
 
 
+def test_market_sell_by_quote_gives_no_more_base_than_its_account_locked() -> None:
+    """Its account locked 1.5 ETH (``funds_limit``) to receive 300 USDC, expecting about 200 a
+    coin; the bids stand lower, 1 @ 100 and 5 @ 98, inside the impact band from the best bid
+    (down to 97). It sells 1 @ 100 and 0.5 @ 98 (149 USDC) and stops there: expired, out of
+    funds, instead of selling the 3.0408 ETH the target would take. FOK, the same order is
+    killed whole; a target of 149 it reaches exactly, Filled."""
+    bids = (limit("m", BID, "1", "100.00", SPOT), limit("m", BID, "5", "98.00", SPOT))
+    book = book_with(*bids, symbol=SPOT)
+    ioc = market("t", ASK, None, SPOT, quote_quantity=D(300), funds_limit=D("1.5"))
+    result = book.submit(ioc)
+    assert [(p, q) for *_, p, q in trades(result)] == [(D(100), D(1)), (D(98), D("0.5"))]
+    update = final(result, ioc)
+    assert (update.status, update.reason, update.executed_quantity, update.executed_quote_quantity) == (
+        EXPIRED, R.INSUFFICIENT_FUNDS, D("1.5"), D(149))
+    book = book_with(*bids, symbol=SPOT)
+    fok = market("t", ASK, None, SPOT, quote_quantity=D(300), funds_limit=D("1.5"), time_in_force=FOK)
+    result = book.submit(fok)
+    assert result.fills == [] and (final(result, fok).status, final(result, fok).reason) == (EXPIRED, R.FILL_OR_KILL)
+    enough = market("t", ASK, None, SPOT, quote_quantity=D(149), funds_limit=D("1.5"), time_in_force=FOK)
+    result = book_with(*bids, symbol=SPOT).submit(enough)
+    assert final(result, enough).status is FILLED and final(result, enough).executed_quantity == D("1.5")
+
+
 def test_quote_quantity_worth_less_than_the_minimum_is_refused() -> None:
     """0.009 USDC buys less than one 0.0001 ETH step at 100: refused instead of "Filled" with nothing."""
     book = book_with(limit("m", ASK, "1", "100.00", SPOT), symbol=SPOT)
