@@ -615,13 +615,7 @@ def _demo_web(args: argparse.Namespace, scenario: loader.Scenario) -> int:
             print(f"the run stopped early ({outcome.failure}); nothing to play", file=sys.stderr)
             return 1
         events, seed, until_ms = outcome.result.events, outcome.seed, outcome.until_ms
-    perps = [m for m in scenario.profile.perp_markets() if any(e["event"] == "trade" and e["actor"] == f"market:{m.symbol}"
-                                                              for e in events)]
-    market = perps[0] if perps else None
-    meta = {"name": scenario.name, "seed": seed, "until_ms": until_ms, "settle": scenario.profile.settlement_asset,
-            "auto_close": float(scenario.profile.liquidation.auto_close_mmr), "start_paused": args.start_paused,
-            "market": market.symbol if market else None, "base": market.base if market else None,
-            "backstops": {a: {k: float(v) for k, v in capacity.items()} for a, capacity in scenario.backstops}}
+    meta = dashboard.meta_for(scenario, seed, until_ms, start_paused=args.start_paused)
     dashboard.serve(events, meta, port=args.port,
                     ready=lambda url: print(f"dashboard: {url}  (Ctrl-C to stop)", flush=True))
     return 0

@@ -2,13 +2,21 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let run = null;          // {meta, events}
+let run = null;          // {meta, from, events}: events[0] is the run's event number `from` (a live
+                         // session lets its oldest go); meta.live: a served run, asked for more each second
 let cursor = 0;          // events[0..cursor) are applied
 let state = null;
 let playing = false;
 let virtualMs = 0;       // the play head, in virtual ms
 let timer = null;
 const TICK_MS = 50;
+const POLL_MS = 1000;
+
+// The x axis: the run's length, or for a live run the time it has reached.
+function xMax() {
+  const last = run.events.length ? run.events[run.events.length - 1].t : 0;
+  return run.meta.until_ms || Math.max(last, 1000);
+}
 
 function fresh() {
   return { t: 0, prices: {}, trades: {}, health: {}, mmr: {}, books: {}, feed: [], heldFund: 0, feeFund: 0,
@@ -81,7 +89,7 @@ function play() {
   timer = setInterval(() => {
     virtualMs += TICK_MS * Number($("speed").value);
     forward(virtualMs, false);
-    if (cursor >= run.events.length) pause();
+    if (cursor >= run.events.length && !run.meta.live) pause();
     draw();
   }, TICK_MS);
 }
@@ -90,7 +98,7 @@ function pause() {
   playing = false;
   if (timer) clearInterval(timer);
   timer = null;
-  $("state").textContent = cursor >= (run ? run.events.length : 0) ? "ended" : "paused";
+  $("state").textContent = cursor >= (run ? run.events.length : 0) && !(run && run.meta.live) ? "ended" : "paused";
 }
 
 function series(points, x0, x1, y0, y1, ctx, w, h, style) {
@@ -121,7 +129,7 @@ function drawPrices() {
   if (!values.length) return;
   let y0 = Math.min(...values), y1 = Math.max(...values);
   const pad = (y1 - y0) * 0.05 || y1 * 0.001; y0 -= pad; y1 += pad;
-  const x1 = run.meta.until_ms;
+  const x1 = xMax();
   series(index, 0, x1, y0, y1, ctx, w, h, "#888");
   series(mark, 0, x1, y0, y1, ctx, w, h, "#1f77b4");
   for (const [t, p, liq] of trades) {
@@ -135,7 +143,7 @@ function drawPrices() {
 function drawMmr() {
   const canvas = $("mmr"), ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
   ctx.clearRect(0, 0, w, h);
-  const top = run.meta.auto_close * 1.5, x1 = run.meta.until_ms;
+  const top = run.meta.auto_close * 1.5, x1 = xMax();
   const line = (level, dash, color) => {
     const y = h - (level / top) * h; ctx.setLineDash(dash); ctx.strokeStyle = color;
     ctx.beginPath(); ctx.moveTo(0, y); ctx.lineTo(w, y); ctx.stroke(); ctx.setLineDash([]);
@@ -205,7 +213,9 @@ function drawFeed() {
 
 function draw() {
   $("time").textContent = (state.t / 1000).toFixed(3);
-  $("cursor").textContent = cursor;
+  $("cursor").textContent = run.from + cursor;
+  $("total").textContent = run.from + run.events.length;
+  $("scrub").max = run.events.length;
   $("scrub").value = cursor;
   $("fund").textContent = `${(state.heldFund + state.feeFund).toFixed(2)} ${run.meta.settle}`;
   $("backstops").textContent = state.backstops;
@@ -226,9 +236,8 @@ async function start() {
   const answer = await fetch("/dashboard/run.json");
   if (!answer.ok) { $("title").textContent = `marginsim: ${(await answer.json()).message}`; return; }
   run = await answer.json();
-  $("title").textContent = `marginsim: ${run.meta.name || "a run"} (seed ${run.meta.seed})`;
-  $("total").textContent = run.events.length;
-  $("scrub").max = run.events.length;
+  $("title").textContent = `marginsim: ${run.meta.name || "a run"} (seed ${run.meta.seed})` +
+    (run.meta.live ? ", live" : "") + (run.from ? ` from event ${run.from}` : "");
   rebuild(0);
   $("play").onclick = play;
   $("pause").onclick = () => { pause(); draw(); };
@@ -241,7 +250,23 @@ async function start() {
   };
   $("scrub").oninput = () => { pause(); rebuild(Number($("scrub").value)); virtualMs = state.t; draw(); };
   draw();
+  if (run.meta.live) setInterval(more, POLL_MS);
   if (!run.meta.start_paused) play();
+}
+
+// A live run: fetch the events after those the page has; if the server let some of them go
+// meanwhile, start again from what it still has.
+async function more() {
+  const have = run.from + run.events.length;
+  const answer = await fetch(`/dashboard/run.json?after=${have}`);
+  if (!answer.ok) return;
+  const fresh = await answer.json();
+  if (fresh.from === have) {
+    for (const e of fresh.events) run.events.push(e);
+  } else {
+    run.from = fresh.from; run.events = fresh.events; rebuild(0);
+  }
+  if (!playing) draw();
 }
 
 start();
