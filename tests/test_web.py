@@ -100,3 +100,45 @@ def test_a_browser_plays_cascade_to_its_first_liquidation_step(cascade, tmp_path
         server.terminate()
         server.wait(timeout=30)
 
+
+
+@pytest.mark.skipif(CHROMIUM is None or DRIVER is None, reason=f"no headless browser here: {ENABLE}")
+def test_a_browser_follows_a_served_run_as_a_client_trades(tmp_path):
+    """`marginsim serve` puts the same page at `/`: Chromium opens it, a client buys through the
+    API, and the page (asking the server each second for what is new) plays up to and past the
+    fill's event, its title saying the run is live."""
+    import json
+    import urllib.request
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_api import PERP, start_server
+
+    server = start_server(tmp_path)
+    try:
+        options = webdriver.ChromeOptions()
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+            options.add_argument(argument)
+        options.binary_location = CHROMIUM
+        browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+        try:
+            browser.get(server.http + "/")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: b.find_element(By.ID, "total").text not in ("", "0"))
+            assert browser.find_element(By.ID, "title").text == "marginsim: api-test (seed 3), live"
+            client = server.ccxt("other")
+            client.load_markets()
+            order = client.create_order(PERP, "market", "buy", 0.01)
+            with urllib.request.urlopen(server.http + "/dashboard/run.json", timeout=30) as answer:
+                logged = json.loads(answer.read())["events"]
+            fill = next(e for e in logged if e["event"] == "fill" and e.get("order_id") == order["id"])
+            wait.until(lambda b: int(b.find_element(By.ID, "cursor").text) >= fill["seq"])
+            assert browser.find_element(By.ID, "state").text == "playing"
+        finally:
+            browser.quit()
+    finally:
+        server.process.terminate()
+        server.process.communicate(timeout=30)
