@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a scenario at a readable clock rate with a live dashboard: prices, books, each "
         "sub-account's equity and IMR/MMR, fills, refusals and liquidation steps. It is the same run as "
         "`marginsim run` with the same seed (same fingerprint), only paced. Keys (in a terminal): space pause, "
-        "s step one second, + / - speed, q skip to the end (the rest runs unseen at full speed, then the results).",
+        "s step one second, b one second back (every panel as it stood then), + / - speed, q skip to the end (the "
+        "rest runs unseen at full speed, then the results).",
     )
     demo.add_argument("scenario", metavar="NAME", help="a shipped scenario's name or a scenario file")
     _run_options(demo)
