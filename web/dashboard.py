@@ -121,7 +121,8 @@ def app(events: Sequence[Event], meta: dict[str, Any]) -> Starlette:
 
 def serve(events: Sequence[Event], meta: dict[str, Any], *, host: str = "127.0.0.1", port: int = 8000,
           ready: Callable[[str], None] | None = None) -> None:
-    """Serve the dashboard on Hypercorn's Trio worker until Ctrl-C; ``ready`` gets the URL."""
+    """Serve the dashboard on Hypercorn's Trio worker until Ctrl-C (then it returns); ``ready``
+    gets the URL."""
     import trio
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
@@ -138,4 +139,7 @@ def serve(events: Sequence[Event], meta: dict[str, Any], *, host: str = "127.0.0
             if ready is not None:
                 ready(binds[0] + "/" if binds else f"http://{host}:{port}/")
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except* KeyboardInterrupt:  # Ctrl-C (SIGTERM too, under the CLI) is how the page is stopped: no traceback
+        pass

@@ -18,9 +18,11 @@ function xMax() {
   return run.meta.until_ms || Math.max(last, 1000);
 }
 
+// positions: account -> market -> the position after its newest fill, newer than its last
+// health sample (which replaces them), so the table and the feed show one instant.
 function fresh() {
   return { t: 0, prices: {}, trades: {}, health: {}, mmr: {}, books: {}, feed: [], heldFund: 0, feeFund: 0,
-           backstops: 0, used: {}, adls: 0, adlParties: new Set(), bankrupt: {}, liquidating: {} };
+           backstops: 0, used: {}, adls: 0, adlParties: new Set(), bankrupt: {}, liquidating: {}, positions: {} };
 }
 
 function apply(s, e) {
@@ -34,14 +36,19 @@ function apply(s, e) {
   } else if (kind === "health") {
     const account = e.actor.split(":")[1];
     s.health[account] = e;
+    delete s.positions[account];
     const m = e.mmr === "inf" ? Infinity : Number(e.mmr);
     (s.mmr[account] = s.mmr[account] || []).push([e.t, m]);
   } else if (kind === "book_top") {
     s.books[e.actor.split(":")[1]] = e;
   } else if (kind === "fund_flow" || kind === "lenders_compensated") {
     s.heldFund = Number(e.fund);
-  } else if (kind === "fill" && e.liquidation_fee && e.market.endsWith("_PERP")) {
-    s.feeFund += Number(e.liquidation_fee);
+  } else if (kind === "fill") {
+    if (e.position !== undefined && e.position !== null) {
+      const account = e.actor.split(":")[1];
+      (s.positions[account] = s.positions[account] || {})[e.market] = e.position;
+    }
+    if (e.liquidation_fee && e.market.endsWith("_PERP")) s.feeFund += Number(e.liquidation_fee);
   } else if (kind === "liquidation_step") {
     s.feed.push({ account: e.account, text: e.text, stage: e.stage });
     if (e.stage === "backstop") {
@@ -176,9 +183,12 @@ function drawAccounts() {
     tr.dataset.account = account;
     const debt = h.unsettled_equity && h.unsettled_equity.startsWith("-") ? h.unsettled_equity.slice(1) : null;
     let label = "";
-    if (state.bankrupt[account] && debt) { label = `bankrupt: owes the fund ${h.debt_text || debt}`; tr.className = "bankrupt"; }
-    else if (state.liquidating[account]) { label = "liquidating"; tr.className = "liquidating"; }
-    const positions = Object.entries(h.positions || {}).map(([m, q]) => `${q} ${m}`).join(", ") || "-";
+    if (state.bankrupt[account]) {  // the debt once a sample after the bankruptcy has it
+      label = debt ? `bankrupt: owes the fund ${h.debt_text || debt}` : "bankrupt"; tr.className = "bankrupt";
+    } else if (state.liquidating[account]) { label = "liquidating"; tr.className = "liquidating"; }
+    const held = { ...(h.positions || {}), ...(state.positions[account] || {}) };
+    const positions = Object.entries(held).filter(([, q]) => Number(q) !== 0).map(([m, q]) => `${q} ${m}`)
+      .join(", ") || "-";
     tr.append(cell(account), cell(h.equity_text), cell(h.imr_text), cell(h.mmr_text), cell(positions, "text"),
               cell(label, "text"));
     body.append(tr);
