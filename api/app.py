@@ -171,10 +171,11 @@ def build_app(gateway: Gateway, websocket: Callable[..., Any] | None = None) -> 
             print(f"marginsim serve: {method} {path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return error(500, "INTERNAL_ERROR", "the server failed on this request; the operator's log has the cause")
 
-    # The web dashboard at / (web/dashboard.py); it plays the events the gateway offers, if any.
-    from web.dashboard import page_routes
+    # The web dashboard at / (web/dashboard.py): it plays the session's events as they come.
+    from web.dashboard import meta_for, page_routes
 
-    routes: list[Any] = [*page_routes(getattr(gateway, "dashboard_events", None)),
+    meta = meta_for(session.scenario, session.seed, session.until_ms, live=True)
+    routes: list[Any] = [*page_routes(session.events_after, meta=meta),
                          Route("/{path:path}", endpoint, methods=METHODS)]
     if websocket is not None:
         routes.insert(0, WebSocketRoute("/ws", websocket))

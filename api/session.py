@@ -79,6 +79,9 @@ HISTORY_KEPT = 10_000  # per account and kind; older rows fall off (a long bot s
 SUMMARY_EVENTS = frozenset({"trade", "funding_payment"})
 CHECK_EVERY = 200  # events between two looks of the live invariant observer
 REPLY_BOUND_MS = 60_000  # virtual time a request waits for the venue's answer before a 504
+# The web page at / plays the run's events: the newest PAGE_KEPT of them are kept (about 1.7 kB
+# each; older ones go, a quarter of the window at a time, so a long session stays bounded).
+PAGE_KEPT = 50_000
 
 
 @attrs.frozen
@@ -266,6 +269,8 @@ class Session:
         self.kept: list[Event] = []  # the summary's events and the samples expectations read
         at_times = any(e.params.get("at_ms") is not None for e in scenario.expectations)
         self._keep = SUMMARY_EVENTS | {"health"} if at_times else SUMMARY_EVENTS
+        self.page_events: list[Event] = []  # the log's own event dicts, the newest PAGE_KEPT
+        self.page_dropped = 0  # how many older ones were let go
         self.log.listen(self._absorb)
         self.waiting: list[Request] = []  # requests whose answer is not in yet, in injection order
         self.open: list[Request] = []  # every request not answered yet (queued or waiting)
@@ -459,6 +464,19 @@ class Session:
         self.view.absorb(event)
         if event["event"] in self._keep:
             self.kept.append(event)
+        page = self.page_events
+        page.append(event)
+        if len(page) > PAGE_KEPT + PAGE_KEPT // 4:
+            drop = len(page) - PAGE_KEPT
+            del page[:drop]
+            self.page_dropped += drop
+
+    def events_after(self, after: int) -> tuple[int, list[Event]]:
+        """The events from the ``after``-th on (0: from the first), as the web page asks for
+        them: the index of the first one given (later than ``after`` when older ones were let
+        go) and the events, in log order."""
+        start = max(after, self.page_dropped)
+        return start, self.page_events[start - self.page_dropped:]
 
     @property
     def event_count(self) -> int:

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from actors.events import render
 from actors.system import Interrupted
 from exchange import margin
 from exchange.decimals import floor_to, fmt, fmt_pct
@@ -132,12 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     explainer = commands.add_parser(
         "explain", help="why an order was refused, how an account was liquidated",
-        description="Read an event log written by `marginsim run --log` and answer in plain words with the "
-        "numbers. Without --account or --order: every refusal and liquidation, one line each.",
+        description="Read an event log written by `marginsim run --log` (or run a scenario, as `marginsim run` "
+        "does) and answer in plain words with the numbers. Without --account or --order: every refusal and "
+        "liquidation, one line each. Given a scenario, how each account stood at the run's end (liquidation "
+        "pending, bankrupt) is judged on its end state, as `run` judges it; a log records health samples, not the "
+        "end, so from a log it is judged at the account's last sample. Exit 0 with an answer, 1 when the --order "
+        "or --account is not in the run (the ids that are, listed), 2 on a bad file or flag.",
     )
-    explainer.add_argument("log", type=Path, metavar="LOG", help="an events .jsonl file")
+    explainer.add_argument("log", type=Path, metavar="LOG|SCENARIO",
+                           help="an events .jsonl file, or a scenario (.toml file or shipped name) to run")
     explainer.add_argument("--account", metavar="ID", help="explain this sub-account's liquidations and refusals")
     explainer.add_argument("--order", metavar="ID", help="explain this order")
+    explainer.add_argument("--seed", type=_seed, help="SCENARIO: the run's seed (default: the scenario's)")
 
     exporter = commands.add_parser(
         "export", help="an event log as tables (CSV or Parquet): orders, fills, liquidation steps, ...",
@@ -168,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a scenario at a readable clock rate with a live dashboard: prices, books, each "
         "sub-account's equity and IMR/MMR, fills, refusals and liquidation steps. It is the same run as "
         "`marginsim run` with the same seed (same fingerprint), only paced. Keys (in a terminal): space pause, "
-        "s step one second, + / - speed, q skip to the end (the rest runs unseen at full speed, then the results).",
+        "s step one second, b one second back (every panel as it stood then), + / - speed, q skip to the end (the "
+        "rest runs unseen at full speed, then the results).",
     )
     demo.add_argument("scenario", metavar="NAME", help="a shipped scenario's name or a scenario file")
     _run_options(demo)
@@ -536,24 +544,46 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    events = explain.read_events(args.log)
+    ref = str(args.log)
+    end: explain.RunEnd | None = None
+    if args.log.suffix == ".toml" or (not args.log.exists() and ref in loader.shipped()):
+        scenario = loader.load(ref)
+        outcome = runner.run(scenario, seed=args.seed)
+        if outcome.result is None:
+            print(f"marginsim: the run stopped early ({outcome.failure}); nothing to explain", file=sys.stderr)
+            return 1
+        events = [json.loads(render(e)) for e in outcome.result.events]  # as `run --log` writes them
+        end = explain.RunEnd(outcome.until_ms, outcome.result.summary["accounts"], scenario.profile.settlement_asset)
+        source = f"the run of {scenario.name} (seed {outcome.seed})"
+    else:
+        if args.seed is not None:
+            raise InputError("--seed", "--seed", f"{args.seed} with a log", "a scenario to run (a log's run is done)")
+        events = explain.read_events(args.log)
+        source = ref
     if args.order and not any(e.get("order_id") == args.order for e in events):
-        orders = sorted({str(e["order_id"]) for e in events if e["event"] == "order_placed" or e["event"] == "order_rejected"})
-        raise InputError("--order", "--order", args.order, f"an order id in {args.log}: " + (", ".join(orders[:20]) or
-                         "it has none") + (" ..." if len(orders) > 20 else ""))
+        orders = sorted({str(e["order_id"]) for e in events if e["event"] in ("order_placed", "order_rejected")})
+        return _not_found("order", args.order, orders, source)
     if args.account and not any(e["actor"] == f"account:{args.account}" for e in events):
         accounts = sorted({e["actor"].split(":", 1)[1] for e in events if e["actor"].startswith("account:")})
-        raise InputError("--account", "--account", args.account, f"a sub-account in {args.log}: "
-                         + (", ".join(accounts) or "it has none"))
+        return _not_found("sub-account", args.account, accounts, source)
     lines: list[str] = explain.interrupted(events)
     if args.order:
         lines += explain.explain_order(events, args.order)
     if args.account:
-        lines += explain.explain_account(events, args.account)
+        lines += explain.explain_account(events, args.account, end)
     if not (args.order or args.account):
         lines += explain.overview(events)
     print("\n".join(lines))
     return 0
+
+
+def _not_found(kind: str, wanted: str, known: list[str], source: str) -> int:
+    """A well-formed id that is not in the run: exit 1, naming it and what is there."""
+    hint = did_you_mean(wanted, known)
+    listed = ", ".join(known[:20]) + (f" ... ({len(known)} in all)" if len(known) > 20 else "")
+    print(f"marginsim: no {kind} {wanted} in {source}" + (f"; {hint}" if hint else "") + "\n  "
+          + (f"its {kind}s: {listed}" if known else f"it has no {kind}s"), file=sys.stderr)
+    return 1
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -615,13 +645,7 @@ def _demo_web(args: argparse.Namespace, scenario: loader.Scenario) -> int:
             print(f"the run stopped early ({outcome.failure}); nothing to play", file=sys.stderr)
             return 1
         events, seed, until_ms = outcome.result.events, outcome.seed, outcome.until_ms
-    perps = [m for m in scenario.profile.perp_markets() if any(e["event"] == "trade" and e["actor"] == f"market:{m.symbol}"
-                                                              for e in events)]
-    market = perps[0] if perps else None
-    meta = {"name": scenario.name, "seed": seed, "until_ms": until_ms, "settle": scenario.profile.settlement_asset,
-            "auto_close": float(scenario.profile.liquidation.auto_close_mmr), "start_paused": args.start_paused,
-            "market": market.symbol if market else None, "base": market.base if market else None,
-            "backstops": {a: {k: float(v) for k, v in capacity.items()} for a, capacity in scenario.backstops}}
+    meta = dashboard.meta_for(scenario, seed, until_ms, start_paused=args.start_paused)
     dashboard.serve(events, meta, port=args.port,
                     ready=lambda url: print(f"dashboard: {url}  (Ctrl-C to stop)", flush=True))
     return 0

@@ -22,9 +22,17 @@ Three parts, kept apart so the first two can be tested without trio or a termina
 * ``_Demo``: pacing, keys and redraws (at most every ``FRAME_S``), all on the trio thread.
 
 Keys (in a terminal; stdin in cbreak mode, restored on the way out): space pauses and
-resumes, ``s`` steps one virtual second while paused, ``+``/``-`` double or halve the rate,
-``q`` stops watching: the dashboard freezes and the rest of the run goes at full speed, so the
-expectations are judged on the whole run. Ctrl-C aborts with ``KeyboardInterrupt``.
+resumes, ``s`` steps one virtual second while paused, ``b`` steps one virtual second back
+(pausing first), ``+``/``-`` double or halve the rate, ``q`` stops watching: the dashboard
+freezes and the rest of the run goes at full speed, so the expectations are judged on the
+whole run. Ctrl-C aborts with ``KeyboardInterrupt``.
+
+Stepping back is by the second, as ``s`` steps forward and as the web page's "back 1 s" does:
+a lecturer rewinds to "just before the gap", and one event back is usually one of a burst at
+the same millisecond, where nothing visible changes. The run cannot go back, so the frame is
+rebuilt: a fresh ``DemoState`` fed the log's events up to that instant, every panel from the
+same instant. ``s`` then steps forward through what was already seen until the live instant,
+and space goes back to it and plays on.
 """
 
 from __future__ import annotations
@@ -116,6 +124,7 @@ class DemoState:
     adl_parties: dict[str, None] = attrs.field(factory=dict)
     bankrupt: dict[str, None] = attrs.field(factory=dict)
     settle: str = "USDC"
+    live_ms: int | None = None  # set on a frame rebuilt from the past (``b``): where the run is
     _sampled: int = attrs.field(default=-1, init=False)  # the last sample's slot (now_ms // sample_ms)
 
     @classmethod
@@ -165,6 +174,12 @@ class DemoState:
         elif event["stage"] == "bankruptcy":
             self.bankrupt[event["account"]] = None
 
+    def blank(self) -> DemoState:
+        """An empty state with this one's configuration (scenario, rate, rows), to feed again."""
+        return attrs.evolve(self, now_ms=0, prices={}, books=dict.fromkeys(self.books),
+                            health=dict.fromkeys(self.health), feed=deque(maxlen=FEED_LINES), positions={},
+                            fund_held=ZERO, fund_fees=ZERO, backstop_used={}, adl_parties={}, bankrupt={})
+
     def should_pause(self, event: Event) -> bool:
         """Whether ``event`` is one the lecture asked to stop at (``--pause-on``)."""
         kind = event["event"]
@@ -187,6 +202,21 @@ class DemoState:
             self._sampled = slot
             for line in self.prices.values():
                 line.samples.append(line.last)
+
+
+def rebuilt(state: DemoState, events: Sequence[Event], at_ms: int) -> DemoState:
+    """The frame at ``at_ms``: a blank copy of ``state`` fed the ``events`` (in log order) up
+    to that instant, the clock advanced before each as it is live; marked as a look back."""
+    frame = state.blank()
+    for event in events:
+        if event["t"] > at_ms:
+            break
+        frame.advance(event["t"])
+        frame.on_event(event)
+    frame.advance(at_ms)
+    frame.now_ms = at_ms
+    frame.live_ms = state.now_ms
+    return frame
 
 
 def scenario_markets(scenario: Scenario) -> tuple[str, ...]:
@@ -289,12 +319,14 @@ def feed_line(event: Event) -> Text:
 
 def header(state: DemoState) -> Panel:
     status = "done" if state.done else "finishing unseen" if state.finishing else "paused" if state.paused else ""
+    if state.live_ms is not None:
+        status = f"looking back (the run is at {state.live_ms / 1000:.1f}s)"
     line = Text.assemble((state.name, "bold"), f"   t {state.now_ms / 1000:.1f}s / {state.until_ms / 1000:g}s"
                          f"   {state.rate:g}x   seed {state.seed}")
     if status:
         line.append(f"   {status}", style="bold yellow")
     if state.interactive:
-        line.append("   space pause · s step 1s · +/- speed · q finish", style="dim")
+        line.append("   space pause · s step 1s · b back 1s · +/- speed · q finish", style="dim")
     return Panel(line, title="marginsim demo", title_align="left")
 
 
@@ -433,10 +465,12 @@ class _Demo:
     (``time.sleep``/``select``) until the real clock catches up with the virtual one, which
     virtual time cannot notice, as it only moves by autojump when every task waits."""
 
-    def __init__(self, state: DemoState, live: Live, keys_fd: int | None) -> None:
+    def __init__(self, state: DemoState, live: Live, keys_fd: int | None, events: Sequence[Event] = ()) -> None:
         self.state = state
         self.live = live
         self.keys_fd = keys_fd
+        self.events = events  # the run's log so far (what ``b`` rebuilds a past frame from)
+        self.view: DemoState | None = None  # the past frame on screen, if stepped back
         self.anchor: tuple[float, float] | None = None  # (real s, virtual ms) the pace runs from
         self.hold_ms = 0.0  # paused: how far virtual time may go (s steps it on)
         self.last_draw = 0.0
@@ -479,9 +513,22 @@ class _Demo:
             for key in _keys_within(self.keys_fd, wait):
                 self.on_key(key)
 
+    def frame(self) -> DemoState:
+        """What is on screen: the past frame stepped back to, else the live state."""
+        return self.view if self.view is not None else self.state
+
     def on_key(self, key: str) -> None:
         state = self.state
-        if key == " ":
+        if key == "b":
+            if not state.paused:
+                state.paused = True
+                self.hold_ms = state.now_ms
+            self.view = rebuilt(state, self.events, max(self.frame().now_ms - 1000, 0))
+        elif key == "s" and self.view is not None:
+            ahead = self.view.now_ms + 1000
+            self.view = rebuilt(state, self.events, ahead) if ahead < state.now_ms else None
+        elif key == " ":
+            self.view = None
             state.paused = not state.paused
             self.hold_ms = state.now_ms  # pausing: the run stops here
             self.anchor = (time.monotonic(), state.now_ms)  # resuming: the pace goes on from here
@@ -492,6 +539,7 @@ class _Demo:
             factor = 2.0 if key in "+=" else 0.5
             state.rate = min(max(state.rate * factor, RATE_LIMITS[0]), RATE_LIMITS[1])
         elif key == "q":
+            self.view = None
             state.finishing = True
         self.draw(force=True)
 
@@ -499,7 +547,7 @@ class _Demo:
         """Redraw, at most every ``FRAME_S`` and never while finishing, unless forced."""
         if not force and (self.state.finishing or time.monotonic() - self.last_draw < FRAME_S):
             return
-        self.live.update(dashboard(self.state, self.live.console.width), refresh=True)
+        self.live.update(dashboard(self.frame(), self.live.console.width), refresh=True)
         self.last_draw = time.monotonic()
 
 
@@ -565,7 +613,7 @@ def run_demo(
     event, as ``runner.run`` with this seed.
 
     ``interactive`` (default: the console is a terminal and so is stdin, which it needs) reads
-    keys from stdin: space, s, +, -, q (see the module docstring). ``start_paused`` and
+    keys from stdin: space, s, b, +, -, q (see the module docstring). ``start_paused`` and
     ``pause_on`` (``liquidation``, ``bankruptcy``, ``refusal``: the clock stops at the next such
     event) need those keys to go on, so they are ignored without them."""
     if rate <= 0:
@@ -583,6 +631,7 @@ def run_demo(
     with Live(dashboard(state, console.width), console=console, auto_refresh=False) as live, _cbreak(keys_fd):
         demo = _Demo(state, live, keys_fd)
         system, scripts = build(scenario, seed, progress=demo.on_progress)
+        demo.events = system.log.events
         system.log.listener = _chain(system.log.listener, demo.on_event)
         run = _judged_run(scenario, seed, until_ms, system, scripts)
         state.done = True

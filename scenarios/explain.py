@@ -7,7 +7,11 @@ what was sold at what price, what remained), and the orders it had refused.
 ``overview``: every refusal and every liquidation in the log, one line each.
 
 It reads the canonical JSON lines a run writes (``marginsim run --log``); numbers come back as
-strings and are read as exact decimals.
+strings and are read as exact decimals. How an account stood when the run ended ("liquidation
+pending", bankrupt, mid-liquidation) is ``runner.account_status``, the rule ``run`` prints: on
+the run's end state when explain has the run (``RunEnd``), else on the log's last health sample
+of the account (a sample carries the same fields as the summary's row, but the marks may have
+moved after it; the log records no end state).
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from exchange.decimals import ZERO, fmt, fmt_pct
 from exchange.liquidation import LiquidationStep, describe_estimate, describe_step
 from exchange.margin import LiquidationPriceEstimate
 from exchange.validation import InputError
+from scenarios.runner import MID_LIQUIDATION, account_status
 
 Event = dict[str, Any]
 
@@ -163,6 +170,27 @@ def _why_refused(event: Event) -> list[str]:
 END_STAGES = ("healthy", "closed", "bankruptcy")
 
 
+@attrs.frozen
+class RunEnd:
+    """A finished run's end state, for the answers that judge it: when it ended, each
+    sub-account's summary row (``Venue.summary``) and the settlement asset."""
+
+    until_ms: int
+    accounts: dict[str, dict[str, Any]]
+    settle: str = "USDC"
+
+
+def sample_row(sample: Event, liquidations: int) -> dict[str, Any]:
+    """A logged health sample read back as the summary row ``account_status`` judges."""
+    def amounts(key: str) -> dict[str, Decimal]:
+        return {k: number(v) or ZERO for k, v in (sample.get(key) or {}).items()}
+
+    return {"net_equity": number(sample.get("net_equity")) or ZERO, "mmr": number(sample.get("mmr")) or ZERO,
+            "unsettled_equity": number(sample.get("unsettled_equity")) or ZERO, "positions": amounts("positions"),
+            "borrows": amounts("borrows"), "liquidating": str(sample.get("liquidating")).lower() == "true",
+            "liquidations": liquidations}
+
+
 def step_from_event(event: Event) -> LiquidationStep:
     """A ``liquidation_step`` event read back as the history row it was written from, so the
     log's answers use the same words and rounding as ``run`` (``describe_step``)."""
@@ -178,9 +206,10 @@ def step_from_event(event: Event) -> LiquidationStep:
         position_after=num("position_after"))
 
 
-def explain_account(events: Sequence[Event], account: str) -> list[str]:
+def explain_account(events: Sequence[Event], account: str, end: RunEnd | None = None) -> list[str]:
     """A sub-account's refusals and liquidation steps in time order, with the estimate it was
-    liquidated against, who absorbed its losses, and how its story stood when the log ends."""
+    liquidated against, who absorbed its losses, and how it stood when the run ended (``end``)
+    or, from a log alone, at its last health sample."""
     address = f"account:{account}"
     if not any(e["actor"] == address or e.get("account") == account for e in events):
         return [f"No sub-account {account} in this log."]
@@ -214,12 +243,21 @@ def explain_account(events: Sequence[Event], account: str) -> list[str]:
     elif steps[-1].stage not in END_STAGES:
         lines.append(f"The run ended mid-liquidation: the last step was {steps[-1].stage} at "
                      f"t={steps[-1].time_ms / 1000:.3f}s and the liquidation had not finished.")
-    if last_health is not None and (not steps or steps[-1].stage in END_STAGES):
-        mmr = number(last_health.get("mmr"))
-        if mmr is not None and mmr >= 1 and not mmr.is_infinite() or (mmr is not None and mmr.is_infinite()
-                                                                       and last_health.get("positions")):
-            lines.append(f"Liquidation pending: at its last sample ({_t(last_health)}) MMR was {fmt_pct(mmr)}, at or "
-                         "over 100%; the run ended before the next liquidation loop.")
+    mid = bool(steps) and steps[-1].stage not in END_STAGES  # said above, with the last step
+    starts = sum(1 for s in steps if s.stage == "start")
+    if end is not None and account in end.accounts:
+        status = account_status(end.accounts[account], end.settle)
+        if status and not (mid and status == MID_LIQUIDATION):
+            lines.append(f"At the end of the run (t={end.until_ms / 1000:.3f}s): {status}.")
+    elif last_health is not None:
+        status = account_status(sample_row(last_health, starts), "USDC")
+        if status and not (mid and status == MID_LIQUIDATION):
+            lines.append(f"At its last health sample ({_t(last_health)}): {status}.")
+        elif not status and (last_health.get("positions") or last_health.get("borrows")):
+            lines.append(f"At its last health sample ({_t(last_health)}) MMR was {_pct(last_health.get('mmr'))}: "
+                         "nothing pending then. The log does not record the run's end, and the marks may have moved "
+                         f"since: `marginsim explain SCENARIO --account {account}` runs it and judges its end as "
+                         "`run` does.")
     return lines
 
 

@@ -154,17 +154,19 @@ def run(
 
 
 CENT = Decimal("0.01")  # the summary's money column: equity floored, debts ceiled, against the account
+MID_LIQUIDATION = "the run ended mid-liquidation"
 
 
 def account_status(row: dict[str, Any], settle: str) -> str:
     """What a sub-account's end state means for liquidation, in words: a bankrupt account's debt
-    to the fund, a liquidation the run ended in the middle of, or one the next loop would start."""
+    to the fund, a liquidation the run ended in the middle of, or one the next loop would start.
+    ``run``'s summary and ``explain`` both judge with it."""
     if row["unsettled_equity"] < 0 and not row["positions"]:
         return f"bankrupt: owes the liquidity fund {fmt(ceil_to(-row['unsettled_equity'], CENT))} {settle}"
     if row["liquidations"] and row["net_equity"] <= 0 and not (row["positions"] or row["borrows"]):
         return "liquidated to zero equity"
     if row["liquidating"]:
-        return "the run ended mid-liquidation"
+        return MID_LIQUIDATION
     if row["mmr"] >= 1:
         return f"liquidation pending: MMR {fmt_pct(row['mmr'])} >= 100%, the next loop starts it"
     return ""

@@ -582,6 +582,42 @@ def test_funding_and_interest_histories(server: Server) -> None:
     settled = victim.privateGetWapiV1HistorySettlement()  # PnL realized every 10 s (the profile's default)
     assert settled and {row["source"] for row in settled} <= {"RealizePnl", "BackstopLiquidityFundProceeds"}
 
+def test_the_page_at_root_plays_the_served_run(server: Server) -> None:
+    """`/` under serve is the web dashboard, fed by the session's events so far: a market order
+    placed through the API is on its event feed (placed, filled at the price ccxt reports,
+    closed, and the trade the page charts), and asking for the events after those already read
+    gives only the newer ones, in the log's order."""
+    page = urllib.request.urlopen(server.http + "/", timeout=30).read().decode()
+    assert "<title>marginsim dashboard</title>" in page and "/dashboard/static/dashboard.js" in page
+
+    def events(after: int) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{server.http}/dashboard/run.json?after={after}", timeout=30) as answer:
+            return json.loads(answer.read())
+
+    first = events(0)
+    assert first["from"] == 0 and first["meta"]["live"] is True and first["meta"]["market"] == "BTC_USDC_PERP"
+    assert first["meta"]["name"] == "api-test" and first["meta"]["until_ms"] is None
+    assert [e["seq"] for e in first["events"]] == list(range(1, len(first["events"]) + 1))  # all of them, in order
+    have = len(first["events"])
+    ex = server.ccxt("other")
+    ex.load_markets()
+    order = ex.create_order(PERP, "market", "buy", 0.01)
+    newer = events(have)
+    assert newer["from"] == have and newer["events"][0]["seq"] == have + 1
+    mine = [e for e in newer["events"] if e.get("order_id") == order["id"] and e["actor"] == "account:other"]
+    assert [e["event"] for e in mine] == ["order_placed", "fill", "order_closed"]
+    assert mine[1]["quantity"] == "0.01" and float(mine[1]["price"]) == order["average"]
+    assert mine[2]["status"] == "Filled"
+    trade = next(e for e in newer["events"] if e["event"] == "trade" and e["seq"] > mine[0]["seq"])
+    assert trade["actor"] == "market:BTC_USDC_PERP" and trade["price"] == mine[1]["price"]
+    assert trade["quantity"] == "0.01"
+    requests = [e for e in newer["events"] if e["event"] == "api_request" and e["account"] == "other"]
+    assert requests[-1]["method"] == "POST" and requests[-1]["path"] == "/api/v1/order"
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(f"{server.http}/dashboard/run.json?after=-1", timeout=30)
+    assert bad.value.code == 400 and "after" in json.loads(bad.value.read())["message"]
+
+
 
 def test_stop_prints_the_summary_and_the_log_replays(server: Server, tmp_path: Path) -> None:
     server.process.send_signal(signal.SIGTERM)
@@ -593,3 +629,4 @@ def test_stop_prints_the_summary_and_the_log_replays(server: Server, tmp_path: P
                               env={**os.environ})
     assert replayed.returncode == 0, replayed.stdout[-2000:] + replayed.stderr[-2000:]
     assert "the log is identical" in replayed.stdout
+

@@ -262,8 +262,7 @@ LOG_CASES = [
      "code"),
     ("log-step-no-stage", ['{"event": "liquidation_step", "actor": "liquidator", "t": 0, "account": "a"}'], [],
      "stage"),
-    ("log-order-unknown", ['{"event": "price", "actor": "feed", "t": 0}'], ["--order", "nope"], "--order"),
-    ("log-account-unknown", ['{"event": "price", "actor": "feed", "t": 0}'], ["--account", "nope"], "--account"),
+    ("log-seed", ['{"event": "price", "actor": "feed", "t": 0}'], ["--seed", "3"], "--seed"),
 ]
 
 
@@ -464,6 +463,25 @@ def test_fuzz_time_budget_alone_is_not_capped_at_the_default_runs(monkeypatch: p
     assert seen[0].start == 0 and seen[0].stop - seen[0].start > 10**12
     assert seen[1] == range(7, 10)
     assert seen[2] == range(0, 100)
+
+
+def test_an_id_not_in_the_log_is_not_found_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A well-formed --order or --account that the run does not have is "not found" (exit 1), not
+    bad input: the message names it, suggests the close one, and lists the ids there are."""
+    path = tmp_path / "events.jsonl"
+    lines = [{"event": "order_placed", "actor": "account:alice", "t": 0, "order_id": "alice-long", "seq": 1},
+             {"event": "order_rejected", "actor": "account:bob", "t": 5, "order_id": "bob-1", "code": "X", "seq": 2}]
+    path.write_text("".join(json.dumps(e) + "\n" for e in lines), encoding="utf-8")
+    code, text = cli(["explain", str(path), "--order", "alice-lng"], capsys)
+    assert code == 1 and "Traceback" not in text
+    assert text == (f"marginsim: no order alice-lng in {path}; did you mean `alice-long`?\n"
+                    "  its orders: alice-long, bob-1\n")
+    code, text = cli(["explain", str(path), "--account", "carol"], capsys)
+    assert code == 1 and text == f"marginsim: no sub-account carol in {path}\n  its sub-accounts: alice, bob\n"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"event": "price", "actor": "feed", "t": 0}\n', encoding="utf-8")
+    code, text = cli(["explain", str(empty), "--account", "nope"], capsys)
+    assert code == 1 and text.endswith("it has no sub-accounts\n")
 
 
 def test_an_interrupted_log_is_explained_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

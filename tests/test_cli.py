@@ -242,7 +242,9 @@ def test_explain_a_liquidation(tmp_path, capsys):
                                "margin 603 (1 BTC_USDC_PERP at 90450 needs 603, PnL -9550)")
     assert lines[2].startswith("t=6.000s book: Ask 0.1 BTC_USDC_PERP at 90440 (mark 90450), taker fee 4.522, "
                                "liquidation fee 0; MMR 150.75% -> 137.57%; 0.9 left")
-    assert lines[-1].startswith("t=11.000s healthy (")
+    assert lines[-2].startswith("t=11.000s healthy (")
+    # A log has no end state: the last health sample is what it can judge (MMR just under 100%).
+    assert lines[-1].startswith("At its last health sample (t=30.000s) MMR was 99.99%: nothing pending then.")
 
 
 def test_the_event_log_file_is_the_fingerprinted_log(tmp_path, capsys):
@@ -314,3 +316,28 @@ def test_the_summary_says_how_each_account_ended(tmp_path, capsys):
     assert all(t in out for t in times)
     assert main(["explain", str(log), "--account", "t08"]) == 0
     assert "The run ended mid-liquidation" in capsys.readouterr().out
+
+
+def test_explain_judges_the_end_of_cascade_as_run_does(tmp_path, capsys):
+    """t09 in cascade (seed 1) is never liquidated: its last health sample, at t=49.004 s, was
+    taken on the mark of t=48.002 s (93,629.4: 1 BTC long, equity 629.4, MMR 99.17%); the mark of
+    t=49.002 s (93,590) reached it after, so at the end its equity is 929.9 - (93,929.9 - 93,590)
+    = 590 and MMR 105.75%: liquidation pending, which `run` says. Explaining the scenario judges
+    that end state with the same rule and says the same; explaining the log alone, which has no
+    end state, says what its last sample showed and how to get the end judged."""
+    assert main(["run", "cascade", "--json"]) == 0
+    t09 = json.loads(capsys.readouterr().out)["accounts"]["t09"]
+    assert t09["net_equity"] == "590" and t09["liquidations"] == 0
+    assert t09["status"] == "liquidation pending: MMR 105.75% >= 100%, the next loop starts it"
+    assert main(["explain", "cascade", "--account", "t09"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "Sub-account t09 was never liquidated.", f"At the end of the run (t=50.000s): {t09['status']}."]
+    assert main(["explain", "cascade", "--account", "t12"]) == 0  # MMR 4.59% at the end: nothing pending
+    assert capsys.readouterr().out.splitlines() == ["Sub-account t12 was never liquidated."]
+    log = tmp_path / "events.jsonl"
+    assert main(["run", "cascade", "--log", str(log)]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(log), "--account", "t09"]) == 0
+    out = capsys.readouterr().out
+    assert "At its last health sample (t=49.004s) MMR was 99.17%: nothing pending then." in out
+    assert "`marginsim explain SCENARIO --account t09` runs it" in out

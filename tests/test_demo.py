@@ -75,22 +75,24 @@ def test_state_watches_what_the_scenario_trades() -> None:
     assert state.accounts == ("maker", "trader")
 
 
+FED: list[dict[str, Any]] = [
+    {"event": "price", "actor": "feed", "t": 0, "symbol": "BTC", "price": D(100000)},
+    {"event": "price", "actor": "feed", "t": 0, "symbol": "ETH", "price": D(4000)},
+    {"event": "price", "actor": "feed", "t": 5000, "symbol": "BTC", "price": D(90000)},
+    {"event": "book_top", "actor": "market:BTC_USDC_PERP", "t": 5000, "bid": D(89990), "bid_quantity": D(2),
+     "ask": None, "ask_quantity": None},
+    {"event": "health", "actor": "account:trader", "t": 6000, "net_equity": D(400), "imr": D("2.5"),
+     "mmr": D("1.5"), "available": D(-600), "positions": {"BTC_USDC_PERP": D(1)}, "borrows": {},
+     "liquidating": True},
+    {"event": "liquidation_step", "actor": "liquidator", "t": 6000, "account": "trader", "stage": "book",
+     "market": "BTC_USDC_PERP", "side": "Ask", "quantity": D("0.1"), "price": D(89990), "fee": D(4),
+     "mmr_before": D("1.5"), "mmr_after": D("1.37"), "reason": "reduce the position on the book"},
+]
+
+
 def fed_state() -> demo.DemoState:
-    state = demo.DemoState("example", 7, 30_000, 5.0, ("BTC", "BTC_USDC_PERP"), ("trader",))
-    events: list[dict[str, Any]] = [
-        {"event": "price", "actor": "feed", "t": 0, "symbol": "BTC", "price": D(100000)},
-        {"event": "price", "actor": "feed", "t": 0, "symbol": "ETH", "price": D(4000)},
-        {"event": "price", "actor": "feed", "t": 5000, "symbol": "BTC", "price": D(90000)},
-        {"event": "book_top", "actor": "market:BTC_USDC_PERP", "t": 5000, "bid": D(89990), "bid_quantity": D(2),
-         "ask": None, "ask_quantity": None},
-        {"event": "health", "actor": "account:trader", "t": 6000, "net_equity": D(400), "imr": D("2.5"),
-         "mmr": D("1.5"), "available": D(-600), "positions": {"BTC_USDC_PERP": D(1)}, "borrows": {},
-         "liquidating": True},
-        {"event": "liquidation_step", "actor": "liquidator", "t": 6000, "account": "trader", "stage": "book",
-         "market": "BTC_USDC_PERP", "side": "Ask", "quantity": D("0.1"), "price": D(89990), "fee": D(4),
-         "mmr_before": D("1.5"), "mmr_after": D("1.37"), "reason": "reduce the position on the book"},
-    ]
-    for event in events:
+    state = demo.DemoState("example", 7, 30_000, 5.0, ("BTC", "BTC_USDC_PERP"), ("trader",), interactive=True)
+    for event in FED:
         state.on_event(event)
         state.advance(event["t"])
     return state
@@ -215,3 +217,40 @@ def test_pause_on_stops_at_what_the_lecture_asked_for() -> None:
     assert state.should_pause({**step, "stage": "bankruptcy"}) and state.should_pause({"event": "order_rejected"})
     state.pause_on = frozenset({"liquidation"})
     assert state.should_pause(step) and not state.should_pause({"event": "order_rejected"})
+
+
+def test_b_steps_back_a_second_and_redraws_every_panel_from_that_instant() -> None:
+    """Live at t=6 s (trader liquidating at MMR 150%, one liquidation line in the feed), ``b``
+    pauses and shows t=5 s: BTC already at 90,000 (-10%) and the book's bid 89,990 (both logged at
+    5 s), but no health sample yet (it came at 6 s), so no ratio and no liquidation line. A
+    second ``b`` shows t=4 s, before the drop: BTC 100,000 and an empty book. ``s`` walks forward
+    through what was seen, and back at the live instant the live frame is on screen again,
+    untouched by the looking back."""
+    state = fed_state()
+    console = recording_console()
+    pacer = demo._Demo(state, Live(console=console, auto_refresh=False), keys_fd=None, events=FED)
+
+    def screen() -> str:
+        out = recording_console()
+        out.print(demo.dashboard(pacer.frame(), 120))
+        return out.export_text()
+
+    pacer.on_key("b")
+    assert state.paused and pacer.limit_ms() == 6000  # the run itself stays held where it was
+    text = screen()
+    for expected in ("t 5.0s / 30s", "looking back (the run is at 6.0s)", "b back 1s", "90000", "-10%", "89990",
+                     "nothing yet"):
+        assert expected in text, expected
+    assert "150%" not in text and "liquidating" not in text and "liq book" not in text
+    row = next(line for line in text.splitlines() if line.strip("│ ").startswith("trader"))
+    assert row.strip("│ ").split() == ["trader", "-", "-", "-", "-"]
+    pacer.on_key("b")
+    text = screen()
+    assert "t 4.0s / 30s" in text and "100000" in text and "89990" not in text and "-10%" not in text
+    pacer.on_key("s")
+    assert pacer.frame().now_ms == 5000 and "89990" in screen()
+    pacer.on_key("s")
+    assert pacer.view is None and pacer.frame() is state
+    text = screen()
+    assert "t 6.0s / 30s" in text and "looking back" not in text and "150%" in text and "liq book" in text
+    assert state.now_ms == 6000 and len(state.feed) == 1

@@ -62,7 +62,7 @@ def test_a_browser_plays_cascade_to_its_first_liquidation_step(cascade, tmp_path
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     server = subprocess.Popen([sys.executable, "-m", "scenarios.cli", "demo", "cascade", "--web", "--port", "0",
-                               "--start-paused"], stdout=subprocess.PIPE, text=True,
+                               "--start-paused"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         line = server.stdout.readline()
@@ -92,11 +92,77 @@ def test_a_browser_plays_cascade_to_its_first_liquidation_step(cascade, tmp_path
             assert len(browser.find_elements(By.CSS_SELECTOR, "#feed li")) > 1  # the next steps of that second
             browser.find_element(By.ID, "back").click()
             assert float(browser.find_element(By.ID, "time").text) < first.time_ms / 1000 + 1
+            # On to t01's bankruptcy (a pause at each step): the table shows that instant, not the
+            # last health sample's: t01 bankrupt with no position left, blp holding what the
+            # backstop took (1.02579 BTC), the whale short by 21.4 less what ADL closed (3.87421).
+            steps = cascade.result.history["t01"]
+            taken = {s.stage: s.quantity for s in steps if s.stage in ("backstop", "adl")}
+            for _ in range(10):
+                feed = browser.find_elements(By.CSS_SELECTOR, "#feed li")
+                if feed and feed[-1].get_attribute("data-account") == "t01" and \
+                        feed[-1].get_attribute("data-stage") == "bankruptcy":
+                    break
+                browser.find_element(By.ID, "play").click()
+                wait.until(lambda b: b.find_element(By.ID, "state").text == "paused")
+            assert browser.find_element(By.ID, "time").text == f"{steps[-1].time_ms / 1000:.3f}"
+
+            def row(name: str) -> list[str]:
+                cells = browser.find_elements(By.CSS_SELECTOR, f'#accounts tr[data-account="{name}"] td')
+                return [c.text for c in cells]
+
+            assert row("t01")[4:] == ["-", "bankrupt"]
+            assert row("blp")[4] == f"{taken['backstop']} BTC_USDC_PERP" == "1.02579 BTC_USDC_PERP"
+            assert row("whale")[4] == f"{-21.4 + float(taken['adl']):.5f} BTC_USDC_PERP" == "-17.52579 BTC_USDC_PERP"
+            assert browser.find_element(By.ID, "adl-parties").text == "whale"
+            assert browser.find_element(By.ID, "backstop-room").text == "blp BTC_USDC_PERP: 0.76 of 100000 USDC"
             browser.save_screenshot(str(tmp_path / "dashboard.png"))
             assert (tmp_path / "dashboard.png").stat().st_size > 20_000
         finally:
             browser.quit()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.terminate()  # SIGTERM is Ctrl-C to the CLI: the page stops quietly
+        _, errors = server.communicate(timeout=30)
+    assert server.returncode == 0 and errors == "", errors
 
+
+
+@pytest.mark.skipif(CHROMIUM is None or DRIVER is None, reason=f"no headless browser here: {ENABLE}")
+def test_a_browser_follows_a_served_run_as_a_client_trades(tmp_path):
+    """`marginsim serve` puts the same page at `/`: Chromium opens it, a client buys through the
+    API, and the page (asking the server each second for what is new) plays up to and past the
+    fill's event, its title saying the run is live."""
+    import json
+    import urllib.request
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_api import PERP, start_server
+
+    server = start_server(tmp_path)
+    try:
+        options = webdriver.ChromeOptions()
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+            options.add_argument(argument)
+        options.binary_location = CHROMIUM
+        browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+        try:
+            browser.get(server.http + "/")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: b.find_element(By.ID, "total").text not in ("", "0"))
+            assert browser.find_element(By.ID, "title").text == "marginsim: api-test (seed 3), live"
+            client = server.ccxt("other")
+            client.load_markets()
+            order = client.create_order(PERP, "market", "buy", 0.01)
+            with urllib.request.urlopen(server.http + "/dashboard/run.json", timeout=30) as answer:
+                logged = json.loads(answer.read())["events"]
+            fill = next(e for e in logged if e["event"] == "fill" and e.get("order_id") == order["id"])
+            wait.until(lambda b: int(b.find_element(By.ID, "cursor").text) >= fill["seq"])
+            assert browser.find_element(By.ID, "state").text == "playing"
+        finally:
+            browser.quit()
+    finally:
+        server.process.terminate()
+        server.process.communicate(timeout=30)

@@ -8,7 +8,9 @@ next liquidation and jump back. Each liquidation step comes with its line from
 ``exchange.liquidation.describe_step``, so the page words it as ``run`` and ``explain`` do.
 
 ``page_routes`` is what both front doors mount: ``marginsim demo --web`` (a finished run or a
-saved ``--log``) and ``marginsim serve`` (at ``/``, through ``api.app.build_app``).
+saved ``--log``) and ``marginsim serve`` (at ``/``, through ``api.app.build_app``, fed by the
+session's events so far: the page asks every second for those after the ones it has, and plays
+the live run as a client trades on it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from starlette.staticfiles import StaticFiles
 from actors.events import render
 from exchange.decimals import ceil_to, floor_to, fmt, fmt_pct
 from exchange.liquidation import describe_step
+from scenarios.demo import scenario_markets
 from scenarios.explain import step_from_event
+from scenarios.loader import Scenario
 from scenarios.runner import CENT
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -62,9 +66,29 @@ def _health_words(sample: Event) -> None:
         sample["debt_text"] = fmt(ceil_to(-unsettled, CENT))
 
 
-def page_routes(events: Callable[[], Sequence[Event]] | None, *, meta: dict[str, Any] | None = None) -> list[BaseRoute]:
+# What the page's source gives it: the events from a position on (the index of the first of
+# them, which is past the asked position when a long session has let older ones go).
+Source = Callable[[int], tuple[int, Sequence[Event]]]
+
+
+def meta_for(scenario: Scenario, seed: int, until_ms: int | None, *, start_paused: bool = False,
+             live: bool = False) -> dict[str, Any]:
+    """What the page needs besides the events: names, the x axis (``until_ms``; None while a
+    served run goes on), the auto-close line, the perp it charts (the scenario's first) and the
+    backstops' capacity."""
+    profile = scenario.profile
+    perps = [m for m in scenario_markets(scenario) if profile.markets[m].is_perp]
+    market = profile.markets[perps[0]] if perps else None
+    return {"name": scenario.name, "seed": seed, "until_ms": until_ms, "settle": profile.settlement_asset,
+            "auto_close": float(profile.liquidation.auto_close_mmr), "start_paused": start_paused, "live": live,
+            "market": market.symbol if market else None, "base": market.base if market else None,
+            "backstops": {a: {k: float(v) for k, v in capacity.items()} for a, capacity in scenario.backstops}}
+
+
+def page_routes(events: Source | None, *, meta: dict[str, Any] | None = None) -> list[BaseRoute]:
     """The page at ``/``, its files under ``/dashboard/static`` and the run at
-    ``/dashboard/run.json``; without an event source the run answers 404 with the reason."""
+    ``/dashboard/run.json?after=N`` (the events from the N-th on: a live page asks only for
+    what is new); without an event source the run answers 404 with the reason."""
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "dashboard.html", media_type="text/html")
@@ -73,21 +97,32 @@ def page_routes(events: Callable[[], Sequence[Event]] | None, *, meta: dict[str,
         if events is None:
             return JSONResponse({"code": "NO_EVENTS", "message": "this server keeps no event history to play"},
                                 status_code=404)
-        body = {"meta": meta or {}, "events": with_words(events())}
+        after = request.query_params.get("after", "0")
+        if not after.isdigit() or len(after) > 18:
+            return JSONResponse({"code": "INVALID_CLIENT_REQUEST", "message": f"after: found {after!r}; allowed: "
+                                 "a whole number of events already read (0 or more)"}, status_code=400)
+        start, chunk = events(int(after))
+        body = {"meta": meta or {}, "from": start, "events": with_words(chunk)}
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
     return [Route("/", index), Route("/dashboard/run.json", run),
             Mount("/dashboard/static", app=StaticFiles(directory=STATIC), name="dashboard-static")]
 
 
+def from_list(events: Sequence[Event]) -> Source:
+    """A finished run's events as the page's source."""
+    return lambda after: (after, events[after:])
+
+
 def app(events: Sequence[Event], meta: dict[str, Any]) -> Starlette:
     """The dashboard on its own, for ``marginsim demo --web``."""
-    return Starlette(routes=page_routes(lambda: events, meta=meta))
+    return Starlette(routes=page_routes(from_list(events), meta=meta))
 
 
 def serve(events: Sequence[Event], meta: dict[str, Any], *, host: str = "127.0.0.1", port: int = 8000,
           ready: Callable[[str], None] | None = None) -> None:
-    """Serve the dashboard on Hypercorn's Trio worker until Ctrl-C; ``ready`` gets the URL."""
+    """Serve the dashboard on Hypercorn's Trio worker until Ctrl-C (then it returns); ``ready``
+    gets the URL."""
     import trio
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
@@ -104,4 +139,7 @@ def serve(events: Sequence[Event], meta: dict[str, Any], *, host: str = "127.0.0
             if ready is not None:
                 ready(binds[0] + "/" if binds else f"http://{host}:{port}/")
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except* KeyboardInterrupt:  # Ctrl-C (SIGTERM too, under the CLI) is how the page is stopped: no traceback
+        pass

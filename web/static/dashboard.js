@@ -2,17 +2,27 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let run = null;          // {meta, events}
+let run = null;          // {meta, from, events}: events[0] is the run's event number `from` (a live
+                         // session lets its oldest go); meta.live: a served run, asked for more each second
 let cursor = 0;          // events[0..cursor) are applied
 let state = null;
 let playing = false;
 let virtualMs = 0;       // the play head, in virtual ms
 let timer = null;
 const TICK_MS = 50;
+const POLL_MS = 1000;
 
+// The x axis: the run's length, or for a live run the time it has reached.
+function xMax() {
+  const last = run.events.length ? run.events[run.events.length - 1].t : 0;
+  return run.meta.until_ms || Math.max(last, 1000);
+}
+
+// positions: account -> market -> the position after its newest fill, newer than its last
+// health sample (which replaces them), so the table and the feed show one instant.
 function fresh() {
   return { t: 0, prices: {}, trades: {}, health: {}, mmr: {}, books: {}, feed: [], heldFund: 0, feeFund: 0,
-           backstops: 0, used: {}, adls: 0, adlParties: new Set(), bankrupt: {}, liquidating: {} };
+           backstops: 0, used: {}, adls: 0, adlParties: new Set(), bankrupt: {}, liquidating: {}, positions: {} };
 }
 
 function apply(s, e) {
@@ -26,14 +36,19 @@ function apply(s, e) {
   } else if (kind === "health") {
     const account = e.actor.split(":")[1];
     s.health[account] = e;
+    delete s.positions[account];
     const m = e.mmr === "inf" ? Infinity : Number(e.mmr);
     (s.mmr[account] = s.mmr[account] || []).push([e.t, m]);
   } else if (kind === "book_top") {
     s.books[e.actor.split(":")[1]] = e;
   } else if (kind === "fund_flow" || kind === "lenders_compensated") {
     s.heldFund = Number(e.fund);
-  } else if (kind === "fill" && e.liquidation_fee && e.market.endsWith("_PERP")) {
-    s.feeFund += Number(e.liquidation_fee);
+  } else if (kind === "fill") {
+    if (e.position !== undefined && e.position !== null) {
+      const account = e.actor.split(":")[1];
+      (s.positions[account] = s.positions[account] || {})[e.market] = e.position;
+    }
+    if (e.liquidation_fee && e.market.endsWith("_PERP")) s.feeFund += Number(e.liquidation_fee);
   } else if (kind === "liquidation_step") {
     s.feed.push({ account: e.account, text: e.text, stage: e.stage });
     if (e.stage === "backstop") {
@@ -81,7 +96,7 @@ function play() {
   timer = setInterval(() => {
     virtualMs += TICK_MS * Number($("speed").value);
     forward(virtualMs, false);
-    if (cursor >= run.events.length) pause();
+    if (cursor >= run.events.length && !run.meta.live) pause();
     draw();
   }, TICK_MS);
 }
@@ -90,7 +105,7 @@ function pause() {
   playing = false;
   if (timer) clearInterval(timer);
   timer = null;
-  $("state").textContent = cursor >= (run ? run.events.length : 0) ? "ended" : "paused";
+  $("state").textContent = cursor >= (run ? run.events.length : 0) && !(run && run.meta.live) ? "ended" : "paused";
 }
 
 function series(points, x0, x1, y0, y1, ctx, w, h, style) {
@@ -121,7 +136,7 @@ function drawPrices() {
   if (!values.length) return;
   let y0 = Math.min(...values), y1 = Math.max(...values);
   const pad = (y1 - y0) * 0.05 || y1 * 0.001; y0 -= pad; y1 += pad;
-  const x1 = run.meta.until_ms;
+  const x1 = xMax();
   series(index, 0, x1, y0, y1, ctx, w, h, "#888");
   series(mark, 0, x1, y0, y1, ctx, w, h, "#1f77b4");
   for (const [t, p, liq] of trades) {
@@ -135,7 +150,7 @@ function drawPrices() {
 function drawMmr() {
   const canvas = $("mmr"), ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
   ctx.clearRect(0, 0, w, h);
-  const top = run.meta.auto_close * 1.5, x1 = run.meta.until_ms;
+  const top = run.meta.auto_close * 1.5, x1 = xMax();
   const line = (level, dash, color) => {
     const y = h - (level / top) * h; ctx.setLineDash(dash); ctx.strokeStyle = color;
     ctx.beginPath(); ctx.moveTo(0, y); ctx.lineTo(w, y); ctx.stroke(); ctx.setLineDash([]);
@@ -168,9 +183,12 @@ function drawAccounts() {
     tr.dataset.account = account;
     const debt = h.unsettled_equity && h.unsettled_equity.startsWith("-") ? h.unsettled_equity.slice(1) : null;
     let label = "";
-    if (state.bankrupt[account] && debt) { label = `bankrupt: owes the fund ${h.debt_text || debt}`; tr.className = "bankrupt"; }
-    else if (state.liquidating[account]) { label = "liquidating"; tr.className = "liquidating"; }
-    const positions = Object.entries(h.positions || {}).map(([m, q]) => `${q} ${m}`).join(", ") || "-";
+    if (state.bankrupt[account]) {  // the debt once a sample after the bankruptcy has it
+      label = debt ? `bankrupt: owes the fund ${h.debt_text || debt}` : "bankrupt"; tr.className = "bankrupt";
+    } else if (state.liquidating[account]) { label = "liquidating"; tr.className = "liquidating"; }
+    const held = { ...(h.positions || {}), ...(state.positions[account] || {}) };
+    const positions = Object.entries(held).filter(([, q]) => Number(q) !== 0).map(([m, q]) => `${q} ${m}`)
+      .join(", ") || "-";
     tr.append(cell(account), cell(h.equity_text), cell(h.imr_text), cell(h.mmr_text), cell(positions, "text"),
               cell(label, "text"));
     body.append(tr);
@@ -205,7 +223,9 @@ function drawFeed() {
 
 function draw() {
   $("time").textContent = (state.t / 1000).toFixed(3);
-  $("cursor").textContent = cursor;
+  $("cursor").textContent = run.from + cursor;
+  $("total").textContent = run.from + run.events.length;
+  $("scrub").max = run.events.length;
   $("scrub").value = cursor;
   $("fund").textContent = `${(state.heldFund + state.feeFund).toFixed(2)} ${run.meta.settle}`;
   $("backstops").textContent = state.backstops;
@@ -226,9 +246,8 @@ async function start() {
   const answer = await fetch("/dashboard/run.json");
   if (!answer.ok) { $("title").textContent = `marginsim: ${(await answer.json()).message}`; return; }
   run = await answer.json();
-  $("title").textContent = `marginsim: ${run.meta.name || "a run"} (seed ${run.meta.seed})`;
-  $("total").textContent = run.events.length;
-  $("scrub").max = run.events.length;
+  $("title").textContent = `marginsim: ${run.meta.name || "a run"} (seed ${run.meta.seed})` +
+    (run.meta.live ? ", live" : "") + (run.from ? ` from event ${run.from}` : "");
   rebuild(0);
   $("play").onclick = play;
   $("pause").onclick = () => { pause(); draw(); };
@@ -241,7 +260,23 @@ async function start() {
   };
   $("scrub").oninput = () => { pause(); rebuild(Number($("scrub").value)); virtualMs = state.t; draw(); };
   draw();
+  if (run.meta.live) setInterval(more, POLL_MS);
   if (!run.meta.start_paused) play();
+}
+
+// A live run: fetch the events after those the page has; if the server let some of them go
+// meanwhile, start again from what it still has.
+async function more() {
+  const have = run.from + run.events.length;
+  const answer = await fetch(`/dashboard/run.json?after=${have}`);
+  if (!answer.ok) return;
+  const fresh = await answer.json();
+  if (fresh.from === have) {
+    for (const e of fresh.events) run.events.push(e);
+  } else {
+    run.from = fresh.from; run.events = fresh.events; rebuild(0);
+  }
+  if (!playing) draw();
 }
 
 start();
