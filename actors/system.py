@@ -235,6 +235,8 @@ class System:
                     await self.scheduler.run_paced(until_ms, watch, clock, on_idle)
                 else:
                     await self.scheduler.run(until_ms, watch, clock)
+                for address, effects in self.venue.closing_samples(time.ms):  # how each account ended
+                    self.context.carry_out(address, effects)
                 nursery.cancel_scope.cancel()
             if self.observer is not None:
                 self.observer.check(everything=True)

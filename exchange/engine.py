@@ -206,6 +206,12 @@ class Exchange:
             self._pump()
         self.now_ms = max(self.now_ms, now_ms)
 
+    def close(self) -> None:
+        """End the run at the current instant: the accounts' closing health samples."""
+        for address, effects in self.venue.closing_samples(self.now_ms):
+            self._carry_out(address, effects)
+        self._pump()
+
     # -- building ---------------------------------------------------------------------------
     def add_account(self, account_id: str, *, owner: str | None = None, settings: Settings | None = None) -> SubAccount:
         """A sub-account that hears every price, as the whole venue does here."""

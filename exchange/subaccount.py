@@ -689,13 +689,16 @@ class SubAccountMachine(Machine):
             self.settle()
         elif message.kind == "sample":
             self._log_health()
+        elif message.kind == "closing_sample":
+            self._log_health(closing=True)
 
-    def _log_health(self) -> None:
-        """A periodic health sample (charts, the demo, expectations at a time)."""
+    def _log_health(self, closing: bool = False) -> None:
+        """A periodic health sample (charts, the demo, expectations at a time); ``closing``: the
+        one taken once the run's last instant has settled, how the account ended."""
         account = self.account
         t = totals(account)
         self.emit(
-            "health", net_equity=t.net_equity, imr=t.imr, mmr=t.mmr, available=t.available,
+            "health", **({"closing": True} if closing else {}), net_equity=t.net_equity, imr=t.imr, mmr=t.mmr, available=t.available,
             maintenance=t.maintenance, liquidating=account.liquidating,
             positions={s: p.quantity for s, p in account.positions.items()},
             borrows=dict(account.borrows), lends=dict(account.lends),

@@ -26,7 +26,7 @@ from exchange.margin import estimate_liquidation_price, totals
 from exchange.market import MarketMachine
 from exchange.pool import PoolMachine
 from exchange.profile import Profile
-from exchange.protocol import FEED, LIQUIDATOR, Deposit, account_address, market_address, pool_address
+from exchange.protocol import FEED, LIQUIDATOR, SCHEDULER, Deposit, Tick, account_address, market_address, pool_address
 from exchange.subaccount import SubAccountMachine
 
 SETUP = "setup"  # the sender of the deposits a run starts with
@@ -131,6 +131,16 @@ class Venue:
         if self.sample_ms:
             for machine in self.accounts.values():
                 schedule(machine.address, "sample", 0, self.sample_ms)
+
+    # -- the last instant -------------------------------------------------------------------
+    def closing_samples(self, now_ms: int) -> Iterator[tuple[str, list[Effect]]]:
+        """With sampling on, every account's health once the run's last instant has settled, so
+        a log tells how each account ended (a mark that arrived after the last periodic sample
+        is in it; "liquidation pending" is judged from it). Logged only: nothing is sent."""
+        if not self.sample_ms:
+            return
+        for machine in self.accounts.values():
+            yield machine.address, machine.handle(SCHEDULER, Tick("closing_sample", now_ms), now_ms)
 
     # -- reading ----------------------------------------------------------------------------
     @property

@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read an event log written by `marginsim run --log` (or run a scenario, as `marginsim run` "
         "does) and answer in plain words with the numbers. Without --account or --order: every refusal and "
         "liquidation, one line each. Given a scenario, how each account stood at the run's end (liquidation "
-        "pending, bankrupt) is judged on its end state, as `run` judges it; a log records health samples, not the "
-        "end, so from a log it is judged at the account's last sample. Exit 0 with an answer, 1 when the --order "
+        "pending, bankrupt) is judged on its end state, as `run` judges it; from a log, on the closing health sample "
+        "each account logs at the run's end. Exit 0 with an answer, 1 when the --order "
         "or --account is not in the run (the ids that are, listed), 2 on a bad file or flag.",
     )
     explainer.add_argument("log", type=Path, metavar="LOG|SCENARIO",

@@ -39,6 +39,7 @@ def run_engine(scenario: Scenario, seed: int, until_ms: int) -> tuple[Venue, lis
     venue, _ = runner.build_venue(scenario, seed)
     engine = Exchange(scenario.profile, venue=venue)
     engine.advance_to(until_ms)
+    engine.close()
     return venue, engine.events
 
 

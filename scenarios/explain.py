@@ -9,9 +9,10 @@ what was sold at what price, what remained), and the orders it had refused.
 It reads the canonical JSON lines a run writes (``marginsim run --log``); numbers come back as
 strings and are read as exact decimals. How an account stood when the run ended ("liquidation
 pending", bankrupt, mid-liquidation) is ``runner.account_status``, the rule ``run`` prints: on
-the run's end state when explain has the run (``RunEnd``), else on the log's last health sample
-of the account (a sample carries the same fields as the summary's row, but the marks may have
-moved after it; the log records no end state).
+the run's end state when explain has the run (``RunEnd``), else on the account's closing health
+sample, which a run logs once its last instant has settled (a sample carries the same fields as
+the summary's row). A log without one (stopped early, or written before closing samples) is
+judged on its last periodic sample, and the answer says the marks may have moved since.
 """
 
 from __future__ import annotations
@@ -251,7 +252,13 @@ def explain_account(events: Sequence[Event], account: str, end: RunEnd | None = 
             lines.append(f"At the end of the run (t={end.until_ms / 1000:.3f}s): {status}.")
     elif last_health is not None:
         status = account_status(sample_row(last_health, starts), "USDC")
-        if status and not (mid and status == MID_LIQUIDATION):
+        if last_health.get("closing"):
+            if status and not (mid and status == MID_LIQUIDATION):
+                lines.append(f"At the end of the run ({_t(last_health)}): {status}.")
+            elif not status and (last_health.get("positions") or last_health.get("borrows")):
+                lines.append(f"At the end of the run ({_t(last_health)}) MMR was {_pct(last_health.get('mmr'))}: "
+                             "nothing pending.")
+        elif status and not (mid and status == MID_LIQUIDATION):
             lines.append(f"At its last health sample ({_t(last_health)}): {status}.")
         elif not status and (last_health.get("positions") or last_health.get("borrows")):
             lines.append(f"At its last health sample ({_t(last_health)}) MMR was {_pct(last_health.get('mmr'))}: "

@@ -244,7 +244,7 @@ def test_explain_a_liquidation(tmp_path, capsys):
                                "liquidation fee 0; MMR 150.75% -> 137.57%; 0.9 left")
     assert lines[-2].startswith("t=11.000s healthy (")
     # A log has no end state: the last health sample is what it can judge (MMR just under 100%).
-    assert lines[-1].startswith("At its last health sample (t=30.000s) MMR was 99.99%: nothing pending then.")
+    assert lines[-1] == "At the end of the run (t=30.000s) MMR was 99.99%: nothing pending."
 
 
 def test_the_event_log_file_is_the_fingerprinted_log(tmp_path, capsys):
@@ -265,10 +265,10 @@ def test_list_names_every_shipped_scenario(capsys):
 
 
 def test_run_differential_says_the_drivers_agree(capsys):
-    """partial-liquidation logs 125 events, the same on the engine and on the actors."""
+    """partial-liquidation logs 127 events (two of them the closing health samples), the same on the engine and on the actors."""
     assert main(["run", "partial-liquidation", "--differential"]) == 0
     assert capsys.readouterr().out == (
-        "partial-liquidation, seed 1: the engine and the actors agree exactly (125 events)\n")
+        "partial-liquidation, seed 1: the engine and the actors agree exactly (127 events)\n")
 
 
 def test_a_misnamed_expectations_table_is_refused_with_its_line(tmp_path, capsys):
@@ -323,8 +323,9 @@ def test_explain_judges_the_end_of_cascade_as_run_does(tmp_path, capsys):
     taken on the mark of t=48.002 s (93,629.4: 1 BTC long, equity 629.4, MMR 99.17%); the mark of
     t=49.002 s (93,590) reached it after, so at the end its equity is 929.9 - (93,929.9 - 93,590)
     = 590 and MMR 105.75%: liquidation pending, which `run` says. Explaining the scenario judges
-    that end state with the same rule and says the same; explaining the log alone, which has no
-    end state, says what its last sample showed and how to get the end judged."""
+    that end state with the same rule and says the same; so does explaining the log, from the
+    closing sample every account logs at the end. A log without closing samples (one cut short)
+    says what its last periodic sample showed and how to get the end judged."""
     assert main(["run", "cascade", "--json"]) == 0
     t09 = json.loads(capsys.readouterr().out)["accounts"]["t09"]
     assert t09["net_equity"] == "590" and t09["liquidations"] == 0
@@ -338,6 +339,10 @@ def test_explain_judges_the_end_of_cascade_as_run_does(tmp_path, capsys):
     assert main(["run", "cascade", "--log", str(log)]) == 0
     capsys.readouterr()
     assert main(["explain", str(log), "--account", "t09"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"At the end of the run (t=50.000s): {t09['status']}."
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(line for line in log.read_text().splitlines(keepends=True) if '"closing":true' not in line))
+    assert main(["explain", str(cut), "--account", "t09"]) == 0
     out = capsys.readouterr().out
     assert "At its last health sample (t=49.004s) MMR was 99.17%: nothing pending then." in out
     assert "`marginsim explain SCENARIO --account t09` runs it" in out
