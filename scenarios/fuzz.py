@@ -60,9 +60,9 @@ class FuzzSettings:
     liveness_s: int = 15
     check_every: int = 200
     exercises: int = 24  # scripted requests that reach every rule: refusals, loans, transfers, flags, settings
-    # A reused order id among those requests. Off: the account forgets the first order's
-    # reservation when the book refuses the second (a known bug, fixed separately).
-    duplicate_ids: bool = False
+    # Reused order ids among those requests: the account refuses a second open one, and an id
+    # another account uses is no collision (ids are each account's own).
+    duplicate_ids: bool = True
 
 
 @attrs.frozen
