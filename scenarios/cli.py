@@ -560,15 +560,18 @@ def _explain(args: argparse.Namespace) -> int:
             raise InputError("--seed", "--seed", f"{args.seed} with a log", "a scenario to run (a log's run is done)")
         events = explain.read_events(args.log)
         source = ref
-    if args.order and not any(e.get("order_id") == args.order for e in events):
-        orders = sorted({str(e["order_id"]) for e in events if e["event"] in ("order_placed", "order_rejected")})
-        return _not_found("order", args.order, orders, source)
     if args.account and not any(e["actor"] == f"account:{args.account}" for e in events):
         accounts = sorted({e["actor"].split(":", 1)[1] for e in events if e["actor"].startswith("account:")})
         return _not_found("sub-account", args.account, accounts, source)
+    # An order id is its sub-account's own: with --account, the id must be that account's.
+    actor = f"account:{args.account}" if args.account else None
+    if args.order and not any(e.get("order_id") == args.order and actor in (None, e["actor"]) for e in events):
+        orders = sorted({str(e["order_id"]) for e in events if e["event"] in ("order_placed", "order_rejected")
+                         and actor in (None, e["actor"])})
+        return _not_found("order", args.order, orders, source + (f" for sub-account {args.account}" if actor else ""))
     lines: list[str] = explain.interrupted(events)
     if args.order:
-        lines += explain.explain_order(events, args.order)
+        lines += explain.explain_order(events, args.order, args.account)
     if args.account:
         lines += explain.explain_account(events, args.account, end)
     if not (args.order or args.account):

@@ -119,11 +119,25 @@ def _num(value: object, places: int | None = None) -> str:
     return "-" if n is None else fmt(n, places)
 
 
-def explain_order(events: Sequence[Event], order_id: str) -> list[str]:
-    mine = [e for e in events if e.get("order_id") == order_id and e["actor"].startswith("account:")]
-    if not mine:
-        return [f"No order {order_id} in this log."]
-    account = mine[0]["actor"].split(":", 1)[1]
+def explain_order(events: Sequence[Event], order_id: str, account: str | None = None) -> list[str]:
+    """What became of order ``order_id``: an id is its sub-account's own, so where several
+    accounts used it each gets its own answer, in the order they first used it (``account``:
+    that one's only)."""
+    by_account: dict[str, list[Event]] = {}
+    for e in events:
+        if e.get("order_id") == order_id and e["actor"].startswith("account:"):
+            owner = e["actor"].split(":", 1)[1]
+            if account is None or owner == account:
+                by_account.setdefault(owner, []).append(e)
+    if not by_account:
+        return [f"No order {order_id}{f' of sub-account {account}' if account else ''} in this log."]
+    lines = []
+    for owner, mine in by_account.items():
+        lines += _order_story(mine, order_id, owner)
+    return lines
+
+
+def _order_story(mine: list[Event], order_id: str, account: str) -> list[str]:
     lines = []
     for event in mine:
         kind = event["event"]

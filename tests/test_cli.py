@@ -346,3 +346,26 @@ def test_explain_judges_the_end_of_cascade_as_run_does(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "At its last health sample (t=49.004s) MMR was 99.17%: nothing pending then." in out
     assert "`marginsim explain SCENARIO --account t09` runs it" in out
+
+
+def test_explain_an_order_id_two_accounts_used():
+    """An order id is its sub-account's own: alice's x was accepted and filled, bob's x refused.
+    Each gets its own answer, in the order they first used it; ``account`` picks one."""
+    from scenarios import explain
+
+    placed = {"event": "order_placed", "actor": "account:alice", "order_id": "x", "side": "Bid", "quantity": "1",
+              "market": "SOL_USDC", "price": "150", "imr_after": None, "t": 1000}
+    refused = {"event": "order_rejected", "actor": "account:bob", "order_id": "x", "side": "Ask", "quantity": "2",
+               "market": "SOL_USDC", "price": None, "code": "INVALID_ORDER", "message": "no", "t": 2000}
+    closed = {"event": "order_closed", "actor": "account:alice", "order_id": "x", "status": "Filled",
+              "reason": None, "executed": "1", "t": 3000}
+    events = [placed, refused, closed]
+    assert explain.explain_order(events, "x") == [
+        "Order x (Bid 1 SOL_USDC at 150) from sub-account alice was accepted at t=1.000s (it could only reduce risk: "
+        "no margin check).",
+        "  t=3.000s it ended Filled with 1 executed.",
+        "Order x (Ask 2 SOL_USDC at market) from sub-account bob was refused at t=2.000s: INVALID_ORDER.",
+        "  no",
+    ]
+    assert explain.explain_order(events, "x", "bob")[0].startswith("Order x (Ask 2 SOL_USDC at market) from sub-account bob")
+    assert explain.explain_order(events, "x", "carol") == ["No order x of sub-account carol in this log."]
