@@ -68,7 +68,7 @@ class OpenOrder:
     """An order the account has sent to a market and not yet seen end."""
 
     order: Order
-    remaining: Decimal  # base quantity still open; for a market order by quote, its cap
+    remaining: Decimal  # base quantity still open; a perp order by quote: what its margin check counted
     lock_asset: str | None = None
     lock_left: Decimal = ZERO  # funds still locked for this order
     executed: Decimal = ZERO
@@ -278,13 +278,16 @@ class SubAccount:
         self.unsettled_equity -= quantity
 
     # -- orders ---------------------------------------------------------------------------
-    def reserve(self, order: Order, lock_asset: str | None, lock_amount: Decimal) -> OpenOrder:
-        """Record an accepted order and lock what it may spend (the margin check came first)."""
+    def reserve(self, order: Order, lock_asset: str | None, lock_amount: Decimal,
+                exposure: Decimal | None = None) -> OpenOrder:
+        """Record an accepted order and lock what it may spend (the margin check came first).
+        ``exposure``: for an order sized by quote, the base quantity the check counted; it stays
+        the order's open quantity, less its fills, until the order ends."""
         if lock_asset is not None and lock_amount:
             bal = self.balance(lock_asset)
             bal.available -= lock_amount
             bal.locked += lock_amount
-        remaining = order.quantity if order.quantity is not None else ZERO
+        remaining = order.quantity if order.quantity is not None else exposure or ZERO
         entry = OpenOrder(order=order, remaining=remaining, lock_asset=lock_asset, lock_left=lock_amount)
         self.open_orders[order.order_id] = entry
         if entry.counts_as_exposure and remaining:
@@ -347,7 +350,7 @@ class SubAccount:
             counted = min(fill.quantity, max(ZERO, entry.reported_executed - entry.executed))
             entry.executed += fill.quantity
             entry.executed_quote += fill.quote_quantity
-            if entry.order.quantity is not None and fill.quantity > counted:
+            if fill.quantity > counted and entry.remaining:
                 self._set_remaining(entry, max(ZERO, entry.remaining - (fill.quantity - counted)))
         if fill.liquidation_fee:
             self.debit(market.quote, fill.liquidation_fee)

@@ -40,6 +40,10 @@ class Accepted:
     lock_amount: Decimal = ZERO
     redeem: Decimal = ZERO  # lent quantity of lock_asset to redeem first
     borrow: Decimal = ZERO  # quantity of lock_asset to borrow first (autoBorrow)
+    # A perp order sized by quote: the base quantity the margin check counted (the quote at the
+    # mark, up to the step). The account counts it as the order's open exposure until the order
+    # ends, so the IMR it was accepted at is the IMR it holds while the order is on its way.
+    exposure: Decimal | None = None
 
 
 def place_order(account: SubAccount, order: Order) -> Accepted | Rejection:
@@ -48,7 +52,7 @@ def place_order(account: SubAccount, order: Order) -> Accepted | Rejection:
     if isinstance(result, Accepted):
         if result.redeem or result.borrow:
             raise ValueError("an order that redeems or borrows is placed through the lending pool")
-        account.reserve(result.order, result.lock_asset, result.lock_amount)
+        account.reserve(result.order, result.lock_asset, result.lock_amount, result.exposure)
     return result
 
 
@@ -110,7 +114,8 @@ def _evaluate(account: SubAccount, market: Market, order: Order, before: Totals 
         quantity = _perp_quantity(account, market, order)
         bid = order.side is Side.BID
         change = Change(perp=(market.symbol, ZERO, quantity if bid else ZERO, ZERO if bid else quantity))
-        return Accepted(order, evaluate_change(account, change, base_totals))
+        return Accepted(order, evaluate_change(account, change, base_totals),
+                        exposure=quantity if order.quantity is None else None)
     return _evaluate_spot(account, market, order, base_totals)
 
 

@@ -311,7 +311,7 @@ class SubAccountMachine(Machine):
 
     def _submit(self, accepted: Accepted, owner: str | None) -> None:
         order = accepted.order
-        self.account.reserve(order, accepted.lock_asset, accepted.lock_amount)
+        self.account.reserve(order, accepted.lock_asset, accepted.lock_amount, accepted.exposure)
         if owner is not None:
             self.owners[order.order_id] = owner
         ev = accepted.evaluation

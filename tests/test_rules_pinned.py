@@ -200,3 +200,25 @@ def test_a_shortfall_is_covered_by_selling_the_largest_haircut_first():
     assert plan is not None and plan.shortfall == D(100) and (plan.redeem, plan.borrow) == (D(0), D(0))
     assert [(c.asset, c.market, c.quantity) for c in plan.conversions] == [("SOL", "SOL_USDC", D("1.04"))]
     assert plan.uncovered == 0
+
+
+def test_a_perp_order_by_quote_counts_as_exposure_until_it_fills():
+    """A BTC perp market bid for 5,000 USDC at mark 100,000: the margin check counts
+    ceil(5,000 / 100,000, 0.00001) = 0.05 BTC of open bids. Reserved, the account holds that
+    0.05 as order exposure, so its IMR on the way to the book is the IMR the check accepted. A
+    fill of 0.04999 at 100,010 (the quote spent) leaves 0.00001 open until the final update."""
+    account = SubAccount("a", PROFILE)
+    account.deposit("USDC", D(1000))
+    account.set_mark("BTC", D(100000))
+    account.set_mark("BTC_USDC_PERP", D(100000))
+    order = Order("q", "a", "BTC_USDC_PERP", Side.BID, OrderType.MARKET, None, quote_quantity=D(5000))
+    accepted = check_order(account, order)
+    assert isinstance(accepted, Accepted) and accepted.exposure == D("0.05")
+    account.reserve(accepted.order, accepted.lock_asset, accepted.lock_amount, accepted.exposure)
+    assert account.order_exposure == {"BTC_USDC_PERP": [D("0.05"), D(0)]}
+    assert accepted.evaluation is not None and totals(account).imr == accepted.evaluation.after.imr
+    market = PROFILE.markets["BTC_USDC_PERP"]
+    account.apply_fill(Fill(trade_id=1, market=market.symbol, order_id="q", account="a", side=Side.BID,
+                            price=D(100010), quantity=D("0.04999"), quote_quantity=D("4999.4999"),
+                            fee=D("2.49975"), fee_asset="USDC", is_maker=False, origin=Origin.USER), market)
+    assert account.order_exposure == {"BTC_USDC_PERP": [D("0.00001"), D(0)]}
