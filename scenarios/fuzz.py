@@ -206,8 +206,7 @@ def _exercises(rng: random.Random, data: dict[str, Any], traders: list[str], act
             notional = D(rng.choice([200, 2000, 20000]))
             action.update(type="order", id=f"x{n}", market=market, side=rng.choice(["buy", "sell"]))
             kind = rng.random()
-            if kind < 0.15 and market == SPOT:  # a market order sized by quote (on a perp, the pre-trade
-                # check counts the exposure the resting order then does not: spot only until that is settled)
+            if kind < 0.15:  # a market order sized by quote
                 action["quote_quantity"] = notional
             else:
                 action["quantity"] = max(step, (notional / mark).quantize(step))

@@ -55,7 +55,7 @@ def test_generated_scenarios_reach_every_rule(tmp_path):
     assert all(any(o.get(flag) for o in orders) for flag in fuzz._ORDER_FLAGS)
     assert {o["time_in_force"] for o in orders} == {"GTC", "IOC", "FOK"}
     assert {o["self_trade_prevention"] for o in orders} == {"RejectTaker", "RejectMaker", "RejectBoth"}
-    assert any("quote_quantity" in o for o in orders)
+    assert {o["market"].endswith("_PERP") for o in orders if "quote_quantity" in o} == {True, False}  # perp and spot
     deposits = {(data["scenario"]["seed"], a["id"]): a["deposits"]["USDC"] for data in scenarios for a in data["accounts"]}
     assert any(a["quantity"] > deposits[(data["scenario"]["seed"], a["account"])]
                for data in scenarios for a in data["actions"] if a["type"] in ("withdraw", "transfer"))
