@@ -93,9 +93,12 @@ class Conformance:
         self._loop: dict[str, dict[str, tuple[Decimal, Decimal]]] = {}  # account -> market -> (start size, sold)
         # account -> market -> the largest position (absolute) since its last liquidation row: a
         # loop plans on the position it sees, and the account's own reducing orders may fill
-        # before the loop's (so the cap is judged on at least what the plan saw)
+        # before the loop's (so the cap is judged on at least what the plan saw). At a row it
+        # starts again from the larger of the market's position and the account's own (a fill on
+        # its way has not reached the account, whose next loop plans on what it has booked).
         self._peak: dict[str, dict[str, Decimal]] = {}
         self._held: dict[str, dict[str, Decimal]] = {}  # account -> market -> position, in the markets' order
+        self._booked: dict[str, dict[str, Decimal]] = {}  # account -> market -> position, as the account booked it
         # funding: index and mark prices, the premium's range over the running interval, last rates
         self._prices: dict[str, Decimal] = {}
         self._premium_range: dict[str, tuple[Decimal, Decimal]] = {}
@@ -144,7 +147,8 @@ class Conformance:
     def _liquidation_step(self, event: Event) -> tuple[str, str] | None:
         account, stage, t = event["account"], event["stage"], event["t"]
         self._loop.pop(account, None)  # the rows close the loop whose fills came before them
-        self._peak[account] = {m: abs(p) for m, p in self._held.get(account, {}).items()}
+        booked = self._booked.get(account, {})
+        self._peak[account] = {m: max(abs(p), abs(booked.get(m, ZERO))) for m, p in self._held.get(account, {}).items()}
         mmr = event["mmr_before"]
         if stage == "start":
             self._cases.add(account)
@@ -172,6 +176,8 @@ class Conformance:
         account = event["actor"].split(":", 1)[1]
         market = self.profile.markets[event["market"]]
         origin = event["origin"]
+        if event["position"] is not None:
+            self._booked.setdefault(account, {})[market.symbol] = event["position"]
         found = self._fee_rounding(event, market, origin) if origin in _BOOK_ORIGINS else None
         order = self._orders.get((account, event["order_id"]))
         if found is None and order is not None:
