@@ -319,8 +319,9 @@ class System:
     def liveness_violations(self, now_ms: int) -> list[str]:
         """After a quiet end (faults lifted, prices still): is everything resolved?
 
-        Every sub-account at MMR >= 100% has been brought back, handed over or closed, unless its
-        liquidation is younger than the bound every liquidation must end within
+        Every sub-account at MMR >= 100% has been brought back, handed over or closed, unless it
+        went over less than a loop interval (and the grace) ago, or its liquidation is younger
+        than the bound every liquidation must end within
         (``max_book_loops`` loops on the book, three more for the start, the backstop round and
         settling, and the grace); no request is still waiting; every order has ended or rests
         on its book exactly as its sub-account believes.
@@ -340,6 +341,9 @@ class System:
             case = self.liquidator.cases.get(account_id)
             if case is not None and now_ms - case.started_ms <= bound_ms:
                 continue  # a liquidation still within its bound
+            since = actor.unhealthy_since_ms
+            if case is None and since is not None and now_ms - since <= params.loop_interval_ms + self.grace_ms:
+                continue  # unhealthy for less than a loop: the next loop starts it ("liquidation pending")
             t = margin.totals(account)
             if needs_liquidation(t):
                 problems.append(f"{account_id} is still at MMR {t.mmr:.4f} >= 100%"
