@@ -61,8 +61,9 @@ from actors.events import Event
 from actors.system import RunFailed, System
 from exchange.decimals import ZERO, ceil_to, floor_to, fmt, fmt_pct
 from exchange.protocol import PlaceOrder
+from scenarios.explain import sample_row
 from scenarios.loader import Scenario
-from scenarios.runner import CENT, ScenarioRun, build, judge
+from scenarios.runner import CENT, ScenarioRun, account_status, build, judge
 
 FRAME_S = 0.1  # real seconds between redraws
 SPARK_POINTS = 20  # samples in a price line, one per price interval at most
@@ -70,6 +71,7 @@ FEED_LINES = 12
 MAX_ACCOUNTS = 12  # more sub-accounts than this: show the riskiest
 NEAR = Decimal("0.8")  # a ratio from here to 100% is drawn yellow
 BAR_WIDTH = 16  # half as wide under NARROW columns
+STATUS_WIDTH = 34  # the accounts' status column (half under NARROW), fixed: a long end status wraps, the numbers stay
 NARROW = 100
 SIDE_BY_SIDE = 116  # console columns from which prices and books sit side by side
 RATE_LIMITS = (0.125, 4096.0)
@@ -123,6 +125,7 @@ class DemoState:
     capacity: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)
     adl_parties: dict[str, None] = attrs.field(factory=dict)
     bankrupt: dict[str, None] = attrs.field(factory=dict)
+    starts: dict[str, int] = attrs.field(factory=dict)  # account -> liquidations started (what its end is judged with)
     settle: str = "USDC"
     live_ms: int | None = None  # set on a frame rebuilt from the past (``b``): where the run is
     _sampled: int = attrs.field(default=-1, init=False)  # the last sample's slot (now_ms // sample_ms)
@@ -173,12 +176,14 @@ class DemoState:
             self.adl_parties[reason.split("closed against ", 1)[1].split(" ", 1)[0]] = None
         elif event["stage"] == "bankruptcy":
             self.bankrupt[event["account"]] = None
+        elif event["stage"] == "start":
+            self.starts[event["account"]] = self.starts.get(event["account"], 0) + 1
 
     def blank(self) -> DemoState:
         """An empty state with this one's configuration (scenario, rate, rows), to feed again."""
         return attrs.evolve(self, now_ms=0, prices={}, books=dict.fromkeys(self.books),
                             health=dict.fromkeys(self.health), feed=deque(maxlen=FEED_LINES), positions={},
-                            fund_held=ZERO, fund_fees=ZERO, backstop_used={}, adl_parties={}, bankrupt={})
+                            fund_held=ZERO, fund_fees=ZERO, backstop_used={}, adl_parties={}, bankrupt={}, starts={})
 
     def should_pause(self, event: Event) -> bool:
         """Whether ``event`` is one the lecture asked to stop at (``--pause-on``)."""
@@ -395,7 +400,8 @@ def _shown_accounts(state: DemoState) -> list[str]:
 
 def accounts_table(state: DemoState, bar_width: int = BAR_WIDTH) -> Table:
     table = _table("account", "net equity", "IMR", "MMR", "positions, borrows", "", right=("net equity",),
-                   wrap=("positions, borrows",), widths={"account": 8, "net equity": 13})
+                   wrap=("positions, borrows", ""), widths={"account": 8, "net equity": 13})
+    table.columns[-1].width = STATUS_WIDTH if bar_width >= BAR_WIDTH else STATUS_WIDTH // 2
     for account in _shown_accounts(state):
         sample = state.health[account]
         if sample is None:
@@ -405,15 +411,27 @@ def accounts_table(state: DemoState, bar_width: int = BAR_WIDTH) -> Table:
         holdings = [f"{fmt(q)} {m}" for m, q in positions.items() if q]
         holdings += [f"borrowed {fmt(q, 2)} {a}" for a, q in sample["borrows"].items() if q]
         debt = -sample.get("unsettled_equity", ZERO)
+        status = _status(state, account, sample)
         if account in state.bankrupt and debt > 0:
-            status = Text(f"bankrupt, owes the fund {fmt(ceil_to(debt, CENT))}", style="bold red")
             table.add_row(account, fmt(floor_to(sample["net_equity"], CENT)), "-", "-", ", ".join(holdings) or "-",
                           status)
             continue
-        status = Text("liquidating", style="bold red") if sample["liquidating"] else Text("")
         table.add_row(account, fmt(floor_to(sample["net_equity"], CENT)), ratio_bar(sample["imr"], bar_width),
                       ratio_bar(sample["mmr"], bar_width), ", ".join(holdings) or "-", status)
     return table
+
+
+def _status(state: DemoState, account: str, sample: Event) -> Text:
+    """The accounts panel's last column. At the account's closing sample it is how the run ended,
+    in ``account_status``'s words (the rule ``run`` and ``explain`` judge with): liquidation
+    pending with its MMR, bankrupt with its debt, mid-liquidation. Before that, the instant's state."""
+    if sample.get("closing"):
+        words = account_status(sample_row(sample, state.starts.get(account, 0)), state.settle)
+        return Text(words, style="bold red")
+    debt = -sample.get("unsettled_equity", ZERO)
+    if account in state.bankrupt and debt > 0:
+        return Text(f"bankrupt, owes the fund {fmt(ceil_to(debt, CENT))}", style="bold red")
+    return Text("liquidating", style="bold red") if sample["liquidating"] else Text("")
 
 
 def dashboard(state: DemoState, width: int) -> RenderableType:

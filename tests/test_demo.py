@@ -199,8 +199,30 @@ def test_a_lecture_sees_bankrupt_accounts_the_fund_backstop_and_adl(cascade_stat
     console = recording_console()
     console.print(demo.dashboard(cascade_state, 140))
     text = console.export_text()
-    assert "bankrupt, owes the fund 2568.01" in text
+    assert "bankrupt: owes the liquidity fund" in text and "2568.01 USDC" in text  # the end, as `run` words it
     assert "backstop blp BTC_USDC_PERP: 0.76 of 100000 left" in text and "ADL against: whale" in text
+
+
+def test_the_last_frame_says_how_each_account_ended(cascade_state) -> None:
+    """At cascade's closing samples (t=50 s) the status column says what ``run`` says: t09 is at
+    MMR 105.75% with no liquidation under way, so one is pending (its last periodic sample, at
+    49.004 s, read 99.17%); t08 is mid-liquidation; t01 owes the fund 2,568.01; t07, liquidated
+    once (the demo counts its start step) and left with nothing, ended at zero. The column keeps
+    its width: the long words wrap, the ratios beside them stay whole."""
+    t09 = cascade_state.health["t09"]
+    assert t09 is not None and t09["closing"] and t09["t"] == 50000
+    status = demo._status(cascade_state, "t09", t09).plain
+    assert status == "liquidation pending: MMR 105.75% >= 100%, the next loop starts it"
+    assert demo._status(cascade_state, "t08", cascade_state.health["t08"]).plain == "the run ended mid-liquidation"
+    assert (demo._status(cascade_state, "t01", cascade_state.health["t01"]).plain
+            == "bankrupt: owes the liquidity fund 2568.01 USDC")
+    assert demo._status(cascade_state, "t07", cascade_state.health["t07"]).plain == "liquidated to zero equity"
+    console = recording_console(140)
+    console.print(demo.dashboard(cascade_state, 140))
+    lines = console.export_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if line.strip("│ ").startswith("t09 "))
+    assert "105.75%  1 BTC_USDC_PERP" in lines[row] and "liquidation pending: MMR 105.75%" in lines[row]
+    assert ">= 100%, the next loop starts it" in lines[row + 1]
 
 
 def test_feed_labels_never_run_into_the_account() -> None:

@@ -166,17 +166,35 @@ def test_a_run_that_stopped_early_gets_a_page_saying_why(partial, tmp_path):
     assert "<img" not in text and not _pngs(tmp_path)
 
 
-def test_the_fund_chart_follows_the_fund_to_its_end(tmp_path):
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory) -> tuple[ScenarioRun, str]:
+    """cascade's run and its report page."""
+    outcome = run(load("cascade"))
+    return outcome, write_report(outcome, tmp_path_factory.mktemp("cascade")).read_text(encoding="utf-8")
+
+
+def test_the_fund_chart_follows_the_fund_to_its_end(cascade):
     """cascade's fund pays six bankrupt accounts' shortfalls: the chart's series ends at the
     fund the run's summary reports, and the steps table gives each step's own time to the
     millisecond, as `run` prints it (t01's backstop step at 11.034 s)."""
     from scenarios.report import _fund_series
 
-    outcome = run(load("cascade"))
+    outcome, text = cascade
     series = _fund_series(outcome.result.events, "USDC")
     assert series[-1][1] == outcome.result.summary["fund"]["USDC"] < 0
-    text = write_report(outcome, tmp_path / "report").read_text(encoding="utf-8")
     backstop = next(st for st in outcome.result.history["t01"] if st.stage == "backstop")
     assert backstop.time_ms == 11034
     assert '<img src="fund.png"' in text and "<td>11.034s</td><td>t01</td><td>backstop</td>" in text
     assert "bankrupt: owes the liquidity fund 2568.01 USDC" in text
+
+
+def test_the_accounts_table_says_how_each_account_ended(cascade):
+    """The end-of-run table's status column is run's: t09 ended at MMR 105.75% (IMR 793.13%,
+    one BTC long, 929.9 USDC, no liquidation yet), so one is pending; t08 ended mid-liquidation;
+    t07, liquidated once, ended at zero."""
+    _, text = cascade
+    assert ("<tr><td>t09</td><td>590</td><td>793.13%</td><td>105.75%</td><td>929.9 USDC</td><td>1 BTC_USDC_PERP</td>"
+            "<td>-</td><td>-</td><td>0</td><td>0</td><td class=\"reason\">liquidation pending: MMR 105.75% &gt;= 100%, "
+            "the next loop starts it</td></tr>") in text
+    assert '<td class="reason">the run ended mid-liquidation</td>' in text
+    assert '<td>1</td><td class="reason">liquidated to zero equity</td>' in text

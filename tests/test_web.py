@@ -50,6 +50,66 @@ def test_the_page_reads_steps_and_samples_in_the_projects_words(cascade):
     assert last["debt_text"] == "2568.01" and last["equity_text"] == "-2568.01"
 
 
+PENDING = "liquidation pending: MMR 105.75% >= 100%, the next loop starts it"
+
+
+def test_each_accounts_closing_sample_carries_how_it_ended(cascade):
+    """The page cannot call Python, so the server judges each account's end with run's rule and
+    puts the words on its closing sample: t09 ended at MMR 105.75% with no liquidation under way
+    (pending; its last periodic sample, at 49.004 s, read 99.17%), t08 mid-liquidation, t01 owing
+    the fund 2,568.01, t10 with nothing to say. No earlier sample carries a status."""
+    events = dashboard.with_words(cascade.result.events, "USDC")
+    closing = {e["actor"].removeprefix("account:"): e for e in events if e["event"] == "health" and e.get("closing")}
+    assert {e["t"] for e in closing.values()} == {50000}
+    ends = {a: runner.account_status(row, "USDC") for a, row in cascade.result.summary["accounts"].items()}
+    assert {a: e["status_text"] for a, e in closing.items()} == ends  # the same words as `run`'s summary
+    assert closing["t09"]["status_text"] == PENDING and closing["t09"]["mmr_text"] == "105.75%"
+    assert closing["t08"]["status_text"] == "the run ended mid-liquidation"
+    assert closing["t01"]["status_text"] == "bankrupt: owes the liquidity fund 2568.01 USDC"
+    assert closing["t10"]["status_text"] == ""
+    assert not any("status_text" in e for e in events if e["event"] == "health" and not e.get("closing"))
+    before_end = [e for e in events if e["event"] == "health" and e["actor"] == "account:t09"][-2]
+    assert before_end["t"] == 49004 and before_end["mmr_text"] == "99.17%"
+
+
+def test_a_page_asking_only_for_the_end_gets_the_same_end(cascade):
+    """A live page asks for the events after those it has: the closing samples it gets then are
+    judged with the liquidations logged before them, as a full fetch judges them: t07, liquidated
+    once and left with nothing, reads "liquidated to zero equity", which it could not without its
+    start step (logged long before the end)."""
+    import json
+
+    import trio
+
+    app = dashboard.app(cascade.result.events, {"settle": "USDC"})
+    after = next(i for i, e in enumerate(cascade.result.events) if e["event"] == "health" and e.get("closing"))
+
+    async def get(path: str, query: str) -> dict:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
+                 "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "root_path": ""}
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 200
+        return json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+    whole = trio.run(get, "/dashboard/run.json", "")
+    tail = trio.run(get, "/dashboard/run.json", f"after={after}")
+    assert tail["from"] == after and len(tail["events"]) == len(whole["events"]) - after
+    assert tail["events"] == whole["events"][after:]
+    assert not any(e["event"] == "liquidation_step" for e in tail["events"])
+    t07 = next(e for e in tail["events"] if e["event"] == "health" and e["actor"] == "account:t07")
+    assert cascade.result.summary["accounts"]["t07"]["liquidations"] == 1
+    assert t07["status_text"] == "liquidated to zero equity"
+
+
 @pytest.mark.skipif(CHROMIUM is None or DRIVER is None, reason=f"no headless browser here: {ENABLE}")
 def test_a_browser_plays_cascade_to_its_first_liquidation_step(cascade, tmp_path):
     """`marginsim demo cascade --web` serves the page; Chromium presses play at 10x with
@@ -117,6 +177,17 @@ def test_a_browser_plays_cascade_to_its_first_liquidation_step(cascade, tmp_path
             assert browser.find_element(By.ID, "backstop-room").text == "blp BTC_USDC_PERP: 0.76 of 100000 USDC"
             browser.save_screenshot(str(tmp_path / "dashboard.png"))
             assert (tmp_path / "dashboard.png").stat().st_size > 20_000
+            # On to the end, without stopping: at its closing sample t09 reads as `run` ends it.
+            browser.find_element(By.ID, "pause-on-liquidation").click()
+            assert browser.find_element(By.ID, "pause-on-liquidation").is_selected() is False
+            browser.find_element(By.ID, "play").click()
+            wait.until(lambda b: b.find_element(By.ID, "state").text == "ended")
+            assert browser.find_element(By.ID, "time").text == f"{cascade.until_ms / 1000:.3f}" == "50.000"
+            assert row("t09")[3] == "105.75%" and row("t09")[5] == PENDING
+            assert row("t01")[5] == "bankrupt: owes the liquidity fund 2568.01 USDC"
+            assert row("t08")[5] == "the run ended mid-liquidation"
+            assert browser.find_element(By.CSS_SELECTOR, '#accounts tr[data-account="t09"]').get_attribute(
+                "class") == "ended"
         finally:
             browser.quit()
     finally:

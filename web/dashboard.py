@@ -7,6 +7,14 @@ books' tops, the liquidation feed, the fund and ADL, with play, pause, step, spe
 next liquidation and jump back. Each liquidation step comes with its line from
 ``exchange.liquidation.describe_step``, so the page words it as ``run`` and ``explain`` do.
 
+How each account ended is judged here too, not in the script: the server annotates each
+account's closing health sample (the one logged once the run's last instant has settled) with
+``status_text``, ``runner.account_status``'s words for it (liquidation pending with its MMR, a
+bankrupt account's debt, mid-liquidation). The rule has one home in Python, which the page
+cannot call; annotating the sample, rather than sending each account's end in the meta, keeps
+it on the event it judges, so a served run that ends, a saved log and a jump back all show it
+exactly when the page reaches that sample and not before.
+
 ``page_routes`` is what both front doors mount: ``marginsim demo --web`` (a finished run or a
 saved ``--log``) and ``marginsim serve`` (at ``/``, through ``api.app.build_app``, fed by the
 session's events so far: the page asks every second for those after the ones it has, and plays
@@ -16,7 +24,8 @@ the live run as a client trades on it).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -31,26 +40,39 @@ from actors.events import render
 from exchange.decimals import ceil_to, floor_to, fmt, fmt_pct
 from exchange.liquidation import describe_step
 from scenarios.demo import scenario_markets
-from scenarios.explain import step_from_event
+from scenarios.explain import sample_row, step_from_event
 from scenarios.loader import Scenario
-from scenarios.runner import CENT
+from scenarios.runner import CENT, account_status
 
 STATIC = Path(__file__).resolve().parent / "static"
 Event = dict[str, Any]
 
 
-def with_words(events: Sequence[Event]) -> list[Event]:
+def with_words(events: Sequence[Event], settle: str = "USDC", starts: Mapping[str, int] | None = None) -> list[Event]:
     """The events as the page reads them: canonical JSON values, each liquidation step with its
-    plain-words line (``text``)."""
+    plain-words line (``text``), each closing health sample with the account's end status
+    (``status_text``, judged in ``settle`` with the liquidations ``starts`` counts before these
+    events plus those among them)."""
+    started = Counter(starts or {})
     out = []
     for event in events:
         plain = json.loads(render(event))
         if plain["event"] == "liquidation_step":
             plain["text"] = describe_step(step_from_event(plain))
+            if plain["stage"] == "start":
+                started[plain["account"]] += 1
         elif plain["event"] == "health":
             _health_words(plain)
+            if plain.get("closing"):
+                account = plain["actor"].removeprefix("account:")
+                plain["status_text"] = account_status(sample_row(plain, started[account]), settle)
         out.append(plain)
     return out
+
+
+def _starts(events: Iterable[Event]) -> Counter[str]:
+    """How many liquidations each account started in ``events``."""
+    return Counter(e["account"] for e in events if e["event"] == "liquidation_step" and e["stage"] == "start")
 
 
 def _health_words(sample: Event) -> None:
@@ -90,6 +112,8 @@ def page_routes(events: Source | None, *, meta: dict[str, Any] | None = None) ->
     ``/dashboard/run.json?after=N`` (the events from the N-th on: a live page asks only for
     what is new); without an event source the run answers 404 with the reason."""
 
+    settle = (meta or {}).get("settle", "USDC")
+
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "dashboard.html", media_type="text/html")
 
@@ -102,7 +126,11 @@ def page_routes(events: Source | None, *, meta: dict[str, Any] | None = None) ->
             return JSONResponse({"code": "INVALID_CLIENT_REQUEST", "message": f"after: found {after!r}; allowed: "
                                  "a whole number of events already read (0 or more)"}, status_code=400)
         start, chunk = events(int(after))
-        body = {"meta": meta or {}, "from": start, "events": with_words(chunk)}
+        starts: Counter[str] = Counter()
+        if start and any(e["event"] == "health" and e.get("closing") for e in chunk):
+            first, earlier = events(0)  # an account's end is judged with its liquidations so far
+            starts = _starts(earlier[:max(start - first, 0)])
+        body = {"meta": meta or {}, "from": start, "events": with_words(chunk, settle, starts)}
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
     return [Route("/", index), Route("/dashboard/run.json", run),

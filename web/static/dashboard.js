@@ -183,7 +183,10 @@ function drawAccounts() {
     tr.dataset.account = account;
     const debt = h.unsettled_equity && h.unsettled_equity.startsWith("-") ? h.unsettled_equity.slice(1) : null;
     let label = "";
-    if (state.bankrupt[account]) {  // the debt once a sample after the bankruptcy has it
+    if (h.status_text !== undefined) {  // the closing sample: the server judged the end with run's rule
+      label = h.status_text;
+      if (label) tr.className = state.bankrupt[account] ? "bankrupt" : "ended";
+    } else if (state.bankrupt[account]) {  // the debt once a sample after the bankruptcy has it
       label = debt ? `bankrupt: owes the fund ${h.debt_text || debt}` : "bankrupt"; tr.className = "bankrupt";
     } else if (state.liquidating[account]) { label = "liquidating"; tr.className = "liquidating"; }
     const held = { ...(h.positions || {}), ...(state.positions[account] || {}) };
