@@ -155,10 +155,12 @@ class Conformance:
             self._last_book_t.pop(account, None)
             if mmr < ONE:
                 return "rule:liquidation-trigger", f"{account} was put into liquidation at MMR {fmt(mmr, 6)} (< 100%)"
-        elif stage == "book":
+        elif stage in ("book", "conversion"):  # a loop's sales: perps, and spot bought back or sold
             if account not in self._cases:
                 return ("rule:liquidation-end-target",
                         f"{account} was sold down on the book at t={t} ms with no liquidation under way")
+            # The loop's rows are logged together when it ends; only its first says at what MMR it
+            # acted (each later row starts where the one before left the account).
             first_of_loop = self._last_book_t.get(account) != t
             self._last_book_t[account] = t
             if first_of_loop and mmr < self.end_mmr:
