@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from exchange.decimals import ONE, ZERO
-from exchange.validation import InputError, Reader, deep_merge
+from exchange.validation import InputError, Reader, deep_merge, read_user_file
 
 SPOT = "SPOT"
 PERP = "PERP"
@@ -264,13 +264,7 @@ def _read_with_extends(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict[s
 def _read_text(name_or_path: str) -> tuple[str, str]:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except OSError as exc:
-            raise InputError(str(path), "<file>", exc.strerror, "a readable profile file") from None
-        except UnicodeDecodeError as exc:
-            raise InputError(str(path), "<file>", f"a byte that is not UTF-8 at offset {exc.start}",
-                             "a TOML profile file in UTF-8") from None
+        return read_user_file(path, "TOML profile file"), str(path)
     resource = resources.files("exchange") / "profiles" / f"{name_or_path}.toml"
     if not resource.is_file():
         raise InputError(

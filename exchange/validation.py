@@ -14,6 +14,7 @@ import difflib
 import json
 from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from exchange.decimals import is_multiple, to_decimal
@@ -48,6 +49,18 @@ class InputError(ValueError):
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+
+def read_user_file(path: Path, kind: str) -> str:
+    """The text of a user's file (``kind``: what it should be, e.g. "TOML scenario file"), or an
+    InputError naming the file: unreadable, or a byte that is not UTF-8 and where."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(str(path), "<file>", f"a byte that is not UTF-8 at offset {exc.start}",
+                         f"a {kind} in UTF-8") from None
+    except OSError as exc:
+        raise InputError(str(path), "<file>", exc.strerror, f"a readable {kind}") from None
 
 
 def toml_words(value: object) -> str:

@@ -34,7 +34,7 @@ from exchange.protocol import (
     UpdateSettings,
     Withdraw,
 )
-from exchange.validation import MAX_SECONDS, InputError, Reader, did_you_mean, join_path
+from exchange.validation import MAX_SECONDS, InputError, Reader, did_you_mean, join_path, read_user_file
 
 SIDES = {"buy": Side.BID, "bid": Side.BID, "sell": Side.ASK, "ask": Side.ASK}
 ACTION_TYPES = ("order", "cancel", "cancel_all", "deposit", "withdraw", "transfer", "settings", "lend", "redeem",
@@ -222,14 +222,7 @@ def resolve(name_or_path: str) -> Path:
 def load(name_or_path: str, overrides: list[str] | None = None) -> Scenario:
     """Read, apply ``--set key=value`` overrides, validate. Raises InputError, runs nothing."""
     path = resolve(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(str(path), "<file>", f"a byte that is not UTF-8 at offset {exc.start}",
-                         "a TOML scenario file in UTF-8") from None
-    except OSError as exc:
-        raise InputError(str(path), "<file>", exc.strerror, "a readable scenario file") from None
-    return loads(text, str(path), path.parent, overrides)
+    return loads(read_user_file(path, "TOML scenario file"), str(path), path.parent, overrides)
 
 
 def loads(text: str, source: str, folder: Path, overrides: list[str] | None = None) -> Scenario:
@@ -550,13 +543,7 @@ def _csv(r: Reader, folder: Path, high: Decimal) -> tuple[tuple[int, Decimal], .
     if not file.is_file():
         raise r.error("file", name, f"a CSV file of time,price rows next to the scenario ({file} is "
                       + ("a directory)" if file.is_dir() else "not there)"))
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(str(file), "<file>", f"a byte that is not UTF-8 at offset {exc.start}",
-                         "a CSV file in UTF-8") from None
-    except OSError as exc:
-        raise InputError(str(file), "<file>", exc.strerror, "a readable CSV file") from None
+    text = read_user_file(file, "CSV file")
     allowed = (f"a row `seconds,price`: seconds 0 to {MAX_SECONDS} in whole milliseconds, in time order, and a "
                f"price > 0 and <= {high}")
     points: list[tuple[int, Decimal]] = []
